@@ -1,0 +1,1 @@
+"""Code both tiers import: parameters, image decoding, the command-line entry point."""

@@ -1,0 +1,75 @@
+"""Safe image decoding: the one way a path or uploaded bytes become an upright RGB image."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Checked from the header, before any pixel is decoded (8000 x 8000).
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message says what to fix."""
+
+
+def decode_image(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Open a path or bytes as an RGB image: size checked first, EXIF rotation applied,
+    16-bit, CMYK, palette and grayscale converted, transparency laid over white."""
+    label = name or ("the upload" if isinstance(source, bytes) else os.fspath(source))
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own, lower pixel limit just below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except FileNotFoundError:
+        raise ImageError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{label} is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageError(f"{label}: permission denied") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{label} has too many pixels (over {max_pixels}); downscale it") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label} is not an image that can be read; use a PNG, JPEG or WebP file") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError(f"{label} has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{label} is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels}; downscale it"
+        )
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{label} is truncated or corrupt ({err})") from None
+    return _to_rgb(ImageOps.exif_transpose(image))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: keep the top 8 bits rather than clipping at 255.
+        array = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(array.clip(0, 255).round().astype(np.uint8), "L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if array.max() <= 1.0 else 1.0
+        image = Image.fromarray((array * scale).clip(0, 255).round().astype(np.uint8), "L")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

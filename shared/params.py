@@ -1,0 +1,163 @@
+"""The job parameters: every engine option with its default and its limits, written once.
+
+The command line derives its flags from this model, the web form and the API validate
+against it, and the engine reads it. Nothing here imports torch.
+
+Defaults follow two published configurations that are known to give good pictures with
+torchvision's ImageNet VGG-19 and inputs in [0, 1] normalised by the ImageNet statistics:
+- the layers, average pooling and starting from the content image are those of Gatys, Ecker
+  and Bethge, "Image Style Transfer Using Convolutional Neural Networks" (CVPR 2016) and of
+  the authors' own PyTorch code (leongatys/PytorchNeuralStyleTransfer);
+- the loss normalisation (Gram matrix divided by C*H*W, mean squared errors) and the weights
+  content 1 : style 1e6 per layer with L-BFGS are those of PyTorch's neural style tutorial
+  (pytorch/tutorials, advanced_source/neural_style_tutorial.py), which uses the same
+  torchvision weights and input normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# VGG-19 ("configuration E"): convolutions per block, each followed by a ReLU, each block
+# closed by a pooling layer. The engine derives the same names from torchvision's own
+# module list; tests/test_vgg.py checks that the two agree.
+VGG19_BLOCKS = (2, 2, 4, 4, 4)
+
+
+def vgg19_layer_names() -> tuple[str, ...]:
+    """Names of VGG-19's feature layers in order: conv1_1, relu1_1, conv1_2, ..., pool5."""
+    names: list[str] = []
+    for block, convs in enumerate(VGG19_BLOCKS, start=1):
+        for i in range(1, convs + 1):
+            names += [f"conv{block}_{i}", f"relu{block}_{i}"]
+        names.append(f"pool{block}")
+    return tuple(names)
+
+
+VGG19_LAYERS = vgg19_layer_names()
+
+# The learning rate used when none is given: L-BFGS takes unit steps scaled by its own
+# curvature estimate; Adam moves pixels in [0, 1], and 0.02 is the step of
+# crowsonkb/style-transfer-pytorch.
+DEFAULT_LEARNING_RATES = {"lbfgs": 1.0, "adam": 0.02}
+
+WEIGHT_CHOICES = ("auto", "imagenet", "random")
+
+
+class StyleParams(BaseModel):
+    """Everything that shapes one stylization, with defaults that work without tuning."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    size: int = Field(512, ge=16, le=8192, description="long side of the output in pixels")
+    iterations: int = Field(
+        500, ge=1, le=100_000, description="optimizer iterations in all, spread across the scales"
+    )
+    optimizer: Literal["lbfgs", "adam"] = Field("lbfgs", description="the optimizer over the pixels")
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="step size (default: 1.0 for lbfgs, 0.02 for adam)",
+    )
+    init: Literal["content", "style", "noise"] = Field(
+        "content", description="the image the optimization starts from"
+    )
+    pooling: Literal["avg", "max"] = Field(
+        "avg", description="VGG pooling; the paper prefers average pooling"
+    )
+    content_weight: float = Field(1.0, ge=0, le=1e12, description="weight of the content loss")
+    style_weight: float = Field(1e6, ge=0, le=1e15, description="weight of the style loss")
+    # Not in the paper; a light smoothing that removes the high-frequency speckle L-BFGS
+    # leaves, about as strong as the other terms at their optimum.
+    tv_weight: float = Field(1.0, ge=0, le=1e12, description="weight of the total-variation smoothing")
+    content_layers: tuple[str, ...] = Field(
+        ("conv4_2",), min_length=1, max_length=8, description="layers that carry the content"
+    )
+    style_layers: tuple[str, ...] = Field(
+        ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"),
+        min_length=1,
+        max_length=16,
+        description="layers whose Gram matrices carry the style",
+    )
+    style_layer_weights: tuple[float, ...] | None = Field(
+        None, description="one weight per style layer (default: 1 each)"
+    )
+    style_blend: tuple[float, ...] | None = Field(
+        None, description="one weight per style image (default: equal)"
+    )
+    style_scale: float = Field(
+        1.0, ge=0.1, le=4.0, description="size of the style image relative to the output"
+    )
+    preserve_colors: Literal["none", "luminance", "histogram"] = Field(
+        "none",
+        description="keep the content's colours: luminance-only transfer, or match the "
+        "style's colour statistics to the content's first",
+    )
+    scales: int = Field(
+        3,
+        ge=1,
+        le=8,
+        description="coarse-to-fine: number of sizes, each half the next (none under 64 px)",
+    )
+    snapshot_every: int = Field(
+        50, ge=0, le=100_000, description="report the current image every N iterations (0: only at the end)"
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed for noise init; a CPU run repeats bit for bit")
+    weights: str = Field(
+        "auto",
+        min_length=1,
+        max_length=4096,
+        description="VGG-19 weights: auto, imagenet, random, or a path to a .pth file",
+    )
+
+    @field_validator("content_layers", "style_layers")
+    @classmethod
+    def _known_layers(cls, layers: tuple[str, ...]) -> tuple[str, ...]:
+        for name in layers:
+            if name not in VGG19_LAYERS:
+                raise ValueError(
+                    f"unknown VGG-19 layer {name!r}; use names like conv4_2, relu4_2 or pool4 "
+                    f"(conv1_1 to conv5_4)"
+                )
+        return layers
+
+    @field_validator("style_layer_weights", "style_blend")
+    @classmethod
+    def _non_negative(cls, values: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if values is None:
+            return None
+        if not values:
+            raise ValueError("give at least one number")
+        if any(not math.isfinite(v) or v < 0 for v in values):
+            raise ValueError("every weight must be a finite number >= 0")
+        if sum(values) <= 0:
+            raise ValueError("at least one weight must be positive")
+        return values
+
+    @model_validator(mode="after")
+    def _fill_dependent_defaults(self) -> StyleParams:
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_LEARNING_RATES[self.optimizer]
+        if self.style_layer_weights is None:
+            self.style_layer_weights = (1.0,) * len(self.style_layers)
+        elif len(self.style_layer_weights) != len(self.style_layers):
+            raise ValueError(
+                f"style_layer_weights has {len(self.style_layer_weights)} numbers but there are "
+                f"{len(self.style_layers)} style layers; give one weight per layer"
+            )
+        return self
+
+    def style_blend_for(self, count: int) -> tuple[float, ...]:
+        """The blend weights for `count` style images, normalised to sum to 1."""
+        blend = self.style_blend if self.style_blend is not None else (1.0,) * count
+        if len(blend) != count:
+            raise ValueError(
+                f"style_blend has {len(blend)} numbers but there are {count} style images; "
+                f"give one weight per style image"
+            )
+        total = sum(blend)
+        return tuple(b / total for b in blend)

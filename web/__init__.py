@@ -1,0 +1,1 @@
+"""The web tier (Flask pages and JSON API); it arrives with the job service."""

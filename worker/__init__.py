@@ -1,0 +1,1 @@
+"""The GPU side: the style-transfer engine and the adapters that drive it."""

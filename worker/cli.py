@@ -1,0 +1,151 @@
+"""`impasto stylize`: the engine on the command line.
+
+This module owns what the engine must not: files, the progress bar, exit codes and Ctrl-C
+(the first press stops after the current iteration and still saves the image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from shared.flags import ParamsError, add_model_flags, params_from_args
+from shared.images import ImageError, decode_image
+from shared.params import StyleParams
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+OUTPUT_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line instead of usage plus error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="impasto stylize",
+        description="Paint CONTENT in the style of one or more STYLE images "
+        "(Gatys, Ecker and Bethge's optimization).",
+    )
+    parser.add_argument("content", metavar="CONTENT", help="the photo to repaint")
+    parser.add_argument("styles", metavar="STYLE", nargs="+", help="one or more style images")
+    parser.add_argument("-o", "--output", required=True, help="where to write the picture (.png, .jpg, ...)")
+    add_model_flags(parser, StyleParams)
+    parser.add_argument("--snapshot-dir", help="save snapshots here as snapshot_NNNNN.png")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object describing the result")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="impasto stylize: %(levelname)s: %(message)s")
+    try:
+        return _run(args)
+    except (ParamsError, ImageError, OSError) as err:
+        return _fail(str(err))
+    except MemoryError:
+        return _fail("out of memory; try a smaller --size or fewer --scales")
+
+
+def _fail(message: str) -> int:
+    print(f"impasto stylize: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _run(args: argparse.Namespace) -> int:
+    params = params_from_args(StyleParams, args)
+    output = Path(args.output)
+    if output.suffix.lower() not in OUTPUT_FORMATS:
+        raise ParamsError(f"--output: {output} should end in one of {', '.join(OUTPUT_FORMATS)}")
+    if not output.parent.resolve().is_dir():
+        raise ParamsError(f"--output: folder {output.parent} does not exist")
+    content = decode_image(args.content)
+    styles = [decode_image(path) for path in args.styles]
+
+    # Torch is imported only now, so that --help and bad input answer at once.
+    import torch
+    from tqdm import tqdm
+
+    from worker.engine import EngineError, Progress, Result, Snapshot, load_weights, stylize
+
+    stop = _StopOnInterrupt()
+    snapshots: list[str] = []
+    started = time.perf_counter()
+    try:
+        weights = load_weights(params.weights)  # logs a WARNING if it falls back to random
+        if args.snapshot_dir:
+            os.makedirs(args.snapshot_dir, exist_ok=True)
+        with stop, tqdm(total=params.iterations, unit="it", file=sys.stderr, disable=None) as bar:
+            for event in stylize(content, styles, params, device=args.device, weights=weights,
+                                 should_stop=stop.requested):
+                if isinstance(event, Progress):
+                    bar.set_description(f"{event.size[0]}x{event.size[1]}", refresh=False)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in event.losses.as_dict().items()}, refresh=False)
+                    bar.update(1)
+                elif isinstance(event, Snapshot) and args.snapshot_dir:
+                    path = os.path.join(args.snapshot_dir, f"snapshot_{event.iteration:05d}.png")
+                    event.image.save(path)
+                    snapshots.append(path)
+                elif isinstance(event, Result):
+                    result = event
+    except EngineError as err:
+        return _fail(str(err))
+    except torch.OutOfMemoryError:
+        return _fail(f"the GPU ran out of memory at --size {params.size}; try a smaller size")
+    result.image.save(output)
+    seconds = time.perf_counter() - started
+
+    if result.canceled:
+        print(f"impasto stylize: interrupted after {result.iterations} iterations; saved {output}",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps({
+            "output": str(output.resolve()),
+            "size": list(result.size),
+            "iterations": result.iterations,
+            "seconds": round(seconds, 3),
+            "weights": result.weights,
+            "weights_warning": result.weights_warning,
+            "device": result.device,
+            "canceled": result.canceled,
+            "losses": result.losses.as_dict(),
+            "initial_losses": result.initial_losses.as_dict(),
+            "snapshots": snapshots,
+            "params": params.model_dump(mode="json"),
+        }))
+    return EXIT_INTERRUPTED if result.canceled else 0
+
+
+class _StopOnInterrupt:
+    """Within its block, the first Ctrl-C asks the engine to stop; a second one aborts."""
+
+    def __init__(self) -> None:
+        self._requested = False
+        self._previous = None
+
+    def requested(self) -> bool:
+        return self._requested
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self._requested:
+            raise KeyboardInterrupt
+        self._requested = True
+        print("\nimpasto stylize: stopping after this iteration (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __enter__(self) -> _StopOnInterrupt:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)

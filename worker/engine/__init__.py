@@ -1,0 +1,22 @@
+"""The style-transfer engine: a pure torch library, no files, no database, no Celery."""
+
+from .errors import EngineError, WeightsError
+from .stylize import Event, Losses, Progress, Result, Snapshot, StyleObjective, resolve_device, stylize
+from .vgg import LAYER_NAMES, LoadedWeights, VGGFeatures, load_weights
+
+__all__ = [
+    "LAYER_NAMES",
+    "EngineError",
+    "Event",
+    "LoadedWeights",
+    "Losses",
+    "Progress",
+    "Result",
+    "Snapshot",
+    "StyleObjective",
+    "VGGFeatures",
+    "WeightsError",
+    "load_weights",
+    "resolve_device",
+    "stylize",
+]

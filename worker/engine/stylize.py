@@ -1,0 +1,308 @@
+"""The optimization of Gatys, Ecker and Bethge over an image's pixels, coarse to fine.
+
+`stylize` is a generator: it yields a `Progress` every iteration, a `Snapshot` every
+`snapshot_every` iterations and at the end, and finally a `Result`. It touches no files,
+prints nothing and knows nothing of jobs: its callers (the CLI, the Celery task, the tests)
+own all of that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .color import match_color, match_luminance, rgb_to_yiq, yiq_to_rgb
+from .errors import EngineError
+from .images import fit_long_side, to_pil, to_tensor
+from .losses import content_loss, gram_matrix, style_loss, tv_loss
+from .vgg import LAYER_NAMES, LoadedWeights, VGGFeatures, load_weights
+
+# Coarse scales are never smaller than this on the long side: below it VGG's deep layers
+# see a handful of positions and the Gram matrices say little.
+MIN_SCALE_LONG_SIDE = 64
+
+# L-BFGS keeps 2 * history vectors the size of the image: torch's default of 100 would
+# need 7.5 GB at 2048x1536, and 50 gives the same pictures here.
+LBFGS_HISTORY = 50
+
+
+@dataclass(frozen=True)
+class Losses:
+    """Weighted loss terms of one image; total = content + style + tv."""
+
+    content: float
+    style: float
+    tv: float
+    total: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One iteration done: the losses of the image it evaluated."""
+
+    iteration: int  # 1-based, counted across all scales
+    iterations: int  # the whole budget
+    scale: int  # 1-based
+    scales: int
+    size: tuple[int, int]  # (width, height) at this scale
+    losses: Losses
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The image evaluated at `iteration`, at the current scale's size."""
+
+    iteration: int
+    image: Image.Image
+    losses: Losses
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    """The output: the lowest-loss image of the last scale reached, at the requested size."""
+
+    image: Image.Image
+    iterations: int  # iterations actually run
+    losses: Losses  # of the output image
+    initial_losses: Losses  # of the first iteration's image
+    canceled: bool
+    weights: str  # "imagenet", "random" or the file used
+    weights_warning: str | None
+    device: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+
+Event = Progress | Snapshot | Result
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' (or None) picks the GPU when there is one; 'cuda' without one is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(f"device {device!r} was asked for but no CUDA GPU is available; use cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise EngineError(f"unknown device {device!r}; use auto, cpu or cuda") from err
+
+
+def scale_sizes(content_size: tuple[int, int], size: int, scales: int) -> list[tuple[int, int]]:
+    """(width, height) of each scale, coarse to fine, each about half the next; the last is `size`."""
+    sizes: list[tuple[int, int]] = []
+    for halvings in reversed(range(scales)):
+        long_side = round(size / 2**halvings)
+        if halvings and long_side < MIN_SCALE_LONG_SIDE:
+            continue
+        dims = fit_long_side(content_size, long_side)
+        if dims not in sizes:
+            sizes.append(dims)
+    return sizes
+
+
+def split_iterations(iterations: int, scales: int) -> list[int]:
+    """Spread the budget evenly over the scales; the remainder goes to the finer ones."""
+    base, extra = divmod(iterations, scales)
+    return [base + (1 if i >= scales - extra else 0) for i in range(scales)]
+
+
+class StyleObjective:
+    """The weighted losses of an image against one scale's content and style targets."""
+
+    def __init__(self, net: VGGFeatures, params: Any, content: torch.Tensor,
+                 styles: Sequence[torch.Tensor], blend: Sequence[float]):
+        self.net = net
+        self.content_weight = params.content_weight
+        self.style_weight = params.style_weight
+        self.tv_weight = params.tv_weight
+        self.layer_weights = dict(zip(params.style_layers, params.style_layer_weights))
+        with torch.no_grad():
+            features = net(content)
+            self.content_targets = {name: features[name] for name in params.content_layers}
+            self.style_targets = {name: 0.0 for name in params.style_layers}
+            for style, weight in zip(styles, blend):
+                features = net(style)
+                for name in params.style_layers:
+                    self.style_targets[name] = self.style_targets[name] + weight * gram_matrix(features[name])
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(1, 3, H, W) -> weighted (content, style, tv) losses, float32 scalars."""
+        features = self.net(image)
+        content = sum(content_loss(features[n], t) for n, t in self.content_targets.items())
+        style = sum(self.layer_weights[n] * style_loss(features[n], t) for n, t in self.style_targets.items())
+        return (self.content_weight * content, self.style_weight * style,
+                self.tv_weight * tv_loss(image))
+
+
+def _min_side(layers: Sequence[str]) -> int:
+    """The shortest image side whose features still exist at the deepest layer."""
+    deepest = max(LAYER_NAMES.index(name) for name in layers)
+    return 2 ** sum(1 for name in LAYER_NAMES[:deepest] if name.startswith("pool"))
+
+
+def stylize(
+    content: Image.Image,
+    styles: Sequence[Image.Image],
+    params: Any,
+    *,
+    device: str | torch.device | None = "auto",
+    weights: LoadedWeights | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[Event]:
+    """Paint `content` in the style of `styles` as `params` (a shared.params.StyleParams) say.
+
+    `weights` lets a caller that runs many jobs load VGG-19 once; `should_stop` is polled
+    between iterations, and a stop still ends in a Result holding the current best image.
+    """
+    styles = list(styles)
+    if not styles:
+        raise EngineError("give at least one style image")
+    try:
+        blend = params.style_blend_for(len(styles))
+    except ValueError as err:
+        raise EngineError(str(err)) from None
+    dev = resolve_device(device)
+    layers = (*params.content_layers, *params.style_layers)
+    sizes = scale_sizes(content.size, params.size, params.scales)
+    final_size = sizes[-1]
+    if min(final_size) < _min_side(layers):
+        raise EngineError(
+            f"the output would be {final_size[0]}x{final_size[1]} px, but layer "
+            f"{max(layers, key=LAYER_NAMES.index)} needs at least {_min_side(layers)} px on the "
+            f"short side; ask for a larger size"
+        )
+    weights = weights if weights is not None else load_weights(params.weights)
+    net = VGGFeatures(weights, layers, params.pooling).to(dev)
+    luminance_only = params.preserve_colors == "luminance"
+    if params.preserve_colors == "histogram":
+        # Gatys et al. 2017, section 3.1: recolour the style images to the content's
+        # colour statistics (measured at the output size) before anything else.
+        reference = to_tensor(content, final_size)
+        styles = [to_pil(match_color(to_tensor(style), reference)) for style in styles]
+    generator = torch.Generator().manual_seed(params.seed)
+
+    budgets = split_iterations(params.iterations, len(sizes))
+    total_iterations = sum(budgets)
+    iteration = 0
+    initial_losses: Losses | None = None
+    best: torch.Tensor | None = None
+    best_losses: Losses | None = None
+    canceled = False
+    chroma = None  # the content's I and Q channels at the current scale, in luminance mode
+
+    for scale_index, (dims, budget) in enumerate(zip(sizes, budgets), start=1):
+        if budget == 0:
+            continue
+        min_style_side = _min_side(layers)
+        style_long = max(round(params.style_scale * max(dims)), min_style_side)
+        content_t = to_tensor(content, dims).to(dev)
+        style_ts = [to_tensor(s, fit_long_side(s.size, style_long)).to(dev) for s in styles]
+        if min(min(s.shape[-2:]) for s in style_ts) < min_style_side:
+            raise EngineError(
+                f"a style image is too narrow for layer {max(layers, key=LAYER_NAMES.index)} at "
+                f"this size; raise the style scale or use a less elongated style image"
+            )
+        if luminance_only:
+            # Gatys et al. 2017, section 3.2: optimise the luminance alone, on luminance
+            # targets whose statistics match the content's; colour comes back from the content.
+            content_yiq = rgb_to_yiq(content_t)
+            chroma = content_yiq[:, 1:]
+            content_t = content_yiq[:, :1]
+            style_ts = [match_luminance(rgb_to_yiq(s)[:, :1], content_t) for s in style_ts]
+        render = (lambda y: y.expand(-1, 3, -1, -1)) if luminance_only else (lambda x: x)
+        objective = StyleObjective(net, params, render(content_t), [render(s) for s in style_ts], blend)
+
+        if best is not None:
+            start = F.interpolate(best, size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
+        elif params.init == "content":
+            start = content_t
+        elif params.init == "style":
+            start = F.interpolate(style_ts[0], size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
+        else:
+            start = torch.rand(content_t.shape, generator=generator).to(dev)
+        image = start.detach().clamp(0, 1).contiguous().requires_grad_(True)
+        if params.optimizer == "lbfgs":
+            # One iteration per step() so that progress, snapshots and cancel work between
+            # iterations; L-BFGS keeps its history across calls. Tolerances off: the budget
+            # alone decides when to stop.
+            optimizer = torch.optim.LBFGS([image], lr=params.learning_rate, max_iter=1,
+                                          history_size=LBFGS_HISTORY, tolerance_grad=0.0,
+                                          tolerance_change=0.0)
+        else:
+            optimizer = torch.optim.Adam([image], lr=params.learning_rate)
+        best, best_losses = None, None
+
+        for _ in range(budget):
+            if should_stop is not None and should_stop():
+                canceled = True
+                break
+            evaluated: dict[str, Any] = {}
+
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                terms = objective(render(image))
+                total = terms[0] + terms[1] + terms[2]
+                total.backward()
+                evaluated["terms"] = tuple(t.detach() for t in (*terms, total))
+                evaluated["image"] = image.detach().clone()
+                return total
+
+            if params.optimizer == "lbfgs":
+                optimizer.step(closure)
+            else:
+                closure()
+                optimizer.step()
+            with torch.no_grad():
+                image.clamp_(0, 1)
+            # The one host sync per iteration: the caller sees every iteration's losses.
+            losses = Losses(*(float(t) for t in evaluated["terms"]))
+            if not math.isfinite(losses.total):
+                raise EngineError(
+                    f"the loss became {losses.total} at iteration {iteration + 1}; "
+                    f"lower the learning rate or the loss weights"
+                )
+            iteration += 1
+            initial_losses = initial_losses or losses
+            if best_losses is None or losses.total < best_losses.total:
+                best, best_losses = evaluated["image"], losses
+            yield Progress(iteration, total_iterations, scale_index, len(sizes), dims, losses)
+            if params.snapshot_every and iteration % params.snapshot_every == 0 and iteration < total_iterations:
+                yield Snapshot(iteration, to_pil(_to_rgb(evaluated["image"], chroma)), losses)
+        if canceled:
+            break
+
+    if best is None:  # stopped before the first iteration: the starting image is the output
+        with torch.no_grad():
+            terms = objective(render(image))
+        best = image.detach()
+        best_losses = Losses(*(float(t) for t in terms), float(sum(terms)))
+        initial_losses = best_losses
+    output = _to_rgb(best, chroma)
+    if output.shape[-2:] != (final_size[1], final_size[0]):  # canceled at a coarse scale
+        output = F.interpolate(output, size=(final_size[1], final_size[0]), mode="bicubic", align_corners=False)
+    picture = to_pil(output)
+    yield Snapshot(iteration, picture, best_losses, final=True)
+    yield Result(picture, iteration, best_losses, initial_losses, canceled, weights.source,
+                 weights.warning, str(dev))
+
+
+def _to_rgb(image: torch.Tensor, chroma: torch.Tensor | None) -> torch.Tensor:
+    """The optimised variable as an RGB image: itself, or luminance joined with the content's chroma."""
+    if chroma is None:
+        return image
+    return yiq_to_rgb(torch.cat([image, chroma], dim=1)).clamp(0, 1)
