@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(err))
     except MemoryError:
         return _fail("out of memory; try a smaller --size or fewer --scales")
+    except KeyboardInterrupt:  # before the optimization started, or a second Ctrl-C
+        print("impasto stylize: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _fail(message: str) -> int:
@@ -72,22 +75,27 @@ def _run(args: argparse.Namespace) -> int:
         raise ParamsError(f"--output: folder {output.parent} does not exist")
     content = decode_image(args.content)
     styles = [decode_image(path) for path in args.styles]
+    try:
+        params.style_blend_for(len(styles))
+    except ValueError as err:
+        raise ParamsError(f"--style-blend: {err}") from None
 
     # Torch is imported only now, so that --help and bad input answer at once.
     import torch
     from tqdm import tqdm
 
-    from worker.engine import EngineError, Progress, Result, Snapshot, load_weights, stylize
+    from worker.engine import EngineError, Progress, Result, Snapshot, load_weights, resolve_device, stylize
 
     stop = _StopOnInterrupt()
     snapshots: list[str] = []
     started = time.perf_counter()
     try:
+        device = resolve_device(args.device)
         weights = load_weights(params.weights)  # logs a WARNING if it falls back to random
         if args.snapshot_dir:
             os.makedirs(args.snapshot_dir, exist_ok=True)
         with stop, tqdm(total=params.iterations, unit="it", file=sys.stderr, disable=None) as bar:
-            for event in stylize(content, styles, params, device=args.device, weights=weights,
+            for event in stylize(content, styles, params, device=device, weights=weights,
                                  should_stop=stop.requested):
                 if isinstance(event, Progress):
                     bar.set_description(f"{event.size[0]}x{event.size[1]}", refresh=False)

@@ -149,6 +149,72 @@ class StyleObjective:
                 self.tv_weight * tv_loss(image))
 
 
+class _Descent:
+    """One scale's optimization over the pixels, one iteration per `step()`.
+
+    The loss is taken on the pixels clamped to [0, 1], so every reported loss is that of a
+    valid image; the lowest-loss image ever evaluated is kept.
+    """
+
+    def __init__(self, start: torch.Tensor, objective: StyleObjective,
+                 render: Callable[[torch.Tensor], torch.Tensor], params: Any):
+        self.image = start.detach().clamp(0, 1).contiguous().requires_grad_(True)
+        self.objective = objective
+        self.render = render
+        if params.optimizer == "lbfgs":
+            # One iteration per step() so that progress, snapshots and cancel work between
+            # iterations (L-BFGS keeps its history across calls). The strong-Wolfe line
+            # search keeps it from diverging, as it does without one on stiff problems; the
+            # budget alone decides when to stop.
+            self.optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
+                [self.image], lr=params.learning_rate, max_iter=1, max_eval=20,
+                history_size=LBFGS_HISTORY, tolerance_grad=0.0, tolerance_change=0.0,
+                line_search_fn="strong_wolfe")
+        else:
+            self.optimizer = torch.optim.Adam([self.image], lr=params.learning_rate)
+        self.best: torch.Tensor | None = None
+        self.best_losses: Losses | None = None
+        self._evaluated_at: torch.Tensor | None = None
+        self._last: tuple[torch.Tensor, Losses, torch.Tensor] | None = None
+
+    def evaluate(self) -> tuple[torch.Tensor, Losses]:
+        """Loss and gradient at the current pixels; returns (pixels, losses)."""
+        self._closure()
+        return self._last[0], self._last[1]
+
+    def step(self) -> tuple[torch.Tensor, Losses]:
+        """One iteration; returns the pixels last evaluated and their losses."""
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            self.optimizer.step(self._closure)
+        else:
+            self._closure()
+            self.optimizer.step()
+            with torch.no_grad():
+                self.image.clamp_(0, 1)
+        return self._last[0], self._last[1]
+
+    def _closure(self) -> torch.Tensor:
+        # L-BFGS's step() starts by evaluating the point where its previous line search
+        # ended: answer from memory instead of a second forward and backward pass.
+        if self._evaluated_at is not None and torch.equal(self._evaluated_at, self.image.detach()):
+            return self._last[2]
+        self.optimizer.zero_grad(set_to_none=True)
+        pixels = self.image.clamp(0, 1)
+        content, style, tv = self.objective(self.render(pixels))
+        total = content + style + tv
+        total.backward()
+        # The one host sync per evaluation: the caller sees every iteration's losses.
+        losses = Losses(*(float(t.detach()) for t in (content, style, tv, total)))
+        if not math.isfinite(losses.total):
+            raise EngineError(f"the loss became {losses.total}; lower the learning rate or the loss weights")
+        pixels = pixels.detach()
+        if self.best_losses is None or losses.total < self.best_losses.total:
+            self.best, self.best_losses = pixels, losses
+        self._evaluated_at = self.image.detach().clone()
+        self._last = (pixels, losses, total.detach())
+        return total
+
+
 def _min_side(layers: Sequence[str]) -> int:
     """The shortest image side whose features still exist at the deepest layer."""
     deepest = max(LAYER_NAMES.index(name) for name in layers)
@@ -200,7 +266,7 @@ def stylize(
     total_iterations = sum(budgets)
     iteration = 0
     initial_losses: Losses | None = None
-    best: torch.Tensor | None = None
+    best: torch.Tensor | None = None  # the lowest-loss image of the scale last run
     best_losses: Losses | None = None
     canceled = False
     chroma = None  # the content's I and Q channels at the current scale, in luminance mode
@@ -235,63 +301,23 @@ def stylize(
             start = F.interpolate(style_ts[0], size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
         else:
             start = torch.rand(content_t.shape, generator=generator).to(dev)
-        image = start.detach().clamp(0, 1).contiguous().requires_grad_(True)
-        if params.optimizer == "lbfgs":
-            # One iteration per step() so that progress, snapshots and cancel work between
-            # iterations; L-BFGS keeps its history across calls. Tolerances off: the budget
-            # alone decides when to stop.
-            optimizer = torch.optim.LBFGS([image], lr=params.learning_rate, max_iter=1,
-                                          history_size=LBFGS_HISTORY, tolerance_grad=0.0,
-                                          tolerance_change=0.0)
-        else:
-            optimizer = torch.optim.Adam([image], lr=params.learning_rate)
-        best, best_losses = None, None
-
+        descent = _Descent(start, objective, render, params)
+        # Evaluating the start costs nothing extra: the first step reuses it.
+        start_losses = descent.evaluate()[1]
+        initial_losses = initial_losses or start_losses
         for _ in range(budget):
             if should_stop is not None and should_stop():
                 canceled = True
                 break
-            evaluated: dict[str, Any] = {}
-
-            def closure() -> torch.Tensor:
-                optimizer.zero_grad(set_to_none=True)
-                terms = objective(render(image))
-                total = terms[0] + terms[1] + terms[2]
-                total.backward()
-                evaluated["terms"] = tuple(t.detach() for t in (*terms, total))
-                evaluated["image"] = image.detach().clone()
-                return total
-
-            if params.optimizer == "lbfgs":
-                optimizer.step(closure)
-            else:
-                closure()
-                optimizer.step()
-            with torch.no_grad():
-                image.clamp_(0, 1)
-            # The one host sync per iteration: the caller sees every iteration's losses.
-            losses = Losses(*(float(t) for t in evaluated["terms"]))
-            if not math.isfinite(losses.total):
-                raise EngineError(
-                    f"the loss became {losses.total} at iteration {iteration + 1}; "
-                    f"lower the learning rate or the loss weights"
-                )
+            pixels, losses = descent.step()
             iteration += 1
-            initial_losses = initial_losses or losses
-            if best_losses is None or losses.total < best_losses.total:
-                best, best_losses = evaluated["image"], losses
             yield Progress(iteration, total_iterations, scale_index, len(sizes), dims, losses)
             if params.snapshot_every and iteration % params.snapshot_every == 0 and iteration < total_iterations:
-                yield Snapshot(iteration, to_pil(_to_rgb(evaluated["image"], chroma)), losses)
+                yield Snapshot(iteration, to_pil(_to_rgb(pixels, chroma)), losses)
+        best, best_losses = descent.best, descent.best_losses
         if canceled:
             break
 
-    if best is None:  # stopped before the first iteration: the starting image is the output
-        with torch.no_grad():
-            terms = objective(render(image))
-        best = image.detach()
-        best_losses = Losses(*(float(t) for t in terms), float(sum(terms)))
-        initial_losses = best_losses
     output = _to_rgb(best, chroma)
     if output.shape[-2:] != (final_size[1], final_size[0]):  # canceled at a coarse scale
         output = F.interpolate(output, size=(final_size[1], final_size[0]), mode="bicubic", align_corners=False)

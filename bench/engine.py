@@ -1,0 +1,423 @@
+"""Benchmark one loss evaluation of the engine against a plain, textbook reference.
+
+One evaluation is what each L-BFGS/Adam iteration of `stylize` costs: a forward pass of
+the cut VGG-19, the content, style and TV losses, and a backward pass to the image pixels.
+
+- engine: the engine's own code path, `VGGFeatures` + `StyleObjective` built from the
+  default `StyleParams(weights="random")`.
+- reference: the same objective written out here the obvious way, sharing no engine code
+  but the weights: torchvision's `make_layers(cfgs["E"])`, non-inplace ReLU, average
+  pooling, float32 NCHW, layer by layer.
+
+Both see the same images and the same weights; the script first checks that they give the
+same loss and gradient, then times them in interleaved rounds.
+
+    python bench/engine.py --size 256 --device cpu [--repeats N] [--json]
+    python bench/engine.py --size 256 512          # several sizes in one run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models.vgg import cfgs, make_layers
+
+# bench/ is not a package: make `shared` and `worker` importable when run as a script from a
+# plain clone, without relying on the editable install.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from shared.params import StyleParams  # noqa: E402
+from worker.engine import StyleObjective, VGGFeatures, load_weights  # noqa: E402
+from worker.engine.images import to_tensor  # noqa: E402
+
+# The sample images live beside the repository (../shared/images) in the project's
+# workspace; a user's clone may not have them, and then seeded random images stand in.
+DEFAULT_IMAGES = REPO_ROOT.parent / "shared" / "images"
+CONTENT_FILE = "tubingen.jpg"
+STYLE_FILE = "starry_night.jpg"
+
+SEED = 0
+ROUNDS = 3  # engine and reference alternate this many times, so drift hits both alike
+DEFAULT_REPEATS = {"cpu": 20, "cuda": 100}  # timed evaluations per variant, over all rounds
+WARMUP = {"cpu": 2, "cuda": 10}
+
+Evaluation = Callable[[], torch.Tensor]
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def reference_layer_names() -> list[str]:
+    """Name the modules of make_layers(cfgs["E"]) by meaning: conv1_1, relu1_1, ..., pool5.
+
+    Derived here from torchvision's config rather than taken from the engine, so that an
+    off-by-one in either shows up as a loss mismatch.
+    """
+    names: list[str] = []
+    block, conv = 1, 1
+    for entry in cfgs["E"]:
+        if entry == "M":
+            names.append(f"pool{block}")
+            block, conv = block + 1, 1
+        else:
+            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
+            conv += 1
+    return names
+
+
+class ReferenceObjective:
+    """Gatys et al.'s loss the textbook way: normalise, run VGG, Gram = F Fᵀ / (C·H·W), MSE."""
+
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, state: dict[str, torch.Tensor], content: torch.Tensor, style: torch.Tensor,
+                 content_layers: tuple[str, ...], style_layers: tuple[str, ...],
+                 content_weight: float, style_weight: float, tv_weight: float):
+        names = reference_layer_names()
+        features = make_layers(cfgs["E"])
+        features.load_state_dict(state)
+        wanted = set(content_layers) | set(style_layers)
+        depth = max(names.index(n) for n in wanted) + 1  # cut after the deepest wanted layer
+        modules: list[nn.Module] = []
+        for module in list(features)[:depth]:
+            if isinstance(module, nn.ReLU):
+                module = nn.ReLU(inplace=False)
+            elif isinstance(module, nn.MaxPool2d):
+                module = nn.AvgPool2d(kernel_size=2, stride=2)
+            modules.append(module)
+        device = content.device
+        self.net = nn.Sequential(*modules).to(device).eval().requires_grad_(False)
+        self.names = names[:depth]
+        self.content_layers = content_layers
+        self.style_layers = style_layers
+        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        self.mean = torch.tensor(self.MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.STD, device=device).view(1, 3, 1, 1)
+        with torch.no_grad():
+            feats = self.features(content)
+            self.content_targets = {n: feats[n] for n in content_layers}
+            feats = self.features(style)
+            self.style_targets = {n: self.gram(feats[n]) for n in style_layers}
+
+    def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (image - self.mean) / self.std
+        out = {}
+        for name, layer in zip(self.names, self.net):
+            x = layer(x)
+            out[name] = x
+        return out
+
+    @staticmethod
+    def gram(f: torch.Tensor) -> torch.Tensor:
+        _, c, h, w = f.shape
+        flat = f.view(c, h * w)
+        return flat @ flat.t() / (c * h * w)
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = self.features(image)
+        content = sum(F.mse_loss(feats[n], self.content_targets[n]) for n in self.content_layers)
+        style = sum(F.mse_loss(self.gram(feats[n]), self.style_targets[n]) for n in self.style_layers)
+        dy = image[..., 1:, :] - image[..., :-1, :]
+        dx = image[..., :, 1:] - image[..., :, :-1]
+        tv = (dy**2).mean() + (dx**2).mean()
+        return self.content_weight * content, self.style_weight * style, self.tv_weight * tv
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def load_image(path: Path, long_side: int, fallback_shape: tuple[int, int], seed: int) -> tuple[torch.Tensor, str]:
+    """(1, 3, H, W) in [0, 1] with the long side `long_side`, or a seeded random stand-in."""
+    if path.is_file():
+        with Image.open(path) as image:
+            width, height = image.size
+            scale = long_side / max(width, height)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            return to_tensor(image, size), path.name
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand((1, 3, *fallback_shape), generator=generator), f"random (no {path})"
+
+
+def build(size: int, device: torch.device, images: Path) -> dict:
+    """Both objectives, their inputs, and the image tensor they are evaluated on."""
+    params = StyleParams(weights="random")
+    weights = load_weights(params.weights)
+    content, content_src = load_image(images / CONTENT_FILE, size, (round(size * 3 / 4), size), SEED)
+    style, style_src = load_image(images / STYLE_FILE, size, (size, size), SEED + 1)
+    if min(*content.shape[-2:], *style.shape[-2:]) < 16:
+        raise SystemExit(f"--size {size} is too small: conv5_1 needs at least 16 px on the short side")
+    content, style = content.to(device), style.to(device)
+
+    layers = (*params.content_layers, *params.style_layers)
+    net = VGGFeatures(weights, layers, params.pooling).to(device)
+    engine = StyleObjective(net, params, content, [style], params.style_blend_for(1))
+    reference = ReferenceObjective(
+        {k: v.clone() for k, v in weights.state.items()}, content, style,
+        params.content_layers, params.style_layers,
+        params.content_weight, params.style_weight, params.tv_weight,
+    )
+
+    # Evaluate near the content image, as the optimisation does, but not on it: exactly at
+    # the content image the content loss is 0 and its agreement would prove nothing.
+    generator = torch.Generator().manual_seed(SEED + 2)
+    noise = 0.05 * torch.randn(content.shape, generator=generator)
+    image = (content.cpu() + noise).clamp(0, 1).to(device).requires_grad_(True)
+    return {"engine": engine, "reference": reference, "image": image,
+            "content_src": content_src, "style_src": style_src,
+            "shape": tuple(image.shape[-2:])}
+
+
+def evaluation(objective, image: torch.Tensor) -> Evaluation:
+    """One forward + backward to the pixels, as the engine's closure does it."""
+    def run() -> torch.Tensor:
+        image.grad = None
+        content, style, tv = objective(image)
+        total = content + style + tv
+        total.backward()
+        return total
+    return run
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def check_agreement(setup: dict) -> dict[str, float]:
+    """Relative differences of the loss terms and of the gradient between the two objectives."""
+    image = setup["image"]
+    results = {}
+    for name in ("engine", "reference"):
+        image.grad = None
+        terms = setup[name](image)
+        total = terms[0] + terms[1] + terms[2]
+        total.backward()
+        results[name] = ([float(t.detach()) for t in (*terms, total)], image.grad.detach().clone())
+    image.grad = None
+    (e_terms, e_grad), (r_terms, r_grad) = results["engine"], results["reference"]
+    rel = {key: abs(e - r) / max(abs(r), 1e-30)
+           for key, e, r in zip(("content", "style", "tv", "total"), e_terms, r_terms)}
+    rel["grad"] = float((e_grad - r_grad).norm() / r_grad.norm().clamp_min(1e-30))
+    rel["loss"] = r_terms[3]
+    return rel
+
+
+def count_flops(run: Evaluation) -> int:
+    """FLOPs of one forward + backward, as torch's flop counter sees them (convs, matmuls)."""
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def time_block(run: Evaluation, count: int, device: torch.device) -> tuple[list[float], int | None]:
+    """Milliseconds of each of `count` evaluations, and the peak CUDA memory they added.
+
+    Each evaluation is synchronised on its own: the engine reads its losses back every
+    iteration, so a real iteration never overlaps the next one on the GPU either.
+    """
+    samples = []
+    base = None
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(count):
+        sync(device)
+        start = time.perf_counter()
+        run()
+        sync(device)
+        samples.append((time.perf_counter() - start) * 1e3)
+    extra = torch.cuda.max_memory_allocated(device) - base if base is not None else None
+    return samples, extra
+
+
+def peak_rss_mib() -> float:
+    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def measure(size: int, device: torch.device, repeats: int, images: Path) -> dict:
+    rss_before = peak_rss_mib()
+    torch.manual_seed(SEED)
+    setup = build(size, device, images)
+    runs = {name: evaluation(setup[name], setup["image"]) for name in ("engine", "reference")}
+    agreement = check_agreement(setup)
+    flops = count_flops(runs["reference"])
+    flops_engine = count_flops(runs["engine"])
+
+    for _ in range(WARMUP[device.type]):
+        for run in runs.values():
+            run()
+    sync(device)
+
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    round_medians: dict[str, list[float]] = {name: [] for name in runs}
+    peak: dict[str, int] = {name: 0 for name in runs}
+    per_round = [repeats // ROUNDS + (1 if i < repeats % ROUNDS else 0) for i in range(ROUNDS)]
+    for count in per_round:
+        for name, run in runs.items():
+            if count == 0:
+                continue
+            block, extra = time_block(run, count, device)
+            samples[name] += block
+            round_medians[name].append(round(statistics.median(block), 3))
+            if extra is not None:
+                peak[name] = max(peak[name], extra)
+
+    engine_ms = statistics.median(samples["engine"])
+    reference_ms = statistics.median(samples["reference"])
+    height, width = setup["shape"]
+    result = {
+        "size": size,
+        "width": width,
+        "height": height,
+        "device": device.type,
+        "repeats": repeats,
+        "engine_ms": round(engine_ms, 3),
+        "reference_ms": round(reference_ms, 3),
+        "speedup": round(reference_ms / engine_ms, 3),
+        "gflop_per_eval": round(flops / 1e9, 3),
+        "engine_gflops": round(flops / engine_ms / 1e6, 2),
+        "reference_gflops": round(flops / reference_ms / 1e6, 2),
+        "engine_min_ms": round(min(samples["engine"]), 3),
+        "reference_min_ms": round(min(samples["reference"]), 3),
+        "engine_max_ms": round(max(samples["engine"]), 3),
+        "reference_max_ms": round(max(samples["reference"]), 3),
+        "engine_round_median_ms": round_medians["engine"],
+        "reference_round_median_ms": round_medians["reference"],
+        "rel_diff_loss": agreement["total"],
+        "rel_diff_terms": {k: agreement[k] for k in ("content", "style", "tv")},
+        "rel_diff_grad": agreement["grad"],
+        "loss": agreement["loss"],
+        "content_image": setup["content_src"],
+        "style_image": setup["style_src"],
+    }
+    if flops_engine != flops:
+        result["engine_gflop_per_eval"] = round(flops_engine / 1e9, 3)
+    if device.type == "cuda":
+        result["engine_peak_mib"] = round(peak["engine"] / 2**20, 1)
+        result["reference_peak_mib"] = round(peak["reference"] / 2**20, 1)
+    else:
+        # Peak RSS only grows: what it was before this size was set up tells how much the
+        # size itself added (0 when an earlier, larger size already went higher).
+        result["process_peak_rss_mib"] = round(peak_rss_mib(), 1)
+        result["process_peak_rss_before_mib"] = round(rss_before, 1)
+    return result
+
+
+# --------------------------------------------------------------------------- output
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # platform.processor() is often empty or just "x86_64" on Linux
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def print_row(r: dict, widths: list[int]) -> None:
+    if r["device"] == "cuda":
+        memory = f"{r['engine_peak_mib']:.0f} / {r['reference_peak_mib']:.0f}"
+    else:
+        memory = f"{r['process_peak_rss_mib']:.0f} (was {r['process_peak_rss_before_mib']:.0f})"
+    cells = [f"{r['width']}x{r['height']}", r["device"], f"{r['engine_ms']:.1f}",
+             f"{r['reference_ms']:.1f}", f"{r['speedup']:.2f}x",
+             f"{r['engine_gflops']:.1f} / {r['reference_gflops']:.1f}", memory,
+             f"{r['rel_diff_loss']:.1e}"]
+    print("  ".join(c.rjust(w) for c, w in zip(cells, widths)), flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, nargs="+", action="extend",
+                        help="long side in pixels; several values or repeated flags measure several sizes (default 256)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed evaluations per variant, over {ROUNDS} interleaved rounds "
+                             f"(default {DEFAULT_REPEATS['cpu']} on CPU, {DEFAULT_REPEATS['cuda']} on CUDA)")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
+                        help=f"folder with {CONTENT_FILE} and {STYLE_FILE} (default: ../shared/images)")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line per size")
+    args = parser.parse_args(argv)
+    args.size = args.size or [256]
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda was asked for but no CUDA GPU is available")
+    repeats = args.repeats or DEFAULT_REPEATS.get(device.type, DEFAULT_REPEATS["cpu"])
+
+    print(f"torch {torch.__version__}, device {device} ({device_name(device)}), "
+          f"{torch.get_num_threads()} threads, {repeats} timed evaluations per variant in "
+          f"{ROUNDS} interleaved rounds, median reported")
+    header = ["size", "device", "engine ms", "ref ms", "speed-up", "GFLOP/s eng / ref",
+              "peak MiB eng / ref" if device.type == "cuda" else "peak RSS MiB", "loss rel.diff"]
+    widths = [max(len(h), 9) for h in header]
+    widths[5], widths[6] = max(widths[5], 17), max(widths[6], 18)
+    lines = []
+    for i, size in enumerate(args.size):
+        r = measure(size, device, repeats, args.images)
+        if i == 0:
+            print(f"images: content {r['content_image']}, style {r['style_image']}")
+            print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+        print_row(r, widths)
+        terms = ", ".join(f"{k} {v:.1e}" for k, v in r["rel_diff_terms"].items())
+        print(f"{'':>{widths[0]}}  agreement: total {r['rel_diff_loss']:.1e} ({terms}), "
+              f"gradient {r['rel_diff_grad']:.1e}; {r['gflop_per_eval']:.2f} GFLOP/eval", flush=True)
+        print(f"{'':>{widths[0]}}  spread: engine {r['engine_min_ms']:.1f}..{r['engine_max_ms']:.1f} ms "
+              f"(rounds {', '.join(f'{m:.1f}' for m in r['engine_round_median_ms'])}), reference "
+              f"{r['reference_min_ms']:.1f}..{r['reference_max_ms']:.1f} ms "
+              f"(rounds {', '.join(f'{m:.1f}' for m in r['reference_round_median_ms'])})")
+        if max(r["engine_max_ms"] / r["engine_min_ms"], r["reference_max_ms"] / r["reference_min_ms"]) > 1.5:
+            print(f"{'':>{widths[0]}}  warning: evaluations vary by more than 1.5x; the machine is "
+                  f"probably busy, and the medians are not to be trusted")
+        if "engine_gflop_per_eval" in r:
+            print(f"{'':>{widths[0]}}  note: the engine counts {r['engine_gflop_per_eval']:.2f} GFLOP/eval")
+        lines.append(r)
+    if device.type == "cuda":
+        print("peak MiB: torch.cuda.max_memory_allocated during the timed evaluations, above "
+              "what was allocated before them (both networks, targets and the image).")
+    else:
+        print("peak RSS: the whole process's ru_maxrss after this size (and before it was set "
+              "up); both variants run in one process, so CPU memory cannot be split per variant.")
+    if args.json:
+        for r in lines:
+            print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Fixtures: offline weights, small generated images, and a shortcut to run the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.params import StyleParams
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """No test touches the network: downloads are off and the torch hub cache is empty."""
+    monkeypatch.setenv("IMPASTO_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("IMPASTO_VGG_WEIGHTS", raising=False)
+
+
+@pytest.fixture(scope="session")
+def random_weights():
+    from worker.engine import load_weights
+
+    return load_weights("random")
+
+
+def make_content(width: int = 64, height: int = 48) -> Image.Image:
+    """A warm synthetic photo: an orange sky gradient, a dark red house with a window."""
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    rgb = np.stack([0.9 - 0.2 * y, 0.5 + 0.2 * x, 0.2 + 0.1 * y], axis=-1)
+    rgb[height // 2 :, width // 4 : 3 * width // 4] = (0.55, 0.15, 0.1)
+    rgb[height // 2 + 4 : height // 2 + 12, width // 2 - 4 : width // 2 + 4] = (0.95, 0.85, 0.4)
+    return Image.fromarray((rgb * 255).astype(np.uint8), "RGB")
+
+
+def make_style(width: int = 64, height: int = 64, seed: int = 1) -> Image.Image:
+    """A cool, busy texture: blue and green swirling stripes with noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / 8.0
+    wave = np.sin(x + 2 * np.sin(y)) * 0.5 + 0.5
+    rgb = np.stack([0.1 * wave, 0.3 + 0.4 * (1 - wave), 0.4 + 0.5 * wave], axis=-1)
+    rgb += rng.normal(0, 0.05, rgb.shape)
+    return Image.fromarray((rgb.clip(0, 1) * 255).astype(np.uint8), "RGB")
+
+
+DATA = Path(__file__).parent / "data"
+PHOTO = DATA / "tubingen.jpg"
+PAINTING = DATA / "starry_night.jpg"
+
+
+def load(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+@pytest.fixture
+def photo():
+    return load(PHOTO)
+
+
+@pytest.fixture
+def painting():
+    return load(PAINTING)
+
+
+@pytest.fixture
+def content_image():
+    return make_content()
+
+
+@pytest.fixture
+def style_image():
+    return make_style()
+
+
+@pytest.fixture
+def run_engine(random_weights):
+    """Run the engine to the end on CPU; return (events, result)."""
+    from worker.engine import Result, stylize
+
+    def run(content, styles, should_stop=None, **overrides):
+        settings = {"size": 48, "iterations": 6, "scales": 1, "weights": "random", **overrides}
+        params = StyleParams(**settings)
+        events = list(stylize(content, styles, params, device="cpu", weights=random_weights,
+                              should_stop=should_stop))
+        assert isinstance(events[-1], Result)
+        return events, events[-1]
+
+    return run

@@ -1,0 +1,219 @@
+"""The optimization loop: it lowers the loss, every option runs, and the contract holds."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_content, make_style
+from shared.params import StyleParams
+from worker.engine import EngineError, Progress, Result, Snapshot, StyleObjective, VGGFeatures, stylize
+from worker.engine.color import rgb_to_yiq
+from worker.engine.images import to_tensor
+from worker.engine.stylize import scale_sizes, split_iterations
+
+
+def progress(events):
+    return [e for e in events if isinstance(e, Progress)]
+
+
+def test_loss_falls_over_a_short_run(photo, painting, run_engine):
+    events, result = run_engine(photo, [painting], iterations=20, size=64)
+    assert result.losses.total < 0.05 * result.initial_losses.total
+    assert result.initial_losses.content == 0  # the content image, where it all starts
+    assert result.iterations == 20 and not result.canceled
+    assert result.weights == "random" and result.device == "cpu"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"optimizer": "adam"},
+        {"optimizer": "adam", "learning_rate": 0.05},
+        {"optimizer": "lbfgs", "learning_rate": 0.5},
+        {"init": "style"},
+        {"init": "noise"},
+        {"pooling": "max"},
+        {"content_weight": 0.0},
+        {"style_weight": 10.0},
+        {"tv_weight": 0.0},
+        {"tv_weight": 100.0},
+        {"content_layers": ("relu4_2",), "style_layers": ("relu1_1", "relu2_1", "relu3_1")},
+        {"content_layers": ("conv3_2", "conv4_2")},
+        {"style_layers": ("conv1_1", "conv2_1"), "style_layer_weights": (0.3, 2.0)},
+        {"style_scale": 0.5},
+        {"style_scale": 2.0},
+        {"preserve_colors": "luminance"},
+        {"preserve_colors": "histogram"},
+        {"preserve_colors": "luminance", "init": "noise", "scales": 2, "size": 128},
+        {"scales": 2, "size": 128},
+        {"snapshot_every": 2},
+        {"seed": 5, "init": "noise"},
+    ],
+    ids=lambda options: ",".join(f"{k}={v}" for k, v in options.items()),
+)
+def test_every_option_runs_and_lowers_the_loss(content_image, style_image, run_engine, options):
+    events, result = run_engine(content_image, [style_image], **{"iterations": 6, **options})
+    params = StyleParams(**{"size": 48, "scales": 1, "weights": "random", **options})
+    expected_size = scale_sizes(content_image.size, params.size, params.scales)[-1]
+    assert result.size == expected_size
+    assert result.iterations == 6
+    assert np.isfinite(result.losses.total)
+    if params.scales == 1:  # losses at different scales are not comparable
+        assert result.losses.total < result.initial_losses.total
+
+
+def test_several_styles_blend_their_gram_targets(random_weights):
+    params = StyleParams(weights="random", style_layers=("conv1_1", "conv2_1"))
+    net = VGGFeatures(random_weights, ("conv4_2", "conv1_1", "conv2_1"))
+    content = to_tensor(make_content())
+    first, second = to_tensor(make_style(seed=1)), to_tensor(make_style(seed=2).rotate(90))
+    only_first = StyleObjective(net, params, content, [first], [1.0])
+    only_second = StyleObjective(net, params, content, [second], [1.0])
+    blended = StyleObjective(net, params, content, [first, second], [0.25, 0.75])
+    for name in params.style_layers:
+        expected = 0.25 * only_first.style_targets[name] + 0.75 * only_second.style_targets[name]
+        assert torch.allclose(blended.style_targets[name], expected, atol=1e-7)
+
+
+def test_several_styles_with_blend_weights_run(content_image, run_engine):
+    styles = [make_style(seed=1), make_style(seed=2)]
+    _, result = run_engine(content_image, styles, style_blend=(1.0, 3.0))
+    assert result.losses.total < result.initial_losses.total
+
+
+def test_blend_weights_must_match_the_style_count(content_image, style_image, run_engine):
+    with pytest.raises(EngineError, match="2 numbers but there are 1 style images"):
+        run_engine(content_image, [style_image], style_blend=(1.0, 2.0))
+
+
+def test_coarse_to_fine_reaches_the_requested_size(run_engine, style_image):
+    content = make_content(300, 200)
+    events, result = run_engine(content, [style_image], size=160, scales=3, iterations=9)
+    sizes = [e.size for e in progress(events)]
+    assert sorted(set(sizes), key=sizes.index) == [(80, 53), (160, 107)]  # 40 px is below the floor
+    assert sizes.count((80, 53)) == 4 and sizes.count((160, 107)) == 5
+    assert result.size == (160, 107)
+    assert [e.scale for e in progress(events)][-1] == 2
+
+
+def test_scale_schedule():
+    assert scale_sizes((1024, 768), 512, 3) == [(128, 96), (256, 192), (512, 384)]
+    assert scale_sizes((768, 1024), 2048, 2) == [(768, 1024), (1536, 2048)]
+    assert scale_sizes((100, 100), 128, 4) == [(64, 64), (128, 128)]
+    assert scale_sizes((100, 100), 32, 3) == [(32, 32)]
+    assert split_iterations(500, 3) == [166, 167, 167]
+    assert split_iterations(2, 3) == [0, 1, 1]
+
+
+def _chroma(image):
+    return rgb_to_yiq(to_tensor(image))[:, 1:]
+
+
+@pytest.mark.parametrize("mode", ["luminance", "histogram"])
+def test_colour_modes_keep_the_contents_colours(random_weights, mode):
+    """Measure how far the output's chroma (YIQ's I and Q) moves from the content's."""
+    content, style = make_content(64, 48), make_style(64, 64)
+    results = {}
+    for colours in ("none", mode):
+        params = StyleParams(size=64, iterations=25, scales=1, weights="random", preserve_colors=colours)
+        *_, results[colours] = stylize(content, [style], params, device="cpu", weights=random_weights)
+    source = _chroma(content.resize(results["none"].size))
+    pixel_shift = {k: (_chroma(r.image) - source).abs().mean().item() for k, r in results.items()}
+    mean_shift = {k: (_chroma(r.image).mean((2, 3)) - source.mean((2, 3))).abs().max().item()
+                  for k, r in results.items()}
+    assert mean_shift["none"] > 0.05, "the style should pull plain transfer's colours away"
+    assert mean_shift[mode] < 0.3 * mean_shift["none"]
+    if mode == "luminance":
+        assert pixel_shift[mode] < 0.01  # the content's own chroma, pixel for pixel
+
+
+def test_same_seed_repeats_bit_for_bit_and_another_seed_differs(content_image, style_image, run_engine):
+    runs = [run_engine(content_image, [style_image], init="noise", seed=seed)[1] for seed in (3, 3, 4)]
+    first, again, other = (np.asarray(r.image) for r in runs)
+    assert np.array_equal(first, again)
+    assert runs[0].losses == runs[1].losses
+    assert not np.array_equal(first, other)
+
+
+def test_snapshots_arrive_at_the_right_iterations(content_image, style_image, run_engine):
+    events, result = run_engine(content_image, [style_image], iterations=10, snapshot_every=3)
+    snapshots = [e for e in events if isinstance(e, Snapshot)]
+    assert [s.iteration for s in snapshots] == [3, 6, 9, 10]
+    assert [s.final for s in snapshots] == [False, False, False, True]
+    assert snapshots[-1].image is result.image
+    by_iteration = {e.iteration: e.losses for e in progress(events)}
+    assert all(s.losses == by_iteration[s.iteration] for s in snapshots[:-1])
+    assert all(s.image.size == result.size for s in snapshots)
+
+
+def test_no_interval_snapshots_when_turned_off(content_image, style_image, run_engine):
+    events, _ = run_engine(content_image, [style_image], iterations=4, snapshot_every=0)
+    assert [e.final for e in events if isinstance(e, Snapshot)] == [True]
+
+
+def test_output_is_the_lowest_loss_image(content_image, style_image, run_engine):
+    # Adam at a large step overshoots, so the last iterate is not the best one.
+    events, result = run_engine(content_image, [style_image], optimizer="adam", learning_rate=1.0,
+                                iterations=12)
+    totals = [e.losses.total for e in progress(events)]
+    assert result.losses.total == min(totals + [result.initial_losses.total])
+    assert totals[-1] > result.losses.total
+
+
+def test_cancel_stops_within_one_iteration_and_keeps_the_image(content_image, style_image, run_engine):
+    seen = []
+
+    def should_stop():
+        return len(seen) >= 3
+
+    from worker.engine import stylize as run
+
+    params = StyleParams(size=48, iterations=50, scales=1, weights="random")
+    events = []
+    for event in run(content_image, [style_image], params, device="cpu", should_stop=should_stop):
+        events.append(event)
+        if isinstance(event, Progress):
+            seen.append(event)
+    result = events[-1]
+    assert isinstance(result, Result) and result.canceled
+    assert len(progress(events)) == 3 and result.iterations == 3
+    assert result.size == (48, 36)
+    assert result.losses.total == min(e.losses.total for e in seen)
+
+
+def test_cancel_at_a_coarse_scale_still_returns_the_requested_size(content_image, style_image, run_engine):
+    calls = []
+    events, result = run_engine(content_image, [style_image], size=128, scales=2, iterations=20,
+                                should_stop=lambda: len(calls.append(1) or calls) > 2)
+    assert result.canceled and result.iterations == 2
+    assert result.size == (128, 96)
+
+
+def test_cancel_before_the_first_iteration_returns_the_start(content_image, style_image, run_engine):
+    _, result = run_engine(content_image, [style_image], should_stop=lambda: True)
+    assert result.canceled and result.iterations == 0
+    assert result.losses.content == 0  # the content image itself
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"size": 16, "style_layers": ("conv5_1",)}, "needs at least 16 px on the short side"),
+    ],
+)
+def test_sizes_too_small_for_the_layers_are_clear_errors(content_image, style_image, run_engine,
+                                                          options, message):
+    with pytest.raises(EngineError, match=message):
+        run_engine(content_image, [style_image], **options)
+
+
+def test_no_style_image_is_an_error(content_image, run_engine):
+    with pytest.raises(EngineError, match="at least one style image"):
+        run_engine(content_image, [])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU (CI has none)")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(content_image, style_image, run_engine):
+    with pytest.raises(EngineError, match="no CUDA GPU is available"):
+        run_engine(content_image, [style_image], iterations=1) if False else list(
+            stylize(content_image, [style_image], StyleParams(weights="random"), device="cuda"))
