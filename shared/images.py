@@ -6,7 +6,6 @@ import io
 import os
 import warnings
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Checked from the header, before any pixel is decoded (8000 x 8000).
@@ -57,14 +56,12 @@ def decode_image(
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: keep the top 8 bits rather than clipping at 255.
-        array = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(array.clip(0, 255).round().astype(np.uint8), "L")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit grayscale: scale 0..65535 down to 0..255 rather than clipping at 255.
+        image = image.convert("I").point(lambda v: v / 257).convert("L")
     elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        scale = 255.0 if array.max() <= 1.0 else 1.0
-        image = Image.fromarray((array * scale).clip(0, 255).round().astype(np.uint8), "L")
+        scale = 255.0 if image.getextrema()[1] <= 1.0 else 1.0
+        image = image.point(lambda v: v * scale).convert("L")
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
         image.mode == "P" and "transparency" in image.info
     )

@@ -1,0 +1,64 @@
+"""Safe decoding: every input becomes an upright RGB image or a clear ImageError."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.images import ImageError, decode_image
+
+
+def encode(image: Image.Image, format: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "image, pixel",
+    [
+        (Image.new("L", (4, 3), 128), (128, 128, 128)),
+        (Image.new("CMYK", (4, 3), (0, 0, 0, 0)), (255, 255, 255)),
+        (Image.new("RGBA", (4, 3), (255, 0, 0, 0)), (255, 255, 255)),  # transparent: white
+        (Image.new("RGBA", (4, 3), (255, 0, 0, 255)), (255, 0, 0)),
+        (Image.new("LA", (4, 3), (0, 255)), (0, 0, 0)),
+        (Image.fromarray(np.full((3, 4), 65535, np.uint16)), (255, 255, 255)),  # 16-bit
+        (Image.fromarray(np.full((3, 4), 32896, np.uint16)), (128, 128, 128)),
+        (Image.new("P", (4, 3), 0), (0, 0, 0)),
+    ],
+    ids=["grayscale", "cmyk", "transparent", "opaque-rgba", "la", "16bit-white", "16bit-mid", "palette"],
+)
+def test_modes_become_rgb(image, pixel):
+    format = "TIFF" if image.mode == "CMYK" else "PNG"
+    decoded = decode_image(encode(image, format))
+    assert decoded.mode == "RGB" and decoded.size == (4, 3)
+    assert decoded.getpixel((1, 1)) == pixel
+
+
+def test_exif_rotation_is_applied():
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    decoded = decode_image(encode(image, "JPEG", exif=exif))
+    assert decoded.size == (20, 40)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "is not an image that can be read"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "is not an image that can be read"),
+        (encode(Image.new("RGB", (64, 64), "red"))[:80], "truncated or corrupt"),
+    ],
+    ids=["empty", "svg", "truncated"],
+)
+def test_bad_bytes_are_clear_errors(data, message):
+    with pytest.raises(ImageError, match=message):
+        decode_image(data, name="upload.png")
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    data = encode(Image.new("L", (300, 300)))
+    with pytest.raises(ImageError, match="300x300 = 90000 pixels, over the limit of 50000"):
+        decode_image(data, max_pixels=50_000)
