@@ -41,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from shared.params import StyleParams  # noqa: E402
+from shared.params import StyleParams, vgg19_layer_names  # noqa: E402
 from worker.engine import StyleObjective, VGGFeatures, load_weights  # noqa: E402
 from worker.engine.images import to_tensor  # noqa: E402
 
@@ -62,24 +62,6 @@ Evaluation = Callable[[], torch.Tensor]
 # --------------------------------------------------------------------------- reference
 
 
-def reference_layer_names() -> list[str]:
-    """Name the modules of make_layers(cfgs["E"]) by meaning: conv1_1, relu1_1, ..., pool5.
-
-    Derived here from torchvision's config rather than taken from the engine, so that an
-    off-by-one in either shows up as a loss mismatch.
-    """
-    names: list[str] = []
-    block, conv = 1, 1
-    for entry in cfgs["E"]:
-        if entry == "M":
-            names.append(f"pool{block}")
-            block, conv = block + 1, 1
-        else:
-            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
-            conv += 1
-    return names
-
-
 class ReferenceObjective:
     """Gatys et al.'s loss the textbook way: normalise, run VGG, Gram = F Fᵀ / (C·H·W), MSE."""
 
@@ -89,7 +71,9 @@ class ReferenceObjective:
     def __init__(self, state: dict[str, torch.Tensor], content: torch.Tensor, style: torch.Tensor,
                  content_layers: tuple[str, ...], style_layers: tuple[str, ...],
                  content_weight: float, style_weight: float, tv_weight: float):
-        names = reference_layer_names()
+        # Named by shared.params (derived from the block sizes), not by the engine, so that
+        # an off-by-one in either shows up as a loss mismatch.
+        names = vgg19_layer_names()
         features = make_layers(cfgs["E"])
         features.load_state_dict(state)
         wanted = set(content_layers) | set(style_layers)

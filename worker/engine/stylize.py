@@ -102,14 +102,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise EngineError(f"unknown device {device!r}; use auto, cpu or cuda") from err
 
 
-def scale_sizes(content_size: tuple[int, int], size: int, scales: int) -> list[tuple[int, int]]:
-    """(width, height) of each scale, coarse to fine, each about half the next; the last is `size`."""
+def scale_sizes(content_size: tuple[int, int], size: int, scales: int,
+                min_side: int = 1) -> list[tuple[int, int]]:
+    """(width, height) of each scale, coarse to fine, each about half the next; the last is `size`.
+
+    Coarse scales under MIN_SCALE_LONG_SIDE, or with a short side under `min_side`, are dropped.
+    """
     sizes: list[tuple[int, int]] = []
     for halvings in reversed(range(scales)):
-        long_side = round(size / 2**halvings)
-        if halvings and long_side < MIN_SCALE_LONG_SIDE:
+        dims = fit_long_side(content_size, round(size / 2**halvings))
+        if halvings and (max(dims) < MIN_SCALE_LONG_SIDE or min(dims) < min_side):
             continue
-        dims = fit_long_side(content_size, long_side)
         if dims not in sizes:
             sizes.append(dims)
     return sizes
@@ -244,12 +247,13 @@ def stylize(
         raise EngineError(str(err)) from None
     dev = resolve_device(device)
     layers = (*params.content_layers, *params.style_layers)
-    sizes = scale_sizes(content.size, params.size, params.scales)
+    min_side = _min_side(layers)
+    sizes = scale_sizes(content.size, params.size, params.scales, min_side)
     final_size = sizes[-1]
-    if min(final_size) < _min_side(layers):
+    if min(final_size) < min_side:
         raise EngineError(
             f"the output would be {final_size[0]}x{final_size[1]} px, but layer "
-            f"{max(layers, key=LAYER_NAMES.index)} needs at least {_min_side(layers)} px on the "
+            f"{max(layers, key=LAYER_NAMES.index)} needs at least {min_side} px on the "
             f"short side; ask for a larger size"
         )
     weights = weights if weights is not None else load_weights(params.weights)
@@ -274,11 +278,10 @@ def stylize(
     for scale_index, (dims, budget) in enumerate(zip(sizes, budgets), start=1):
         if budget == 0:
             continue
-        min_style_side = _min_side(layers)
-        style_long = max(round(params.style_scale * max(dims)), min_style_side)
+        style_long = max(round(params.style_scale * max(dims)), min_side)
         content_t = to_tensor(content, dims).to(dev)
         style_ts = [to_tensor(s, fit_long_side(s.size, style_long)).to(dev) for s in styles]
-        if min(min(s.shape[-2:]) for s in style_ts) < min_style_side:
+        if min(min(s.shape[-2:]) for s in style_ts) < min_side:
             raise EngineError(
                 f"a style image is too narrow for layer {max(layers, key=LAYER_NAMES.index)} at "
                 f"this size; raise the style scale or use a less elongated style image"
