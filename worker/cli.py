@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
             for event in stylize(content, styles, params, device=device, weights=weights,
                                  should_stop=stop.requested):
                 if isinstance(event, Progress):
-                    bar.set_description(f"{event.size[0]}x{event.size[1]}", refresh=False)
+                    bar.set_description(f"scale {event.scale}/{event.scales} {event.size[0]}x{event.size[1]}", refresh=False)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in event.losses.as_dict().items()}, refresh=False)
                     bar.update(1)
                 elif isinstance(event, Snapshot) and args.snapshot_dir:
