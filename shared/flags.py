@@ -24,7 +24,7 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> 
     for name, field in model.model_fields.items():
         kind, choices, many = _describe(field.annotation)
         default = field.default
-        shown = "see above" if default is None else (" ".join(map(str, default)) if isinstance(default, tuple) else default)
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument(
             flag_name(name),
             dest=name,
@@ -33,7 +33,8 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> 
             nargs="+" if many else None,
             default=argparse.SUPPRESS,
             metavar=None if choices else name.upper().split("_")[-1],
-            help=f"{field.description} (default: {shown})",
+            # A default of None is explained in the description itself.
+            help=field.description if default is None else f"{field.description} (default: {shown})",
         )
 
 

@@ -40,23 +40,24 @@ def decode_image(
         raise ImageError(f"{label} has too many pixels (over {max_pixels}); downscale it") from None
     except UnidentifiedImageError:
         raise ImageError(f"{label} is not an image that can be read; use a PNG, JPEG or WebP file") from None
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise ImageError(f"{label} has no pixels ({width}x{height})")
-    if width * height > max_pixels:
-        raise ImageError(
-            f"{label} is {width}x{height} = {width * height} pixels, over the limit of "
-            f"{max_pixels}; downscale it"
-        )
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"{label} is truncated or corrupt ({err})") from None
-    return _to_rgb(ImageOps.exif_transpose(image))
+    with image:  # closes the file, which matters for multi-frame images
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise ImageError(f"{label} has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise ImageError(
+                f"{label} is {width}x{height} = {width * height} pixels, over the limit of "
+                f"{max_pixels}; downscale it"
+            )
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ImageError(f"{label} is truncated or corrupt ({err})") from None
+        return _to_rgb(ImageOps.exif_transpose(image))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode.startswith("I;16") or image.mode == "I":
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
         # 16-bit grayscale: scale 0..65535 down to 0..255 rather than clipping at 255.
         image = image.convert("I").point(lambda v: v / 257).convert("L")
     elif image.mode == "F":

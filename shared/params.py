@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # VGG-19 ("configuration E"): convolutions per block, each followed by a ReLU, each block
 # closed by a pooling layer. The engine derives the same names from torchvision's own
@@ -123,6 +123,8 @@ class StyleParams(BaseModel):
                     f"unknown VGG-19 layer {name!r}; use names like conv4_2, relu4_2 or pool4 "
                     f"(conv1_1 to conv5_4)"
                 )
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"a layer is named twice in {' '.join(layers)}; name each once")
         return layers
 
     @field_validator("style_layer_weights", "style_blend")
@@ -138,17 +140,22 @@ class StyleParams(BaseModel):
             raise ValueError("at least one weight must be positive")
         return values
 
+    @field_validator("style_layer_weights")
+    @classmethod
+    def _one_weight_per_layer(cls, values: tuple[float, ...] | None, info: ValidationInfo):
+        layers = info.data.get("style_layers")  # absent when the layers were invalid
+        if values is not None and layers is not None and len(values) != len(layers):
+            raise ValueError(
+                f"{len(values)} numbers for {len(layers)} style layers; give one weight per layer"
+            )
+        return values
+
     @model_validator(mode="after")
     def _fill_dependent_defaults(self) -> StyleParams:
         if self.learning_rate is None:
             self.learning_rate = DEFAULT_LEARNING_RATES[self.optimizer]
         if self.style_layer_weights is None:
             self.style_layer_weights = (1.0,) * len(self.style_layers)
-        elif len(self.style_layer_weights) != len(self.style_layers):
-            raise ValueError(
-                f"style_layer_weights has {len(self.style_layer_weights)} numbers but there are "
-                f"{len(self.style_layers)} style layers; give one weight per layer"
-            )
         return self
 
     def style_blend_for(self, count: int) -> tuple[float, ...]:
@@ -156,8 +163,7 @@ class StyleParams(BaseModel):
         blend = self.style_blend if self.style_blend is not None else (1.0,) * count
         if len(blend) != count:
             raise ValueError(
-                f"style_blend has {len(blend)} numbers but there are {count} style images; "
-                f"give one weight per style image"
+                f"{len(blend)} numbers for {count} style images; give one weight per style image"
             )
         total = sum(blend)
         return tuple(b / total for b in blend)

@@ -13,8 +13,10 @@ from shared.params import StyleParams
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
-    """No test touches the network: downloads are off and the torch hub cache is empty."""
+    """No test touches the network (downloads off, an empty torch hub cache), and the command
+    line runs on CPU even where there is a GPU."""
     monkeypatch.setenv("IMPASTO_OFFLINE", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv("IMPASTO_VGG_WEIGHTS", raising=False)
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import PAINTING, PHOTO, load
+from shared.params import StyleParams
 
 
 def impasto(*args, env=None, **kwargs):
@@ -78,11 +79,14 @@ def test_ctrl_c_saves_the_current_image(tmp_path):
 def test_help_lists_every_flag():
     done = impasto("stylize", "--help")
     assert done.returncode == 0
+    from_the_model = ["--" + name.replace("_", "-") for name in StyleParams.model_fields]
+    for flag in (*from_the_model, "--snapshot-dir", "--device", "--json", "--output"):
+        assert flag in done.stdout
+    # The list, so that a renamed field cannot drop one silently.
     for flag in ("--size", "--iterations", "--optimizer", "--learning-rate", "--init", "--pooling",
                  "--content-weight", "--style-weight", "--tv-weight", "--style-blend", "--style-scale",
-                 "--preserve-colors", "--scales", "--snapshot-every", "--snapshot-dir", "--seed",
-                 "--weights", "--device", "--json", "--content-layers", "--style-layers"):
-        assert flag in done.stdout
+                 "--preserve-colors", "--scales", "--snapshot-every", "--seed", "--weights"):
+        assert flag in from_the_model
 
 
 @pytest.mark.parametrize(
@@ -98,18 +102,22 @@ def test_help_lists_every_flag():
         ([PHOTO, PAINTING, "--content-layers", "fc7"], "--content-layers: unknown VGG-19 layer 'fc7'"),
         ([PHOTO, PAINTING, "--style-weight", "-1"], "--style-weight: Input should be greater than or equal to 0"),
         ([PHOTO, PAINTING, "--tv-weight", "nan"], "--tv-weight: Input should be a finite number"),
-        ([PHOTO, PAINTING, "--style-blend", "1", "2"], "2 numbers but there are 1 style images"),
+        ([PHOTO, PAINTING, "--style-blend", "1", "2"], "2 numbers for 1 style images"),
         ([PHOTO, PAINTING, "--optimizer", "sgd"], "argument --optimizer: invalid choice"),
         ([PHOTO, PAINTING, "--weights", "{tmp}/none.pth"], "none.pth does not exist"),
         ([PHOTO, PAINTING, "--weights", "{tmp}/notes.txt"], "is not a PyTorch state dict"),
         ([PHOTO, PAINTING, "--weights", "imagenet"], "IMPASTO_VGG_WEIGHTS"),
         ([PHOTO, PAINTING, "--device", "cuda"], "no CUDA GPU is available"),
+        ([PHOTO, PAINTING, "--device", "mps"], "unknown device 'mps'"),
+        ([PHOTO, PAINTING, "--device", "toaster"], "unknown device 'toaster'"),
+        ([PHOTO, PAINTING, "--style-layers", "pool5", "--size", "16", "--weights", "random"], "needs at least 32 px"),
+        ([PHOTO, PAINTING, "--style-layers", "conv1_1", "--style-layer-weights", "1", "2"],
+         "--style-layer-weights: 2 numbers for 1 style layers"),
+        ([PHOTO, PAINTING, "--style-layers", "conv1_1", "conv1_1"], "a layer is named twice"),
         ([PHOTO, PAINTING, "--size", "16", "--weights", "random"], "needs at least 16 px"),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(tmp_path, args, message):
-    if "--device" in args and __import__("torch").cuda.is_available():
-        pytest.skip("this machine has a GPU, so cuda is not bad input here")
     (tmp_path / "notes.txt").write_text("not an image")
     load(PAINTING).save(tmp_path / "whole.png")
     (tmp_path / "truncated.png").write_bytes((tmp_path / "whole.png").read_bytes()[:600])
@@ -122,11 +130,23 @@ def test_bad_input_exits_non_zero_with_one_line(tmp_path, args, message):
     assert not (tmp_path / "out.png").exists()
 
 
-def test_bad_output_path_is_refused_before_any_work(tmp_path):
-    done = impasto("stylize", PHOTO, PAINTING, "-o", tmp_path / "out.gifx")
-    assert done.returncode == 2 and "--output" in done.stderr
-    done = impasto("stylize", PHOTO, PAINTING, "-o", tmp_path / "nowhere" / "out.png")
-    assert done.returncode == 2 and "does not exist" in done.stderr
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("out.gifx", "--output: {tmp}/out.gifx should end in one of .png"),
+        ("nowhere/out.png", "--output: folder {tmp}/nowhere does not exist"),
+        ("folder.png", "--output: {tmp}/folder.png is a folder"),
+    ],
+)
+def test_bad_output_path_is_refused_before_any_work(tmp_path, output, message):
+    (tmp_path / "folder.png").mkdir()
+    # 50,000 iterations at 512 px would take hours: only a check before any work answers fast.
+    started = time.monotonic()
+    done = impasto("stylize", PHOTO, PAINTING, "-o", tmp_path / output, "--iterations", "50000",
+                   "--weights", "random")
+    assert done.returncode == 2 and time.monotonic() - started < 60
+    assert done.stderr.startswith("impasto stylize: error: " + message.replace("{tmp}", str(tmp_path)))
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_unknown_command_and_bare_impasto():

@@ -9,7 +9,7 @@ from shared.params import StyleParams
 from worker.engine import EngineError, Progress, Result, Snapshot, StyleObjective, VGGFeatures, stylize
 from worker.engine.color import rgb_to_yiq
 from worker.engine.images import to_tensor
-from worker.engine.stylize import scale_sizes, split_iterations
+from worker.engine.optimize import scale_sizes, split_iterations
 
 
 def progress(events):
@@ -82,7 +82,7 @@ def test_several_styles_with_blend_weights_run(content_image, run_engine):
 
 
 def test_blend_weights_must_match_the_style_count(content_image, style_image, run_engine):
-    with pytest.raises(EngineError, match="2 numbers but there are 1 style images"):
+    with pytest.raises(EngineError, match="2 numbers for 1 style images"):
         run_engine(content_image, [style_image], style_blend=(1.0, 2.0))
 
 
@@ -218,3 +218,65 @@ def test_no_style_image_is_an_error(content_image, run_engine):
 def test_asking_for_cuda_without_a_gpu_is_a_clear_error(content_image, style_image):
     with pytest.raises(EngineError, match="no CUDA GPU is available"):
         list(stylize(content_image, [style_image], StyleParams(weights="random"), device="cuda"))
+
+
+def test_a_pooling_layer_as_the_deepest_layer_runs(content_image, style_image, run_engine):
+    _, result = run_engine(content_image, [style_image], size=48, style_layers=("conv1_1", "pool5"))
+    assert result.size == (48, 36)  # the short side is at least the 32 px pool5 needs
+
+
+def test_adam_reports_the_image_each_step_produced(content_image, style_image, run_engine):
+    events, result = run_engine(content_image, [style_image], optimizer="adam", iterations=3)
+    first = progress(events)[0].losses
+    assert first != result.initial_losses  # the start is evaluated before the first step
+
+
+class _CountingObjective:
+    def __init__(self, objective):
+        self.objective, self.calls = objective, 0
+
+    def __call__(self, image):
+        self.calls += 1
+        return self.objective(image)
+
+
+@pytest.mark.parametrize("optimizer, most_calls", [("lbfgs", 30), ("adam", 21)])
+def test_each_iteration_costs_about_one_evaluation(random_weights, optimizer, most_calls):
+    """The step that follows an evaluation reuses it instead of running VGG again."""
+    from worker.engine.optimize import _Descent
+
+    params = StyleParams(weights="random", optimizer=optimizer)
+    net = VGGFeatures(random_weights, (*params.content_layers, *params.style_layers))
+    content, style = to_tensor(make_content(48, 36)), to_tensor(make_style(48, 48))
+    counting = _CountingObjective(StyleObjective(net, params, content, [style], [1.0]))
+    descent = _Descent(content, counting, lambda x: x, params)
+    descent.evaluate()
+    for _ in range(20):
+        descent.step()
+    # 1 for the start + 1 per iteration, plus a few extra line-search trials for L-BFGS.
+    assert 21 <= counting.calls <= most_calls
+
+
+def test_luminance_helpers():
+    from worker.engine.color import match_color, match_luminance, yiq_to_rgb
+
+    image = torch.rand(1, 3, 8, 8)
+    assert torch.allclose(yiq_to_rgb(rgb_to_yiq(image)), image, atol=1e-5)
+    luma, reference = torch.rand(1, 1, 8, 8) * 0.2, torch.rand(1, 1, 8, 8) * 0.5 + 0.3
+    matched = match_luminance(luma, reference)
+    assert matched.mean().item() == pytest.approx(reference.mean().item(), abs=1e-4)
+    assert matched.std().item() == pytest.approx(reference.std().item(), abs=1e-4)
+    # Colour matching gives the image the reference's mean and covariance.
+    source = torch.rand(1, 3, 16, 16) * torch.tensor([0.3, 0.2, 0.4]).view(1, 3, 1, 1) + 0.2
+    target = torch.rand(1, 3, 16, 16) * torch.tensor([0.2, 0.5, 0.1]).view(1, 3, 1, 1) + 0.1
+    recoloured = match_color(source, target).reshape(3, -1).double()
+    assert torch.allclose(recoloured.mean(1), target.reshape(3, -1).double().mean(1), atol=1e-3)
+    assert torch.allclose(torch.cov(recoloured), torch.cov(target.reshape(3, -1).double()), atol=1e-3)
+
+
+@pytest.mark.parametrize("device, message", [("mps", "unknown device 'mps'"), ("meta", "unknown device 'meta'")])
+def test_unsupported_devices_are_clear_errors(device, message):
+    from worker.engine import resolve_device
+
+    with pytest.raises(EngineError, match=message):
+        resolve_device(device)

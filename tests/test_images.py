@@ -1,6 +1,8 @@
 """Safe decoding: every input becomes an upright RGB image or a clear ImageError."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -58,7 +60,22 @@ def test_bad_bytes_are_clear_errors(data, message):
         decode_image(data, name="upload.png")
 
 
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels but carries none: decoding it would fail."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
 def test_pixel_limit_is_checked_before_decoding():
-    data = encode(Image.new("L", (300, 300)))
+    # 10000 x 9000 would be 270 MB decoded; the header alone must be enough to refuse it.
+    with pytest.raises(ImageError, match="10000x9000 = 90000000 pixels, over the limit of 64000000"):
+        decode_image(_png_header_only(10_000, 9_000))
+    # Past Pillow's own bomb limit (2 x 89 Mpx) the refusal comes from Pillow, as clearly.
+    with pytest.raises(ImageError, match="has too many pixels"):
+        decode_image(_png_header_only(40_000, 40_000))
     with pytest.raises(ImageError, match="300x300 = 90000 pixels, over the limit of 50000"):
-        decode_image(data, max_pixels=50_000)
+        decode_image(encode(Image.new("L", (300, 300))), max_pixels=50_000)

@@ -37,8 +37,9 @@ def test_layer_names():
         ("optimizer", "sgd", "'lbfgs' or 'adam'"),
         ("preserve_colors", "sepia", "'none', 'luminance' or 'histogram'"),
         ("content_layers", ("conv6_1",), "unknown VGG-19 layer 'conv6_1'"),
+        ("style_layers", ("conv1_1", "conv1_1"), "a layer is named twice"),
         ("style_layers", (), "at least 1 item"),
-        ("style_layer_weights", (1.0, 2.0), "2 numbers but there are 5 style layers"),
+        ("style_layer_weights", (1.0, 2.0), "2 numbers for 5 style layers"),
         ("style_layer_weights", (1.0, -1.0, 1.0, 1.0, 1.0), "finite number >= 0"),
         ("style_blend", (0.0, 0.0), "at least one weight must be positive"),
         ("size", "big", "valid integer"),
@@ -53,7 +54,7 @@ def test_bad_values_are_refused_naming_the_problem(field, value, message):
 def test_blend_is_normalised_and_counted():
     assert StyleParams().style_blend_for(4) == (0.25,) * 4
     assert StyleParams(style_blend=(1.0, 3.0)).style_blend_for(2) == (0.25, 0.75)
-    with pytest.raises(ValueError, match="3 numbers but there are 2 style images"):
+    with pytest.raises(ValueError, match="3 numbers for 2 style images"):
         StyleParams(style_blend=(1.0, 1.0, 1.0)).style_blend_for(2)
 
 

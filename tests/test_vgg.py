@@ -125,6 +125,23 @@ def test_auto_falls_back_to_random_with_a_warning(caplog):
                for record in caplog.records)
 
 
+def test_auto_does_not_hide_a_broken_named_or_cached_file(tmp_path, monkeypatch):
+    """Only missing weights fall back to random; a file someone provided must work or fail."""
+    (tmp_path / "broken.pth").write_bytes(b"garbage")
+    monkeypatch.setenv("IMPASTO_VGG_WEIGHTS", str(tmp_path / "broken.pth"))
+    with pytest.raises(WeightsError, match="is not a PyTorch state dict"):
+        load_weights("auto")
+    monkeypatch.setenv("IMPASTO_VGG_WEIGHTS", str(tmp_path / "absent.pth"))
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_weights("auto")
+    monkeypatch.delenv("IMPASTO_VGG_WEIGHTS")
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "vgg19-dcbb9e9d.pth").write_bytes(b"truncated download")
+    with pytest.raises(WeightsError, match="cached weights .* are corrupt"):
+        load_weights("auto")
+
+
 @pytest.mark.parametrize(
     "content, expected",
     [

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Paint a photo in the style of one or more paintings."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="impasto stylize: %(levelname)s: %(message)s")
     try:
@@ -71,8 +72,16 @@ def _run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() not in OUTPUT_FORMATS:
         raise ParamsError(f"--output: {output} should end in one of {', '.join(OUTPUT_FORMATS)}")
+    if output.is_dir():
+        raise ParamsError(f"--output: {output} is a folder; give a file name such as {output / 'out.png'}")
     if not output.parent.resolve().is_dir():
         raise ParamsError(f"--output: folder {output.parent} does not exist")
+    if not os.access(output.parent.resolve(), os.W_OK):
+        raise ParamsError(f"--output: cannot write in folder {output.parent}")
+    if args.snapshot_dir:
+        os.makedirs(args.snapshot_dir, exist_ok=True)
+        if not os.access(args.snapshot_dir, os.W_OK):
+            raise ParamsError(f"--snapshot-dir: cannot write in folder {args.snapshot_dir}")
     content = decode_image(args.content)
     styles = [decode_image(path) for path in args.styles]
     try:
@@ -92,8 +101,6 @@ def _run(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         weights = load_weights(params.weights)  # logs a WARNING if it falls back to random
-        if args.snapshot_dir:
-            os.makedirs(args.snapshot_dir, exist_ok=True)
         with stop, tqdm(total=params.iterations, unit="it", file=sys.stderr, disable=None) as bar:
             for event in stylize(content, styles, params, device=device, weights=weights,
                                  should_stop=stop.requested):
@@ -102,15 +109,21 @@ def _run(args: argparse.Namespace) -> int:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in event.losses.as_dict().items()}, refresh=False)
                     bar.update(1)
                 elif isinstance(event, Snapshot) and args.snapshot_dir:
+                    # The final snapshot replaces an interval one at the same iteration.
                     path = os.path.join(args.snapshot_dir, f"snapshot_{event.iteration:05d}.png")
                     event.image.save(path)
-                    snapshots.append(path)
+                    if path not in snapshots:
+                        snapshots.append(path)
                 elif isinstance(event, Result):
                     result = event
     except EngineError as err:
         return _fail(str(err))
     except torch.OutOfMemoryError:
         return _fail(f"the GPU ran out of memory at --size {params.size}; try a smaller size")
+    except RuntimeError as err:
+        if "can't allocate memory" not in str(err):  # torch's CPU allocator failing
+            raise
+        return _fail(f"out of memory at --size {params.size}; try a smaller size")
     result.image.save(output)
     seconds = time.perf_counter() - started
 

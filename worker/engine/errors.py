@@ -7,3 +7,7 @@ class EngineError(ValueError):
 
 class WeightsError(EngineError):
     """VGG-19 weights that cannot be had, or a file that does not hold them."""
+
+
+class WeightsUnavailable(WeightsError):
+    """The ImageNet weights are neither named, cached nor downloadable; `auto` falls back."""

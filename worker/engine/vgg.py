@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -16,7 +18,7 @@ from torch import nn
 from torchvision.models import VGG19_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
-from .errors import EngineError, WeightsError
+from .errors import EngineError, WeightsError, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def load_weights(spec: str = "auto", *, offline: bool | None = None) -> LoadedWe
     if spec == "auto":
         try:
             return _load_imagenet(offline)
-        except WeightsError as err:
+        except WeightsUnavailable as err:  # a named or cached file that is broken still fails
             warning = (
                 f"ImageNet VGG-19 weights unavailable ({err}). Using seeded RANDOM weights: "
                 f"the result is a texture-like stylization, not a real style transfer."
@@ -123,16 +125,26 @@ def _load_imagenet(offline: bool) -> LoadedWeights:
         return LoadedWeights(_read_file(path), "imagenet")
     weights = VGG19_Weights.IMAGENET1K_V1
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-    if offline and not os.path.exists(cached):
-        raise WeightsError(f"the ImageNet VGG-19 weights are not cached at {cached} and "
-                           f"downloads are off ({OFFLINE_ENV}); {HOW_TO_PROVIDE}")
+    was_cached = os.path.exists(cached)
+    if offline and not was_cached:
+        raise WeightsUnavailable(f"the ImageNet VGG-19 weights are not cached at {cached} and "
+                                 f"downloads are off ({OFFLINE_ENV}); {HOW_TO_PROVIDE}")
+    if not was_cached:
+        log.warning("downloading the ImageNet VGG-19 weights (548 MB) to %s", cached)
     try:
         # torchvision's own path: the TORCH_HOME cache first, then a download into it.
         state = weights.get_state_dict(progress=False)
-    except Exception as err:  # urllib, socket and hash errors differ by platform
-        raise WeightsError(
-            f"could not load the ImageNet VGG-19 weights ({type(err).__name__}: {err}); "
+    except OSError as err:  # no network, DNS, HTTP and disk errors are all OSErrors
+        if was_cached:
+            raise WeightsError(f"cannot read the cached weights {cached} ({err}); delete it") from err
+        raise WeightsUnavailable(
+            f"could not download the ImageNet VGG-19 weights ({type(err).__name__}: {err}); "
             f"{HOW_TO_PROVIDE}"
+        ) from err
+    except _UNREADABLE as err:  # a corrupt or truncated file in the cache
+        raise WeightsError(
+            f"the cached weights {cached} are corrupt ({type(err).__name__}); delete the file "
+            f"and run again, or {HOW_TO_PROVIDE}"
         ) from err
     return LoadedWeights(_features_state(state, cached), "imagenet")
 
@@ -142,12 +154,17 @@ def _read_file(path: str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"weights file {path} does not exist; {HOW_TO_PROVIDE}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and torch errors all mean "not a state dict"
+    except _UNREADABLE as err:
         raise WeightsError(
             f"weights file {path} is not a PyTorch state dict ({type(err).__name__}); expected "
             f"torchvision's VGG-19 checkpoint (vgg19-dcbb9e9d.pth) or its 'features' part"
         ) from err
     return _features_state(state, path)
+
+
+# What torch.load raises for a file that is not a (safe) PyTorch checkpoint.
+_UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile,
+               KeyError, IndexError, OSError)
 
 
 def _features_state(state: object, origin: str) -> dict[str, torch.Tensor]:

@@ -59,7 +59,8 @@ class Progress:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The image evaluated at `iteration`, at the current scale's size."""
+    """An image and its losses: at an interval, the image evaluated at `iteration` at the current
+    scale's size; at the end (`final`), the output image."""
 
     iteration: int
     image: Image.Image
@@ -69,7 +70,11 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Result:
-    """The output: the lowest-loss image of the last scale reached, at the requested size."""
+    """The output: the lowest-loss image of the last scale reached, at the requested size.
+
+    `losses` are that image's at the scale it was made; they differ a little from the
+    upscaled output's when a cancel came before the last scale.
+    """
 
     image: Image.Image
     iterations: int  # iterations actually run
@@ -94,12 +99,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return device
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError(f"device {device!r} was asked for but no CUDA GPU is available; use cpu or auto")
     try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise EngineError(f"unknown device {device!r}; use auto, cpu or cuda") from err
+        chosen = torch.device(device)
+    except RuntimeError:
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda"):
+        raise EngineError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineError(f"device {device!r} was asked for but no CUDA GPU is available; use cpu or auto")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise EngineError(f"there is no {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return chosen
 
 
 def scale_sizes(content_size: tuple[int, int], size: int, scales: int,
@@ -188,17 +199,19 @@ class _Descent:
     def step(self) -> tuple[torch.Tensor, Losses]:
         """One iteration; returns the pixels last evaluated and their losses."""
         if isinstance(self.optimizer, torch.optim.LBFGS):
+            # Its line search ends by evaluating (almost always) the point it accepts.
             self.optimizer.step(self._closure)
         else:
-            self._closure()
+            self._closure()  # reuses the evaluation at the end of the previous step
             self.optimizer.step()
             with torch.no_grad():
                 self.image.clamp_(0, 1)
+            self._closure()  # so that this iteration reports the image it produced
         return self._last[0], self._last[1]
 
     def _closure(self) -> torch.Tensor:
-        # L-BFGS's step() starts by evaluating the point where its previous line search
-        # ended: answer from memory instead of a second forward and backward pass.
+        # Each step() starts by evaluating the point where the previous one ended: answer
+        # from memory instead of a second forward and backward pass.
         if self._evaluated_at is not None and torch.equal(self._evaluated_at, self.image.detach()):
             return self._last[2]
         self.optimizer.zero_grad(set_to_none=True)
@@ -206,8 +219,9 @@ class _Descent:
         content, style, tv = self.objective(self.render(pixels))
         total = content + style + tv
         total.backward()
-        # The one host sync per evaluation: the caller sees every iteration's losses.
-        losses = Losses(*(float(t.detach()) for t in (content, style, tv, total)))
+        # One transfer of the four losses to the host (the memo check above is another sync):
+        # the caller sees every iteration's losses, and L-BFGS needs the total anyway.
+        losses = Losses(*torch.stack([content, style, tv, total]).detach().tolist())
         if not math.isfinite(losses.total):
             raise EngineError(f"the loss became {losses.total}; lower the learning rate or the loss weights")
         pixels = pixels.detach()
@@ -221,7 +235,8 @@ class _Descent:
 def _min_side(layers: Sequence[str]) -> int:
     """The shortest image side whose features still exist at the deepest layer."""
     deepest = max(LAYER_NAMES.index(name) for name in layers)
-    return 2 ** sum(1 for name in LAYER_NAMES[:deepest] if name.startswith("pool"))
+    # Up to and including the deepest layer: pool5 itself needs a 2x2 input.
+    return 2 ** sum(1 for name in LAYER_NAMES[: deepest + 1] if name.startswith("pool"))
 
 
 def stylize(
@@ -262,8 +277,10 @@ def stylize(
     if params.preserve_colors == "histogram":
         # Gatys et al. 2017, section 3.1: recolour the style images to the content's
         # colour statistics (measured at the output size) before anything else.
+        # Styles are first shrunk to the largest size they will be used at.
         reference = to_tensor(content, final_size)
-        styles = [to_pil(match_color(to_tensor(style), reference)) for style in styles]
+        largest = max(round(params.style_scale * params.size), min_side)
+        styles = [to_pil(match_color(to_tensor(s, _shrunk(s.size, largest)), reference)) for s in styles]
     generator = torch.Generator().manual_seed(params.seed)
 
     budgets = split_iterations(params.iterations, len(sizes))
@@ -328,6 +345,11 @@ def stylize(
     yield Snapshot(iteration, picture, best_losses, final=True)
     yield Result(picture, iteration, best_losses, initial_losses, canceled, weights.source,
                  weights.warning, str(dev))
+
+
+def _shrunk(size: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """`size` scaled down (never up) so its long side is at most `long_side`."""
+    return size if max(size) <= long_side else fit_long_side(size, long_side)
 
 
 def _to_rgb(image: torch.Tensor, chroma: torch.Tensor | None) -> torch.Tensor:
