@@ -28,7 +28,7 @@ from .vgg import LAYER_NAMES, LoadedWeights, VGGFeatures, load_weights
 MIN_SCALE_LONG_SIDE = 64
 
 # L-BFGS keeps 2 * history vectors the size of the image: torch's default of 100 would
-# need 7.5 GB at 2048x1536, and 50 gives the same pictures here.
+# need 7.5 GB at 2048x1536; 50 halves that. Not yet tuned for quality (issue 5's work).
 LBFGS_HISTORY = 50
 
 
