@@ -168,11 +168,9 @@ def test_cancel_stops_within_one_iteration_and_keeps_the_image(content_image, st
     def should_stop():
         return len(seen) >= 3
 
-    from worker.engine import stylize as run
-
     params = StyleParams(size=48, iterations=50, scales=1, weights="random")
     events = []
-    for event in run(content_image, [style_image], params, device="cpu", should_stop=should_stop):
+    for event in stylize(content_image, [style_image], params, device="cpu", should_stop=should_stop):
         events.append(event)
         if isinstance(event, Progress):
             seen.append(event)
@@ -184,9 +182,9 @@ def test_cancel_stops_within_one_iteration_and_keeps_the_image(content_image, st
 
 
 def test_cancel_at_a_coarse_scale_still_returns_the_requested_size(content_image, style_image, run_engine):
-    calls = []
+    polls = iter(range(100))  # the engine polls once before each iteration
     events, result = run_engine(content_image, [style_image], size=128, scales=2, iterations=20,
-                                should_stop=lambda: len(calls.append(1) or calls) > 2)
+                                should_stop=lambda: next(polls) >= 2)
     assert result.canceled and result.iterations == 2
     assert result.size == (128, 96)
 
@@ -257,7 +255,7 @@ def test_each_iteration_costs_about_one_evaluation(random_weights, optimizer, mo
     assert 21 <= counting.calls <= most_calls
 
 
-def test_luminance_helpers():
+def test_colour_helpers():
     from worker.engine.color import match_color, match_luminance, yiq_to_rgb
 
     image = torch.rand(1, 3, 8, 8)
