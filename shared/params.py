@@ -103,8 +103,11 @@ class StyleParams(BaseModel):
         le=8,
         description="coarse-to-fine: number of sizes, each half the next (none under 64 px)",
     )
-    snapshot_every: int = Field(
-        50, ge=0, le=100_000, description="report the current image every N iterations (0: only at the end)"
+    snapshot_every: int | None = Field(
+        None,
+        ge=0,
+        le=100_000,
+        description="report the current image every N iterations (default: about 10 in all; 0: only at the end)",
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seed for noise init; a CPU run repeats bit for bit")
     weights: str = Field(
@@ -156,6 +159,8 @@ class StyleParams(BaseModel):
             self.learning_rate = DEFAULT_LEARNING_RATES[self.optimizer]
         if self.style_layer_weights is None:
             self.style_layer_weights = (1.0,) * len(self.style_layers)
+        if self.snapshot_every is None:
+            self.snapshot_every = max(1, round(self.iterations / 10))
         return self
 
     def style_blend_for(self, count: int) -> tuple[float, ...]:

@@ -1,0 +1,1 @@
+"""Alembic migrations: one revision per schema change. Run them with `impasto db upgrade`."""

@@ -1,0 +1,142 @@
+"""Job state changes, each one atomic in SQL so that two processes can never both win.
+
+The web tier creates and cancels jobs; the worker claims them, reports progress and finishes
+them. Every transition is a single UPDATE guarded by the status it expects, so a second
+delivery of the same message, or a cancel racing a finish, changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from .models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, Snapshot, new_job_id, utcnow
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed: a short machine code and a message a person can act on."""
+
+    code: str
+    message: str
+
+
+def create_job(session: Session, *, params: dict[str, Any], inputs: dict[str, Any],
+               job_id: str | None = None) -> Job:
+    """Insert a queued job and commit: from now on the job exists, whatever the broker does."""
+    job = Job(id=job_id or new_job_id(), status=QUEUED, params=params, inputs=inputs,
+              iterations=int(params["iterations"]), iteration=0, attempts=0, cancel_requested=False,
+              created_at=utcnow())
+    session.add(job)
+    session.commit()
+    return job
+
+
+def claim_job(session: Session, job_id: str, worker: str) -> bool:
+    """queued -> running for this worker; False when someone else has it or it is over."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == QUEUED)
+        .values(status=RUNNING, started_at=now, heartbeat_at=now, worker=worker,
+                attempts=Job.attempts + 1, error_code=None, error_message=None)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def record_progress(session: Session, job_id: str, iteration: int, losses: dict[str, float] | None,
+                    worker: str) -> bool | None:
+    """Write progress and the heartbeat; returns whether a cancel was asked for, or None when
+    the job is no longer this worker's (it was canceled while queued, or handed elsewhere)."""
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
+        .values(iteration=iteration, losses=losses, heartbeat_at=utcnow())
+        .returning(Job.cancel_requested)
+    ).first()
+    session.commit()
+    return None if row is None else bool(row[0])
+
+
+def add_snapshot(session: Session, job_id: str, iteration: int, key: str,
+                 losses: dict[str, float] | None) -> None:
+    """Record a stored snapshot image; a snapshot at an iteration already recorded replaces it."""
+    existing = session.scalar(select(Snapshot).where(Snapshot.job_id == job_id, Snapshot.iteration == iteration))
+    if existing is None:
+        session.add(Snapshot(job_id=job_id, iteration=iteration, key=key, losses=losses, created_at=utcnow()))
+    else:
+        existing.key, existing.losses = key, losses
+    session.commit()
+
+
+def finish_job(session: Session, job_id: str, worker: str, status: str, *, iteration: int | None = None,
+               losses: dict[str, float] | None = None, output_key: str | None = None,
+               error: JobError | None = None, weights: str | None = None,
+               weights_warning: str | None = None) -> bool:
+    """running -> succeeded | failed | canceled, only for the worker that holds the job."""
+    if status not in (SUCCEEDED, FAILED, CANCELED):
+        raise ValueError(f"not a final status: {status}")
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "output_key": output_key}
+    if iteration is not None:
+        values["iteration"] = iteration
+    if losses is not None:
+        values["losses"] = losses
+    if weights is not None:
+        values["weights"] = weights
+        values["weights_warning"] = weights_warning
+    if error is not None:
+        values["error_code"], values["error_message"] = error.code, error.message
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker).values(**values)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def fail_unclaimed(session: Session, job_id: str, error: JobError) -> bool:
+    """queued -> failed, for a job that cannot be run at all (its inputs are gone, say)."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == QUEUED)
+        .values(status=FAILED, finished_at=utcnow(), error_code=error.code, error_message=error.message)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def request_cancel(session: Session, job_id: str) -> Job | None:
+    """Cancel: a queued job ends at once; a running one is flagged and its worker stops at the
+    next iteration. Returns the job as it now stands, or None if there is no such job."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == QUEUED)
+        .values(status=CANCELED, finished_at=utcnow(), cancel_requested=True)
+    )
+    session.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING).values(cancel_requested=True))
+    session.commit()
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """How many queued jobs are ahead of this one (0: it starts next); None unless queued."""
+    if job.status != QUEUED:
+        return None
+    return session.scalar(
+        select(func.count()).select_from(Job).where(Job.status == QUEUED, Job.created_at < job.created_at)
+    ) or 0
+
+
+def recent_jobs(session: Session, *, limit: int, offset: int = 0) -> tuple[list[Job], int]:
+    """The newest jobs first, and how many there are in all."""
+    jobs = session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+    total = session.scalar(select(func.count()).select_from(Job)) or 0
+    return list(jobs), total
+
+
+__all__ = [
+    "CANCELED", "FAILED", "QUEUED", "RUNNING", "SUCCEEDED", "JobError", "add_snapshot", "claim_job",
+    "create_job", "fail_unclaimed", "finish_job", "queue_position", "recent_jobs", "record_progress",
+    "request_cancel",
+]

@@ -1,0 +1,96 @@
+"""The SQL schema: a job and its snapshots. SQL is the source of truth; the broker only hints.
+
+Changing a column means a new Alembic revision in migrations/versions.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
+FINAL_STATUSES = (SUCCEEDED, FAILED, CANCELED)
+
+
+def new_job_id() -> str:
+    """128 random bits, URL-safe: a job id cannot be guessed from another."""
+    return secrets.token_urlsafe(16)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every database (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime; use shared.models.utcnow()")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=QUEUED)
+    # StyleParams as JSON, every default filled in, so a job repeats whatever defaults become.
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # {"content": {"key", "name"}, "styles": [{"key", "name"}], "style_preset": str | None}
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    iteration: Mapped[int] = mapped_column(Integer, default=0)
+    iterations: Mapped[int] = mapped_column(Integer)
+    losses: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Written with each progress update; a running job whose heartbeat is old has lost its worker.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    weights: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    weights_warning: Mapped[str | None] = mapped_column(Text, nullable=True)
+    output_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+    snapshots: Mapped[list[Snapshot]] = relationship(
+        back_populates="job", order_by="Snapshot.iteration", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class Snapshot(Base):
+    __tablename__ = "snapshots"
+    __table_args__ = (UniqueConstraint("job_id", "iteration", name="uq_snapshots_job_iteration"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    iteration: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(255))
+    losses: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="snapshots")

@@ -1,0 +1,129 @@
+"""Service settings, read once from the environment, with defaults that run on one machine.
+
+`load_settings()` is called by each entry point (`impasto web`, `impasto worker`, `impasto db`,
+`impasto up`) and the result is passed down; nothing reads the environment at import time.
+A bad value raises SettingsError with one line that names the variable and what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    # None: no broker given; `impasto up` starts a Redis and fills this in for its children.
+    broker_url: str | None
+    storage_url: str
+    queue: str
+    max_upload_bytes: int  # per request, all files together
+    max_pixels: int  # per uploaded image, checked from the header before decoding
+    max_size: int  # the largest output long side a job may ask for
+    max_iterations: int
+    max_styles: int
+    job_time_limit: int  # seconds; past it a job is stopped (soft limit) then killed (hard limit)
+    strict_weights: bool  # refuse to fall back to random VGG-19 weights
+    s3_endpoint_url: str | None  # for S3-compatible servers (MinIO, Ceph, moto)
+
+    def with_broker(self, broker_url: str) -> Settings:
+        return replace(self, broker_url=broker_url)
+
+    def require_broker(self) -> str:
+        if not self.broker_url:
+            raise SettingsError(
+                "IMPASTO_BROKER_URL is not set: give the Redis URL (redis://HOST:6379/0), "
+                "or run `impasto up`, which starts one"
+            )
+        return self.broker_url
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Parse the IMPASTO_* variables (default: os.environ); `overrides` win (command-line flags)."""
+    env = os.environ if environ is None else environ
+    data_dir = Path(str(overrides.pop("data_dir", None) or env.get("IMPASTO_DATA_DIR") or "data")).resolve()
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=_url(env, "IMPASTO_DATABASE_URL", f"sqlite:///{data_dir / 'impasto.db'}",
+                          ("sqlite", "postgresql", "postgresql+psycopg")),
+        broker_url=_url(env, "IMPASTO_BROKER_URL", None, ("redis", "rediss", "redis+socket")),
+        storage_url=_storage_url(env, data_dir),
+        queue=_text(env, "IMPASTO_QUEUE", "impasto"),
+        max_upload_bytes=_int(env, "IMPASTO_MAX_UPLOAD_BYTES", 32 * 1024 * 1024, 1024),
+        max_pixels=_int(env, "IMPASTO_MAX_PIXELS", 40_000_000, 64),
+        max_size=_int(env, "IMPASTO_MAX_SIZE", 2048, 16, 8192),
+        max_iterations=_int(env, "IMPASTO_MAX_ITERATIONS", 5000, 1, 100_000),
+        max_styles=_int(env, "IMPASTO_MAX_STYLES", 5, 1, 64),
+        job_time_limit=_int(env, "IMPASTO_JOB_TIME_LIMIT", 3600, 10),
+        strict_weights=_bool(env, "IMPASTO_STRICT_WEIGHTS", False),
+        s3_endpoint_url=_url(env, "IMPASTO_S3_ENDPOINT_URL", None, ("http", "https")),
+    )
+    return replace(settings, **overrides) if overrides else settings
+
+
+def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    scheme = urlsplit(value).scheme
+    if scheme not in schemes:
+        raise SettingsError(f"{name}={value!r}: expected a URL starting with "
+                            f"{' or '.join(s + '://' for s in schemes)}")
+    return value
+
+
+def _storage_url(env: Mapping[str, str], data_dir: Path) -> str:
+    value = env.get("IMPASTO_STORAGE_URL", "").strip()
+    if not value:
+        return (data_dir / "storage").as_uri()
+    parts = urlsplit(value)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise SettingsError(f"IMPASTO_STORAGE_URL={value!r}: name the bucket, as in s3://BUCKET/PREFIX")
+        return value
+    if parts.scheme == "file":
+        return value
+    if parts.scheme == "" and value:
+        return Path(value).resolve().as_uri()  # a plain folder path
+    raise SettingsError(f"IMPASTO_STORAGE_URL={value!r}: use a folder path, file:///PATH or s3://BUCKET/PREFIX")
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip() or default
+    if not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise SettingsError(f"{name}={value!r}: use letters, digits, '-', '_' and '.' only")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise SettingsError(f"{name}={raw!r}: must be {bounds}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected 1 or 0 (true or false)")

@@ -1,0 +1,43 @@
+"""The Celery app and the task names: what the web tier sends and the worker runs.
+
+The web tier enqueues by name (`enqueue_stylize`), never by importing the worker.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from .settings import Settings
+
+STYLIZE = "impasto.stylize"
+
+# Margin between the soft time limit (the job is stopped and marked failed with `timeout`) and
+# the hard one (the process running it is killed).
+HARD_LIMIT_MARGIN = 60
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for long GPU jobs: one job per process at a time, acknowledged only when
+    done, so a worker that dies hands its job back instead of losing it."""
+    app = Celery("impasto", broker=settings.require_broker(), set_as_current=False)
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_soft_time_limit=settings.job_time_limit,
+        task_time_limit=settings.job_time_limit + HARD_LIMIT_MARGIN,
+        # Redis re-delivers an unacknowledged message after this long: it must exceed the
+        # longest job, or a running job would be handed to a second worker.
+        broker_transport_options={"visibility_timeout": 2 * settings.job_time_limit + 600},
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app
+
+
+def enqueue_stylize(app: Celery, job_id: str, queue: str) -> None:
+    app.send_task(STYLIZE, args=[job_id], queue=queue)

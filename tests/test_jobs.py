@@ -1,0 +1,105 @@
+"""Job state changes: each one atomic, so a second delivery or a late cancel changes nothing."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from shared.db import make_engine, session_factory
+from shared.jobs import (JobError, add_snapshot, claim_job, create_job, fail_unclaimed, finish_job,
+                         queue_position, recent_jobs, record_progress, request_cancel)
+from shared.migrate import upgrade
+from shared.models import Job, Snapshot
+from shared.params import StyleParams
+
+INPUTS = {"content": {"key": "jobs/x/inputs/0-content.png", "name": "photo.png"}, "styles": [],
+          "style_preset": "starry_night"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'impasto.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    upgrade(url)
+    engine = make_engine(url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def new_job(sessions, **params):
+    with sessions() as session:
+        return create_job(session, params=StyleParams(**params).model_dump(mode="json"), inputs=INPUTS)
+
+
+def fetch(sessions, job_id):
+    with sessions() as session:
+        return session.get(Job, job_id)
+
+
+def test_a_job_is_claimed_once(sessions):
+    job = new_job(sessions, iterations=10)
+    assert len(job.id) >= 22 and job.status == "queued" and job.iterations == 10
+    with ThreadPoolExecutor(4) as pool:  # four deliveries of the same message at once
+        won = list(pool.map(lambda n: claim_job(sessions(), job.id, f"w{n}"), range(4)))
+    assert sorted(won) == [False, False, False, True]
+    stored = fetch(sessions, job.id)
+    assert stored.status == "running" and stored.attempts == 1 and stored.started_at is not None
+    assert stored.worker == f"w{won.index(True)}"
+
+
+def test_progress_reports_cancel_and_only_the_holder_writes(sessions):
+    job = new_job(sessions, iterations=10)
+    with sessions() as session:
+        assert claim_job(session, job.id, "w1")
+        assert record_progress(session, job.id, 3, {"total": 1.5}, "w1") is False
+        assert record_progress(session, job.id, 4, {"total": 1.0}, "someone-else") is None
+    with sessions() as session:
+        request_cancel(session, job.id)
+        assert record_progress(session, job.id, 5, {"total": 0.9}, "w1") is True
+    stored = fetch(sessions, job.id)
+    assert (stored.iteration, stored.losses, stored.status) == (5, {"total": 0.9}, "running")
+
+
+def test_finish_is_guarded_by_the_status_and_the_worker(sessions):
+    job = new_job(sessions, iterations=10)
+    with sessions() as session:
+        claim_job(session, job.id, "w1")
+        assert not finish_job(session, job.id, "w2", "succeeded")
+        add_snapshot(session, job.id, 5, "jobs/x/snapshots/000005.png", {"total": 2.0})
+        add_snapshot(session, job.id, 5, "jobs/x/snapshots/000005b.png", {"total": 1.0})  # replaces
+        assert finish_job(session, job.id, "w1", "succeeded", iteration=10, losses={"total": 0.5},
+                          output_key="jobs/x/output.png", weights="random", weights_warning="w")
+        assert not finish_job(session, job.id, "w1", "failed", error=JobError("late", "too late"))
+    stored = fetch(sessions, job.id)
+    assert stored.status == "succeeded" and stored.output_key == "jobs/x/output.png" and stored.error_code is None
+    assert stored.finished_at >= stored.started_at >= stored.created_at
+    assert stored.weights == "random" and stored.iteration == 10
+    with sessions() as session:
+        snapshots = session.query(Snapshot).filter_by(job_id=job.id).all()
+    assert [(s.iteration, s.key) for s in snapshots] == [(5, "jobs/x/snapshots/000005b.png")]
+
+
+def test_cancel_a_queued_job_ends_it_at_once(sessions):
+    job = new_job(sessions)
+    with sessions() as session:
+        assert request_cancel(session, job.id).status == "canceled"
+        assert not claim_job(session, job.id, "w1")  # its message arrives later: nothing runs
+        assert request_cancel(session, "no-such-job") is None
+
+
+def test_a_job_that_cannot_run_fails_with_its_code(sessions):
+    job = new_job(sessions)
+    with sessions() as session:
+        assert fail_unclaimed(session, job.id, JobError("queue_unavailable", "try again"))
+    stored = fetch(sessions, job.id)
+    assert (stored.status, stored.error_code) == ("failed", "queue_unavailable")
+
+
+def test_queue_position_and_recent_jobs(sessions):
+    jobs = [new_job(sessions) for _ in range(3)]
+    with sessions() as session:
+        claim_job(session, jobs[0].id, "w1")
+        positions = [queue_position(session, fetch(sessions, j.id)) for j in jobs]
+        listed, total = recent_jobs(session, limit=2)
+    assert positions == [None, 0, 1]
+    assert total == 3 and [j.id for j in listed] == [jobs[2].id, jobs[1].id]
