@@ -1,0 +1,106 @@
+"""The job runner, without Celery: from a queued row to stored snapshots and an output."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from shared.db import make_engine, session_factory
+from shared.jobs import create_job, request_cancel
+from shared.migrate import upgrade
+from shared.models import Job
+from shared.params import StyleParams
+from shared.storage import LocalStorage
+from tests.conftest import PAINTING, PHOTO
+from worker.runner import JobRunner
+
+
+@pytest.fixture
+def runner(make_settings):
+    settings = make_settings()
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    yield JobRunner(settings, session_factory(engine), LocalStorage(settings.data_dir / "storage"), device="cpu")
+    engine.dispose()
+
+
+def queue(runner, content=PHOTO.read_bytes(), style=PAINTING.read_bytes(), **params):
+    storage = runner.storage
+    storage.put("jobs/t/inputs/0-content.jpg", content, "image/jpeg")
+    storage.put("jobs/t/inputs/1-style.jpg", style, "image/jpeg")
+    inputs = {"content": {"key": "jobs/t/inputs/0-content.jpg", "name": "photo.jpg"},
+              "styles": [{"key": "jobs/t/inputs/1-style.jpg", "name": "painting.jpg"}], "style_preset": None}
+    settings = {"size": 48, "iterations": 8, "snapshot_every": 2, "weights": "random", **params}
+    with runner.sessions() as session:
+        return create_job(session, params=StyleParams(**settings).model_dump(mode="json"), inputs=inputs).id
+
+
+def row(runner, job_id) -> Job:
+    with runner.sessions() as session:
+        job = session.get(Job, job_id)
+        job.snapshots  # load them while the session is open
+        return job
+
+
+def test_a_job_runs_to_success_with_snapshots_and_an_output(runner):
+    job_id = queue(runner)
+    assert runner.run(job_id) == "succeeded"
+    job = row(runner, job_id)
+    assert (job.status, job.iteration, job.attempts, job.weights) == ("succeeded", 8, 1, "random")
+    assert job.error_code is None and job.finished_at and job.losses["total"] > 0
+    assert [s.iteration for s in job.snapshots] == [2, 4, 6]
+    for snapshot in job.snapshots:
+        assert Image.open(io.BytesIO(runner.storage.get(snapshot.key))).format == "PNG"
+    output = Image.open(io.BytesIO(runner.storage.get(job.output_key)))
+    assert output.format == "PNG" and max(output.size) == 48
+
+
+def test_a_second_delivery_does_nothing(runner):
+    job_id = queue(runner)
+    assert runner.run(job_id) == "succeeded"
+    assert runner.run(job_id) is None
+    assert row(runner, job_id).attempts == 1
+
+
+def test_a_cancel_stops_the_job_between_iterations(runner, monkeypatch):
+    job_id = queue(runner, iterations=500, snapshot_every=0)
+    calls = []
+
+    def cancel_after_a_few() -> bool:  # the web tier's cancel, arriving while the job runs
+        calls.append(1)
+        if len(calls) == 3:
+            with runner.sessions() as session:
+                request_cancel(session, job_id)
+        return False
+
+    monkeypatch.setattr("worker.runner.PROGRESS_INTERVAL_S", 0.0)  # read the flag at every iteration
+    assert runner.run(job_id, should_abort=cancel_after_a_few) == "canceled"
+    job = row(runner, job_id)
+    assert job.status == "canceled" and 3 <= job.iteration < 10 and job.output_key
+
+
+@pytest.mark.parametrize(("change", "code", "says"), [
+    ("not an image", "bad_input", "not an image that can be read"),
+    ("missing", "input_missing", "no longer in storage"),
+])
+def test_bad_inputs_fail_with_a_code(runner, change, code, says):
+    job_id = queue(runner, content=b"<svg></svg>" if change == "not an image" else PHOTO.read_bytes())
+    if change == "missing":
+        runner.storage.delete("jobs/t/inputs/0-content.jpg")
+    assert runner.run(job_id) == "failed"
+    job = row(runner, job_id)
+    assert job.error_code == code and says in job.error_message and job.finished_at
+
+
+def test_strict_weights_refuse_the_random_fallback(make_settings):
+    settings = make_settings(IMPASTO_STRICT_WEIGHTS=1)
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    strict = JobRunner(settings, session_factory(engine), LocalStorage(settings.data_dir / "storage"), device="cpu")
+    job_id = queue(strict, weights="auto")
+    assert strict.run(job_id) == "failed"
+    job = row(strict, job_id)
+    engine.dispose()
+    assert job.error_code == "weights_unavailable" and "IMPASTO_VGG_WEIGHTS" in job.error_message

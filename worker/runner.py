@@ -1,0 +1,194 @@
+"""One job from its row to its output: the plain object behind the Celery task.
+
+It claims the job (a second delivery of the same job does nothing), runs the engine, writes
+progress a few times a second, stores each snapshot with its row, stores the output, and
+records success, failure (a code and a message a person can act on) or cancellation.
+Testable without Celery: give it sessions, storage and settings.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.images import ImageError, decode_image
+from shared.jobs import JobError, add_snapshot, claim_job, finish_job, record_progress
+from shared.models import CANCELED, FAILED, SUCCEEDED, Job
+from shared.params import StyleParams
+from shared.settings import Settings
+from shared.storage import MissingObject, Storage, job_key
+
+log = logging.getLogger("impasto.worker")
+
+# Progress goes to the database at most this often; the last iteration is always written.
+PROGRESS_INTERVAL_S = 0.25
+
+
+class JobFailed(Exception):
+    """A failure with a code and a message for the person who submitted the job."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.error = JobError(code, message)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class JobRunner:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    storage: Storage
+    device: str | None = None  # None: the GPU if there is one
+    # Loaded weights by spec, kept for the life of the process.
+    _weights: dict[str, Any] = field(default_factory=dict)
+
+    def weights(self, spec: str) -> Any:
+        from worker.engine import load_weights
+
+        if self.settings.strict_weights and spec == "auto":
+            spec = "imagenet"  # production: never a silent fallback to random weights
+        if spec not in self._weights:
+            self._weights[spec] = load_weights(spec)
+        return self._weights[spec]
+
+    def run(self, job_id: str, should_abort: Callable[[], bool] = lambda: False) -> str | None:
+        """Run the job if it is still queued; returns its final status, or None if someone
+        else had it."""
+        worker = worker_name()
+        with self.sessions() as session:
+            if not claim_job(session, job_id, worker):
+                log.info("job=%s event=skipped reason=not-queued", job_id)
+                return None
+            job = session.get(Job, job_id)
+            assert job is not None
+            params, inputs = job.params, job.inputs
+        log.info("job=%s event=started worker=%s", job_id, worker)
+        started = time.perf_counter()
+        try:
+            status = self._run(job_id, worker, StyleParams(**params), inputs, should_abort)
+        except JobFailed as failure:
+            self._finish(job_id, worker, FAILED, error=failure.error)
+            log.warning("job=%s event=failed code=%s message=%r", job_id, failure.error.code, str(failure))
+            return FAILED
+        except BaseException as err:
+            code, message = _classify(err)
+            self._finish(job_id, worker, FAILED, error=JobError(code, message))
+            log.exception("job=%s event=failed code=%s", job_id, code)
+            if code == "internal_error" or not isinstance(err, Exception):
+                raise  # a bug or a shutdown: logged with its traceback, recorded, not swallowed
+            return FAILED
+        log.info("job=%s event=%s seconds=%.2f", job_id, status, time.perf_counter() - started)
+        return status
+
+    def _run(self, job_id: str, worker: str, params: StyleParams, inputs: dict[str, Any],
+             should_abort: Callable[[], bool]) -> str:
+        content = self._image(inputs["content"])
+        styles = [self._image(style) for style in inputs["styles"]]
+
+        import torch
+
+        from worker.engine import EngineError, Progress, Result, Snapshot, resolve_device, stylize
+
+        try:
+            device = resolve_device(self.device)
+            weights = self.weights(params.weights)
+        except EngineError as err:
+            raise JobFailed("weights_unavailable" if "weights" in str(err).lower() else "bad_parameters",
+                            str(err)) from None
+        progress = _Throttle(self.sessions, job_id, worker)
+        result = None
+        try:
+            for event in stylize(content, styles, params, device=device, weights=weights,
+                                 should_stop=lambda: progress.cancel_requested or should_abort()):
+                if isinstance(event, Progress):
+                    progress.update(event.iteration, event.losses.as_dict())
+                elif isinstance(event, Snapshot) and not event.final:
+                    key = job_key(job_id, f"snapshots/{event.iteration:06d}.png")
+                    self.storage.put(key, _png(event.image), "image/png")
+                    with self.sessions() as session:
+                        add_snapshot(session, job_id, event.iteration, key, event.losses.as_dict())
+                elif isinstance(event, Result):
+                    result = event
+        except EngineError as err:
+            raise JobFailed("bad_parameters", str(err)) from None
+        except torch.OutOfMemoryError:
+            raise JobFailed("out_of_memory", f"the GPU ran out of memory at size {params.size}; "
+                                             f"submit again with a smaller size") from None
+        assert result is not None
+        if progress.lost:  # canceled while queued, or handed to another worker: leave it be
+            log.warning("job=%s event=abandoned reason=no-longer-running-here", job_id)
+            return CANCELED
+        output_key = job_key(job_id, "output.png")
+        self.storage.put(output_key, _png(result.image), "image/png")
+        status = CANCELED if result.canceled else SUCCEEDED
+        self._finish(job_id, worker, status, iteration=result.iterations, losses=result.losses.as_dict(),
+                     output_key=output_key, weights=result.weights, weights_warning=result.weights_warning)
+        return status
+
+    def _image(self, item: dict[str, str]):
+        try:
+            data = self.storage.get(item["key"])
+        except MissingObject:
+            raise JobFailed("input_missing", f"the uploaded image {item.get('name') or ''} is no longer "
+                                             f"in storage; submit the job again") from None
+        try:
+            return decode_image(data, name=item.get("name") or "an input image", max_pixels=self.settings.max_pixels)
+        except ImageError as err:
+            raise JobFailed("bad_input", str(err)) from None
+
+    def _finish(self, job_id: str, worker: str, status: str, **fields: Any) -> None:
+        with self.sessions() as session:
+            if not finish_job(session, job_id, worker, status, **fields):
+                log.warning("job=%s event=finish-ignored status=%s reason=not-running-here", job_id, status)
+
+
+class _Throttle:
+    """Progress writes at most every PROGRESS_INTERVAL_S; each write also reads the cancel flag."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, worker: str):
+        self.sessions, self.job_id, self.worker = sessions, job_id, worker
+        self.cancel_requested = False
+        self.lost = False
+        self._last = 0.0
+
+    def update(self, iteration: int, losses: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - self._last < PROGRESS_INTERVAL_S:
+            return
+        self._last = now
+        with self.sessions() as session:
+            flag = record_progress(session, self.job_id, iteration, losses, self.worker)
+        if flag is None:  # canceled while queued, or no longer ours: stop working on it
+            self.lost = True
+            self.cancel_requested = True
+        else:
+            self.cancel_requested = flag
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _classify(err: BaseException) -> tuple[str, str]:
+    """A failure code and message for an exception the runner did not expect by name."""
+    name = type(err).__name__
+    if name == "SoftTimeLimitExceeded":
+        return "timeout", "the job ran past its time limit; submit it with fewer iterations or a smaller size"
+    if isinstance(err, RuntimeError) and "can't allocate memory" in str(err):
+        return "out_of_memory", "the worker ran out of memory; submit again with a smaller size"
+    if isinstance(err, (KeyboardInterrupt, SystemExit)):
+        return "worker_stopped", "the worker was stopped while running this job"
+    return "internal_error", f"the worker failed unexpectedly ({name}); the operators have the details in its log"
