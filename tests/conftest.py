@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +93,47 @@ def run_engine(random_weights):
         return events, events[-1]
 
     return run
+
+
+# --- The service's real parts: PostgreSQL and Redis on this machine, processes we start. ---
+
+POSTGRES_ADMIN_URL = os.environ.get("IMPASTO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+SYSTEM_REDIS_URL = os.environ.get("IMPASTO_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def postgres_url():
+    """A new, empty PostgreSQL database on this machine's server, dropped afterwards."""
+    from tests.servers import temporary_postgres_database
+
+    with temporary_postgres_database(POSTGRES_ADMIN_URL) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def own_redis(tmp_path_factory):
+    """A redis-server of the tests' own, on a free port (as `impasto up` starts one)."""
+    from shared.launcher import start_redis, stop_all
+
+    url, process = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    stop_all([("redis", process)])
+
+
+@pytest.fixture
+def queue_name():
+    """A queue of its own for each test, so tests never take each other's messages."""
+    return f"impasto-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_settings(tmp_path, queue_name):
+    from shared.settings import load_settings
+
+    def make(**overrides):
+        env = {"IMPASTO_DATA_DIR": str(tmp_path / "data"), "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
+               "IMPASTO_QUEUE": queue_name}
+        env.update({k: str(v) for k, v in overrides.items()})
+        return load_settings(env)
+
+    return make

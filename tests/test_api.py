@@ -1,0 +1,197 @@
+"""The JSON API through Flask's test client, with SQLite, a local folder and this machine's
+Redis as the broker (each test on a queue of its own; no worker takes the messages)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import redis
+from PIL import Image
+
+from shared.migrate import upgrade
+from tests.conftest import PAINTING, PHOTO
+from web.app import create_app
+from web.services import Services
+
+
+@pytest.fixture
+def settings(make_settings):
+    settings = make_settings(IMPASTO_MAX_UPLOAD_BYTES=2_000_000, IMPASTO_MAX_SIZE=1024, IMPASTO_MAX_STYLES=2)
+    upgrade(settings.database_url)
+    return settings
+
+
+@pytest.fixture
+def app(settings):
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def queued(settings):
+    """How many messages wait on this test's queue."""
+    connection = redis.Redis.from_url(settings.broker_url)
+    yield lambda: connection.llen(settings.queue)
+    connection.delete(settings.queue)
+    connection.close()
+
+
+def files(content=PHOTO, styles=(PAINTING,)):
+    data = {"content": (io.BytesIO(content.read_bytes() if hasattr(content, "read_bytes") else content), "photo.jpg")}
+    data["style"] = [(io.BytesIO(s.read_bytes() if hasattr(s, "read_bytes") else s), f"style{i}.jpg")
+                     for i, s in enumerate(styles)]
+    return data
+
+
+def post(client, fields=None, **kw):
+    return client.post("/api/v1/jobs", data={**files(**kw), **(fields or {})}, content_type="multipart/form-data")
+
+
+def png(width=40, height=30, mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), "white" if mode != "P" else 0).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_submit_answers_202_with_the_job_and_enqueues_it(client, queued):
+    response = post(client, {"size": "128", "iterations": "40", "weights": "random", "style_layers": "conv1_1, conv3_1"})
+    assert response.status_code == 202
+    job = response.get_json()
+    assert response.headers["Location"] == f"/api/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["queue_position"] == 0
+    assert job["progress"] == {"iteration": 0, "iterations": 40, "fraction": 0.0, "eta_seconds": None}
+    assert job["params"]["size"] == 128 and job["params"]["style_layers"] == ["conv1_1", "conv3_1"]
+    assert job["params"]["style_weight"] == 1e6  # defaults filled in
+    assert job["snapshots"] == [] and job["output_url"] is None and job["error"] is None
+    assert queued() == 1
+    message = json.loads(redis.Redis.from_url(client.application.extensions["impasto"].settings.broker_url)
+                         .lindex(client.application.extensions["impasto"].settings.queue, 0))
+    assert message["headers"]["task"] == "impasto.stylize" and job["id"] in message["headers"]["argsrepr"]
+    shown = client.get(job["inputs"][0])
+    assert shown.status_code == 200 and shown.data == PHOTO.read_bytes()
+
+    again = client.get(f"/api/v1/jobs/{job['id']}").get_json()
+    assert again["id"] == job["id"] and again["status"] == "queued"
+    second = post(client, {"style_preset": "the_scream"}, styles=()).get_json()
+    assert second["queue_position"] == 1 and second["style_preset"] == "the_scream"
+    listed = client.get("/api/v1/jobs?limit=1").get_json()
+    assert listed["total"] == 2 and [j["id"] for j in listed["jobs"]] == [second["id"]]
+
+
+@pytest.mark.parametrize(("fields", "kw", "field", "says"), [
+    ({"size": "5"}, {}, "size", "greater than or equal to 16"),
+    ({"size": "2048"}, {}, "size", "at most 1024 on this service"),
+    ({"size": "big"}, {}, "size", "valid integer"),
+    ({"iterations": "1e9"}, {}, "iterations", ""),
+    ({"style_weight": "nan"}, {}, "style_weight", "finite number"),
+    ({"content_weight": "inf"}, {}, "content_weight", "finite number"),
+    ({"colour": "red"}, {}, "colour", "unknown parameter 'colour'"),
+    ({"style_layers": "conv9_9"}, {}, "style_layers", "unknown VGG-19 layer 'conv9_9'"),
+    ({"weights": "/etc/passwd"}, {}, "weights", "use one of auto, imagenet, random"),
+    ({"optimizer": "sgd"}, {}, "optimizer", "'lbfgs' or 'adam'"),
+    ({"style_preset": "mona_lisa"}, {"styles": ()}, "style_preset", "unknown style 'mona_lisa'"),
+    ({"style_preset": "the_scream"}, {}, "style_preset", "not both"),
+    ({}, {"styles": ()}, "style", "upload a style image"),
+    ({}, {"styles": (PAINTING, PAINTING, PAINTING)}, "style", "3 style images; at most 2"),
+    ({"style_blend": "1 2"}, {}, "style_blend", "2 numbers for 1 style images"),
+    ({}, {"content": b""}, "content", "empty"),
+    ({}, {"content": b"<html><script>alert(1)</script></html>"}, "content", "not an image that can be read"),
+    ({}, {"content": png()[:60]}, "content", "truncated"),
+    ({}, {"styles": (png(9000, 9000, "P"),)}, "style", "over the limit"),
+])
+def test_bad_input_is_422_naming_the_field(client, queued, fields, kw, field, says):
+    response = post(client, fields, **kw)
+    assert response.status_code == 422, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["field"] == field and says in error["message"]
+    assert queued() == 0  # nothing reaches a worker
+
+
+def test_missing_content_is_422(client):
+    response = client.post("/api/v1/jobs", data={"style_preset": "starry_night"}, content_type="multipart/form-data")
+    assert response.status_code == 422 and response.get_json()["error"]["field"] == "content"
+
+
+def test_a_file_name_with_folders_is_reduced_to_its_name(client, queued):
+    data = {"content": (io.BytesIO(PHOTO.read_bytes()), "../../etc/evil.jpg"), "style_preset": "shipwreck"}
+    job = client.post("/api/v1/jobs", data=data, content_type="multipart/form-data").get_json()
+    services = client.application.extensions["impasto"]
+    with services.sessions() as session:
+        from shared.models import Job
+
+        inputs = session.get(Job, job["id"]).inputs
+    assert inputs["content"]["name"] == "evil.jpg"
+    assert inputs["content"]["key"] == f"jobs/{job['id']}/inputs/0-content.jpg"
+
+
+def test_an_upload_over_the_byte_limit_is_413_json(client, queued):
+    from werkzeug.test import EnvironBuilder
+
+    # The test client spools a large body to a temporary file; the app refuses it unread, so
+    # the test closes it.
+    environ = EnvironBuilder(path="/api/v1/jobs", method="POST",
+                             data=files(content=b"\xff" * 2_100_000)).get_environ()
+    try:
+        response = client.open(environ)
+    finally:
+        environ["wsgi.input"].close()
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "too_large"
+    assert queued() == 0
+
+
+def test_unknown_jobs_and_images_are_404_json(client):
+    for url in ("/api/v1/jobs/nope", "/api/v1/jobs/nope/output.png", "/api/v1/jobs/nope/events",
+                "/api/v1/jobs/nope/snapshots/1.png"):
+        response = client.get(url)
+        assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
+    assert client.post("/api/v1/jobs/nope/cancel").status_code == 404
+
+
+def test_bad_paging_is_400(client):
+    response = client.get("/api/v1/jobs?limit=0")
+    assert response.status_code == 400 and response.get_json()["error"]["field"] == "limit"
+
+
+def test_cancel_a_queued_job_then_a_second_cancel_is_harmless(client, queued):
+    job = post(client).get_json()
+    response = client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 200 and response.get_json()["status"] == "canceled"
+    assert client.post(f"/api/v1/jobs/{job['id']}/cancel").get_json()["status"] == "canceled"
+
+
+def test_events_of_a_finished_job_end_with_its_status(client, queued):
+    job = post(client).get_json()
+    client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    response = client.get(f"/api/v1/jobs/{job['id']}/events")
+    assert response.mimetype == "text/event-stream"
+    events = [block for block in response.get_data(as_text=True).split("\n\n") if block.startswith("event:")]
+    name, data = events[-1].split("\n", 1)
+    assert name == "event: status" and json.loads(data.removeprefix("data: "))["status"] == "canceled"
+
+
+def test_health_reports_database_and_broker(client, settings):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json() == {"status": "ok", "database": "ok", "broker": "ok"}
+    broken = create_app(services=Services.from_settings(
+        settings.with_broker("redis://127.0.0.1:9/0"))).test_client().get("/healthz")
+    assert broken.status_code == 503 and broken.get_json()["broker"].startswith("unreachable")
+
+
+def test_the_openapi_document_lists_every_route_and_parameter(client, app):
+    document = client.get("/api/v1/openapi.json").get_json()
+    assert document["openapi"].startswith("3.1")
+    form = document["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    from shared.params import StyleParams
+
+    assert set(StyleParams.model_fields) | {"content", "style", "style_preset"} == set(form["properties"])
+    assert form["properties"]["size"]["minimum"] == 16
+    routes = {rule.rule.replace("<job_id>", "{job_id}").replace("<int:iteration>", "{iteration}")
+              .replace("<int:index>", "{index}") for rule in app.url_map.iter_rules() if rule.rule.startswith(("/api", "/healthz"))}
+    assert routes == set(document["paths"])

@@ -1,0 +1,261 @@
+"""The JSON API under /api/v1, its server-sent events and images, and /healthz."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, abort, jsonify, request, stream_with_context, url_for
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import selectinload
+
+from shared.jobs import queue_position, recent_jobs, request_cancel
+from shared.models import Job, utcnow
+from shared.storage import MissingObject
+
+from .openapi import openapi_document
+from .services import services
+from .submit import QueueUnavailable, SubmissionError, submit
+
+bp = Blueprint("api", __name__)
+
+# How often the event stream looks at the job, and how long one stream lasts before the
+# browser's EventSource reconnects (it does so by itself).
+EVENT_POLL_S = 0.3
+EVENT_STREAM_S = 300
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "field": field}})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def submission_error(err: SubmissionError) -> Response:
+    """422 naming the first field at fault; `details` lists every problem found."""
+    first = err.errors[0]
+    details = [{"code": e.code, "message": e.message, "field": e.field} for e in err.errors]
+    response = jsonify({"error": {"code": first.code, "message": first.message, "field": first.field,
+                                  "details": details}})
+    response.status_code = 422
+    return response
+
+
+@bp.post("/api/v1/jobs")
+def create():
+    try:
+        job = submit(services(), request.form, request.files)
+    except SubmissionError as err:
+        return submission_error(err)
+    except QueueUnavailable:
+        return error_response(503, "unavailable", "the job queue cannot be reached; try again in a minute",
+                              headers={"Retry-After": "30"})
+    with services().sessions() as session:
+        job = load_job(session, job.id)
+        body = job_json(job, queue_position(session, job))
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.show", job_id=job.id)
+    return response
+
+
+@bp.get("/api/v1/jobs")
+def index():
+    limit = _int_arg("limit", 20, 1, 100)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    with services().sessions() as session:
+        jobs, total = recent_jobs(session, limit=limit, offset=offset)
+        items = [job_json(job, queue_position(session, job), snapshots=False) for job in jobs]
+    return jsonify({"jobs": items, "total": total, "limit": limit, "offset": offset})
+
+
+@bp.get("/api/v1/jobs/<job_id>")
+def show(job_id: str):
+    with services().sessions() as session:
+        job = load_job(session, job_id)
+        return jsonify(job_json(job, queue_position(session, job)))
+
+
+@bp.post("/api/v1/jobs/<job_id>/cancel")
+def cancel(job_id: str):
+    with services().sessions() as session:
+        job = request_cancel(session, job_id)
+        if job is None:
+            abort(404, f"no job {job_id}")
+        if job.status in ("succeeded", "failed"):
+            return error_response(409, "conflict", f"the job has already {job.status}; nothing to cancel")
+        job = load_job(session, job_id)
+        response = jsonify(job_json(job, None))
+    response.status_code = 202 if job.status == "running" else 200
+    return response
+
+
+@bp.get("/api/v1/jobs/<job_id>/events")
+def events(job_id: str):
+    with services().sessions() as session:
+        load_job(session, job_id)  # 404 before the stream starts
+    return Response(stream_with_context(_event_stream(job_id)), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _event_stream(job_id: str) -> Iterator[str]:
+    """Events named status, progress and snapshot, each with the job's JSON; the stream ends
+    after the final status."""
+    last: dict[str, Any] = {}
+    deadline = time.monotonic() + EVENT_STREAM_S
+    yield "retry: 1000\n\n"
+    while time.monotonic() < deadline:
+        with services().sessions() as session:
+            job = load_job(session, job_id)
+            body = job_json(job, queue_position(session, job))
+        seen = {"status": body["status"], "progress": body["progress"]["iteration"],
+                "snapshot": len(body["snapshots"])}
+        for name in ("snapshot", "progress", "status"):
+            if seen[name] != last.get(name):
+                yield f"event: {name}\ndata: {json.dumps(body)}\n\n"
+        if not last and not any(seen.values()):
+            yield f"event: status\ndata: {json.dumps(body)}\n\n"
+        last = seen
+        if job.is_final:
+            return
+        time.sleep(EVENT_POLL_S)
+        yield ": keep-alive\n\n"
+
+
+@bp.get("/api/v1/jobs/<job_id>/output.png")
+def output(job_id: str):
+    with services().sessions() as session:
+        job = load_job(session, job_id)
+    if not job.output_key:
+        abort(404, f"job {job_id} has no output yet (status {job.status})")
+    return _image(job.output_key, f"impasto-{job_id}.png")
+
+
+@bp.get("/api/v1/jobs/<job_id>/snapshots/<int:iteration>.png")
+def snapshot(job_id: str, iteration: int):
+    with services().sessions() as session:
+        job = load_job(session, job_id)
+        found = next((s for s in job.snapshots if s.iteration == iteration), None)
+    if found is None:
+        abort(404, f"job {job_id} has no snapshot at iteration {iteration}")
+    return _image(found.key, f"impasto-{job_id}-{iteration}.png")
+
+
+@bp.get("/api/v1/jobs/<job_id>/inputs/<int:index>")
+def input_image(job_id: str, index: int):
+    with services().sessions() as session:
+        job = load_job(session, job_id)
+    items = [job.inputs["content"], *job.inputs["styles"]]
+    if index >= len(items):
+        abort(404, f"job {job_id} has no input {index}")
+    return _image(items[index]["key"], None, items[index].get("content_type", "application/octet-stream"))
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi():
+    return jsonify(openapi_document())
+
+
+@bp.get("/healthz")
+def healthz():
+    checks = {"database": "ok", "broker": "ok"}
+    try:
+        with services().sessions() as session:
+            session.execute(text("SELECT 1"))
+    except OperationalError as err:
+        checks["database"] = f"unreachable: {str(err.orig).strip().splitlines()[0]}"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(services().settings.require_broker(), socket_timeout=2,
+                                      socket_connect_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as err:  # redis raises several unrelated types for one cause
+        checks["broker"] = f"unreachable: {err}"
+    healthy = all(v == "ok" for v in checks.values())
+    response = jsonify({"status": "ok" if healthy else "unavailable", **checks})
+    response.status_code = 200 if healthy else 503
+    return response
+
+
+def load_job(session, job_id: str) -> Job:
+    job = session.get(Job, job_id, options=[selectinload(Job.snapshots)], populate_existing=True)
+    if job is None:
+        abort(404, f"no job {job_id}")
+    return job
+
+
+def job_json(job: Job, position: int | None, *, snapshots: bool = True) -> dict[str, Any]:
+    """The API's view of a job (the `Job` schema of the OpenAPI document)."""
+    fraction = job.iteration / job.iterations if job.iterations else 0.0
+    body: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status,
+        "progress": {"iteration": job.iteration, "iterations": job.iterations,
+                     "fraction": round(fraction, 4), "eta_seconds": _eta(job)},
+        "losses": job.losses,
+        "queue_position": position,
+        "params": job.params,
+        "style_preset": job.inputs.get("style_preset"),
+        "inputs": [url_for("api.input_image", job_id=job.id, index=i)
+                   for i in range(1 + len(job.inputs["styles"]))],
+        "snapshots": [{"iteration": s.iteration, "url": url_for("api.snapshot", job_id=job.id, iteration=s.iteration)}
+                      for s in job.snapshots] if snapshots else [],
+        "output_url": url_for("api.output", job_id=job.id) if job.output_key else None,
+        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+        "weights": job.weights,
+        "weights_warning": job.weights_warning,
+        "attempts": job.attempts,
+        "worker": job.worker,
+        "created_at": _time(job.created_at),
+        "started_at": _time(job.started_at),
+        "finished_at": _time(job.finished_at),
+        "url": url_for("pages.job", job_id=job.id),
+    }
+    return body
+
+
+def _eta(job: Job) -> float | None:
+    if job.status != "running" or not job.started_at or job.iteration <= 0:
+        return None
+    elapsed = (utcnow() - job.started_at).total_seconds()
+    return round(elapsed / job.iteration * (job.iterations - job.iteration), 1)
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _image(key: str, download_name: str | None, content_type: str = "image/png") -> Response:
+    try:
+        data = services().storage.get(key)
+    except MissingObject:
+        abort(404, "the image is no longer stored")
+    response = Response(data, mimetype=content_type)
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    if download_name and request.args.get("download"):
+        response.headers["Content-Disposition"] = f'attachment; filename="{download_name}"'
+    return response
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        abort(error_response(400, "bad_request", f"{name} must be a whole number from {low} to {high}", name))
+    return value
+

@@ -1,0 +1,206 @@
+"""The OpenAPI 3.1 document of the JSON API, its parameters derived from StyleParams."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from shared.params import WEIGHT_CHOICES, StyleParams
+
+from .presets import PRESETS
+
+STATUSES = ["queued", "running", "succeeded", "failed", "canceled"]
+
+
+def _param_schemas() -> dict[str, Any]:
+    """StyleParams' fields as multipart form fields; a blank or absent field takes its default."""
+    schema = StyleParams.model_json_schema()
+    fields: dict[str, Any] = {}
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        prop.pop("title", None)
+        options = prop.pop("anyOf", None)
+        if options:  # `X | None`: None means "the default", which is the field left out
+            prop.update(next(o for o in options if o.get("type") != "null"))
+        if prop.get("default") is None:
+            prop.pop("default", None)
+        fields[name] = prop
+    fields["weights"] = {"type": "string", "enum": list(WEIGHT_CHOICES), "default": "auto",
+                         "description": "VGG-19 weights: auto (ImageNet if available, else seeded random "
+                                        "with a warning), imagenet, or random"}
+    return fields
+
+
+def _job_schema() -> dict[str, Any]:
+    nullable_time = {"type": ["string", "null"], "format": "date-time"}
+    losses = {"type": ["object", "null"], "additionalProperties": {"type": "number"},
+              "description": "weighted loss terms: content, style, tv, total"}
+    return {
+        "type": "object",
+        "required": ["id", "status", "progress", "losses", "queue_position", "snapshots", "output_url",
+                     "error", "weights", "created_at", "started_at", "finished_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"type": "string", "enum": STATUSES},
+            "progress": {
+                "type": "object",
+                "required": ["iteration", "iterations", "fraction", "eta_seconds"],
+                "properties": {
+                    "iteration": {"type": "integer", "minimum": 0},
+                    "iterations": {"type": "integer", "minimum": 1},
+                    "fraction": {"type": "number", "minimum": 0, "maximum": 1},
+                    "eta_seconds": {"type": ["number", "null"]},
+                },
+            },
+            "losses": losses,
+            "queue_position": {"type": ["integer", "null"],
+                               "description": "queued jobs ahead of this one (0: next); null unless queued"},
+            "params": {"type": "object", "description": "every parameter, defaults filled in"},
+            "style_preset": {"type": ["string", "null"]},
+            "inputs": {"type": "array", "items": {"type": "string"},
+                       "description": "URLs of the content image, then the style images"},
+            "snapshots": {"type": "array", "items": {
+                "type": "object", "required": ["iteration", "url"],
+                "properties": {"iteration": {"type": "integer"}, "url": {"type": "string"}}}},
+            "output_url": {"type": ["string", "null"]},
+            "error": {"type": ["object", "null"], "required": ["code", "message"],
+                      "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+            "weights": {"type": ["string", "null"], "description": "the VGG-19 weights actually used"},
+            "weights_warning": {"type": ["string", "null"]},
+            "attempts": {"type": "integer"},
+            "worker": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": nullable_time,
+            "finished_at": nullable_time,
+            "url": {"type": "string", "description": "the job's web page"},
+        },
+    }
+
+
+def _error_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {
+            "type": "object",
+            "required": ["code", "message", "field"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": ["string", "null"]},
+                "details": {"type": "array", "items": {"type": "object"}},
+            },
+        }},
+    }
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {400: "bad request", 404: "no such job", 409: "the job is already over", 413: "upload too large",
+            422: "a field is invalid; `field` names it", 503: "the database or queue is unreachable"}
+    return {str(s): {"description": text[s], "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Error"}}}} for s in statuses}
+
+
+def _job_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Job"}}}}
+
+
+def _png(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    form = {
+        "type": "object",
+        "required": ["content"],
+        "properties": {
+            "content": {"type": "string", "format": "binary", "description": "the photo"},
+            "style": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": "one or more paintings (or give style_preset)"},
+            "style_preset": {"type": "string", "enum": list(PRESETS), "description": "a built-in painting"},
+            **_param_schemas(),
+        },
+        "additionalProperties": False,
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Impasto", "version": "1",
+                 "description": "Neural style transfer jobs: submit a photo and a painting, watch the "
+                                "picture emerge, download it."},
+        "paths": {
+            "/api/v1/jobs": {
+                "post": {
+                    "operationId": "createJob",
+                    "summary": "Submit a job",
+                    "requestBody": {"required": True, "content": {"multipart/form-data": {
+                        "schema": form, "encoding": {"style": {"contentType": "image/*"}}}}},
+                    "responses": {"202": {**_job_response("queued; Location is the job's URL"),
+                                          "headers": {"Location": {"schema": {"type": "string"}}}},
+                                  **_errors(413, 422, 503)},
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "Recent jobs, newest first",
+                    "parameters": [
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                    "maximum": 100, "default": 20}},
+                        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                                     "default": 0}},
+                    ],
+                    "responses": {"200": {"description": "a page of jobs", "content": {"application/json": {
+                        "schema": {"type": "object", "required": ["jobs", "total", "limit", "offset"],
+                                   "properties": {"jobs": {"type": "array",
+                                                           "items": {"$ref": "#/components/schemas/Job"}},
+                                                  "total": {"type": "integer"}, "limit": {"type": "integer"},
+                                                  "offset": {"type": "integer"}}}}}},
+                                  **_errors(400)},
+                },
+            },
+            "/api/v1/jobs/{job_id}": {"get": {
+                "operationId": "getJob", "summary": "A job's status, progress, snapshots and output",
+                "parameters": [job_id], "responses": {"200": _job_response("the job"), **_errors(404)}}},
+            "/api/v1/jobs/{job_id}/cancel": {"post": {
+                "operationId": "cancelJob", "summary": "Cancel a job (a running one stops at its next iteration)",
+                "parameters": [job_id],
+                "responses": {"200": _job_response("canceled"), "202": _job_response("cancel requested"),
+                              **_errors(404, 409)}}},
+            "/api/v1/jobs/{job_id}/events": {"get": {
+                "operationId": "jobEvents",
+                "summary": "Server-sent events `status`, `progress` and `snapshot`, each carrying the Job",
+                "parameters": [job_id],
+                "responses": {"200": {"description": "an event stream",
+                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              **_errors(404)}}},
+            "/api/v1/jobs/{job_id}/output.png": {"get": {
+                "operationId": "getOutput", "summary": "The output image (`?download=1` to save it)",
+                "parameters": [job_id, {"name": "download", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": _png("the output"), **_errors(404)}}},
+            "/api/v1/jobs/{job_id}/snapshots/{iteration}.png": {"get": {
+                "operationId": "getSnapshot", "summary": "A snapshot image",
+                "parameters": [job_id, {"name": "iteration", "in": "path", "required": True,
+                                        "schema": {"type": "integer", "minimum": 0}},
+                               {"name": "download", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": _png("the snapshot"), **_errors(404)}}},
+            "/api/v1/jobs/{job_id}/inputs/{index}": {"get": {
+                "operationId": "getInput", "summary": "An input image: 0 is the content, then the styles",
+                "parameters": [job_id, {"name": "index", "in": "path", "required": True,
+                                        "schema": {"type": "integer", "minimum": 0}}],
+                "responses": {"200": {"description": "the image as uploaded",
+                                      "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}},
+                              **_errors(404)}}},
+            "/api/v1/openapi.json": {"get": {
+                "operationId": "openapi", "summary": "This document",
+                "responses": {"200": {"description": "the OpenAPI document",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/healthz": {"get": {
+                "operationId": "health", "summary": "Whether the database and the queue are reachable",
+                "responses": {
+                    "200": {"description": "healthy", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "503": {"description": "something is unreachable",
+                            "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        },
+        "components": {"schemas": {"Job": _job_schema(), "Error": _error_schema()}},
+    }

@@ -1,0 +1,75 @@
+"""The HTML pages: the form, a job's live page, and the list of recent jobs."""
+
+from __future__ import annotations
+
+from flask import Blueprint, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from shared.jobs import queue_position, recent_jobs
+from shared.params import StyleParams
+
+from .api import job_json, load_job
+from .presets import PRESETS
+from .services import services
+from .submit import QueueUnavailable, SubmissionError, submit
+
+bp = Blueprint("pages", __name__)
+
+# The form shows these up front; every other StyleParams field is under "advanced".
+MAIN_FIELDS = ("size", "iterations", "style_weight", "preserve_colors")
+
+
+def form_context(values=None, errors=None) -> dict:
+    fields = StyleParams.model_fields
+    return {
+        "presets": PRESETS,
+        "fields": fields,
+        "main_fields": MAIN_FIELDS,
+        "advanced_fields": [name for name in fields if name not in MAIN_FIELDS],
+        "defaults": StyleParams().model_dump(mode="json"),
+        "values": values or {},
+        "errors": errors or {},
+        "settings": services().settings,
+    }
+
+
+@bp.get("/")
+def form():
+    return render_template("form.html", **form_context())
+
+
+@bp.post("/jobs")
+def create():
+    try:
+        job = submit(services(), request.form, request.files)
+    except SubmissionError as err:
+        errors: dict[str, str] = {}
+        for problem in err.errors:
+            errors.setdefault(problem.field or "form", problem.message)
+        return render_template("form.html", **form_context(request.form, errors)), 422
+    except QueueUnavailable:
+        return render_template("form.html", **form_context(request.form, {
+            "form": "the job queue cannot be reached; try again in a minute"})), 503
+    return redirect(url_for("pages.job", job_id=job.id), code=303)
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str):
+    with services().sessions() as session:
+        found = load_job(session, job_id)
+        body = job_json(found, queue_position(session, found))
+    return render_template("job.html", job=body)
+
+
+@bp.get("/jobs")
+def jobs():
+    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    per_page = 20
+    with services().sessions() as session:
+        found, total = recent_jobs(session, limit=per_page, offset=(page - 1) * per_page)
+        items = [job_json(j, queue_position(session, j), snapshots=False) for j in found]
+    return render_template("jobs.html", jobs=items, page=page, pages=max(1, -(-total // per_page)), total=total)
+
+
+def error_page(err: HTTPException):
+    return render_template("error.html", error=err), err.code or 500

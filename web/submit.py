@@ -1,0 +1,182 @@
+"""A submission, from the form or the API, checked and turned into a queued job.
+
+Both entry points send the same multipart fields: a `content` file, one or more `style` files
+or a `style_preset`, and the parameters named as the command line's flags with underscores.
+Every problem is collected as a FieldError naming the field, for a 422 or a message beside
+the form field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import io
+
+from PIL import Image
+from pydantic import ValidationError
+from werkzeug.datastructures import FileStorage, MultiDict
+
+from shared.images import ImageError, decode_image
+from shared.jobs import JobError, create_job, fail_unclaimed
+from shared.models import Job, new_job_id
+from shared.params import WEIGHT_CHOICES, StyleParams
+from shared.settings import Settings
+from shared.tasks import enqueue_stylize
+
+from .presets import PRESETS, preset_bytes
+from .services import Services
+
+# Fields that hold several values: repeated, or one field separated by commas or spaces.
+LIST_FIELDS = {name for name, f in StyleParams.model_fields.items() if "tuple" in str(f.annotation)}
+FILE_FIELDS = ("content", "style")
+OTHER_FIELDS = ("style_preset", "csrf_token")
+
+IMAGE_TYPES = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp"),
+               "GIF": ("gif", "image/gif"), "BMP": ("bmp", "image/bmp"), "TIFF": ("tiff", "image/tiff")}
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str | None
+    message: str
+    code: str = "invalid_parameter"
+
+
+class SubmissionError(Exception):
+    def __init__(self, errors: list[FieldError]):
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+def parse_params(form: MultiDict[str, str], settings: Settings) -> StyleParams:
+    """The job parameters from form fields; blank fields take their defaults."""
+    errors: list[FieldError] = []
+    given: dict[str, Any] = {}
+    for name in form:
+        if name in FILE_FIELDS or name in OTHER_FIELDS:
+            continue
+        if name not in StyleParams.model_fields:
+            errors.append(FieldError(name, f"unknown parameter {name!r}"))
+            continue
+        values = [v.strip() for v in form.getlist(name) if v.strip()]
+        if not values:
+            continue
+        if name in LIST_FIELDS:
+            given[name] = [part for v in values for part in v.replace(",", " ").split()]
+        elif len(values) > 1:
+            errors.append(FieldError(name, "give this parameter once"))
+        else:
+            given[name] = values[0]
+    if given.get("weights", "auto") not in WEIGHT_CHOICES:
+        errors.append(FieldError("weights", f"use one of {', '.join(WEIGHT_CHOICES)}; the service does not "
+                                            f"read weight files named by a job"))
+        given.pop("weights")
+    params = None
+    try:
+        params = StyleParams(**given)
+    except ValidationError as err:
+        for problem in err.errors():
+            field = str(problem["loc"][0]) if problem["loc"] else None
+            errors.append(FieldError(field, problem["msg"].removeprefix("Value error, ")))
+    if params is not None:
+        if params.size > settings.max_size:
+            errors.append(FieldError("size", f"at most {settings.max_size} on this service"))
+        if params.iterations > settings.max_iterations:
+            errors.append(FieldError("iterations", f"at most {settings.max_iterations} on this service"))
+    if errors:
+        raise SubmissionError(errors)
+    assert params is not None
+    return params
+
+
+def decode_upload(upload: FileStorage, field: str, settings: Settings) -> tuple[bytes, str, str]:
+    """(bytes, extension, content type) of an uploaded image that decodes; FieldError otherwise."""
+    data = upload.read()
+    label = f"{field} image"
+    if not data:
+        raise SubmissionError([FieldError(field, f"the {label} is empty; choose an image file", "invalid_image")])
+    try:
+        decode_image(data, name=f"the {label}", max_pixels=settings.max_pixels)
+    except ImageError as err:
+        raise SubmissionError([FieldError(field, str(err), "invalid_image")]) from None
+    with Image.open(io.BytesIO(data)) as image:
+        kind = image.format or "PNG"
+    extension, content_type = IMAGE_TYPES.get(kind, ("img", "application/octet-stream"))
+    return data, extension, content_type
+
+
+def submit(services: Services, form: MultiDict[str, str], files: MultiDict[str, FileStorage]) -> Job:
+    """Check everything, store the inputs, commit the job row, then enqueue it."""
+    settings = services.settings
+    errors: list[FieldError] = []
+    params = None
+    try:
+        params = parse_params(form, settings)
+    except SubmissionError as err:
+        errors += err.errors
+
+    content = files.get("content")
+    styles = [f for f in files.getlist("style") if f and f.filename]
+    preset = form.get("style_preset", "").strip()
+    if content is None or not content.filename:
+        errors.append(FieldError("content", "choose a content image (a photo)", "missing_field"))
+    if preset and styles:
+        errors.append(FieldError("style_preset", "choose a built-in style or upload style images, not both"))
+    elif preset and preset not in PRESETS:
+        errors.append(FieldError("style_preset", f"unknown style {preset!r}; choose one of {', '.join(PRESETS)}"))
+    elif not preset and not styles:
+        errors.append(FieldError("style", "upload a style image (a painting) or choose a built-in style",
+                                 "missing_field"))
+    elif len(styles) > settings.max_styles:
+        errors.append(FieldError("style", f"{len(styles)} style images; at most {settings.max_styles}"))
+    count = 1 if preset else len(styles)
+    if params is not None and count:
+        try:
+            params.style_blend_for(count)
+        except ValueError as err:
+            errors.append(FieldError("style_blend", str(err)))
+    if errors:
+        raise SubmissionError(errors)
+
+    decoded: list[tuple[str, tuple[bytes, str, str], str]] = []
+    for field, upload in [("content", content), *(("style", s) for s in styles)]:
+        try:
+            decoded.append((field, decode_upload(upload, field, settings), upload.filename or field))
+        except SubmissionError as err:
+            errors += err.errors
+    if errors:
+        raise SubmissionError(errors)
+    if preset:
+        decoded.append(("style", (preset_bytes(preset), "jpg", "image/jpeg"), PRESETS[preset].title))
+
+    job_id = new_job_id()
+    inputs: dict[str, Any] = {"content": None, "styles": [], "style_preset": preset or None}
+    for index, (field, (data, extension, content_type), name) in enumerate(decoded):
+        key = f"jobs/{job_id}/inputs/{index}-{field}.{extension}"  # generated, never the upload's name
+        services.storage.put(key, data, content_type)
+        item = {"key": key, "name": _display_name(name), "content_type": content_type}
+        if field == "content":
+            inputs["content"] = item
+        else:
+            inputs["styles"].append(item)
+    assert params is not None
+    with services.sessions() as session:
+        job = create_job(session, job_id=job_id, params=params.model_dump(mode="json"), inputs=inputs)
+    try:
+        enqueue_stylize(services.celery, job.id, settings.queue)
+    except Exception as err:  # kombu's connection errors have no common base worth naming
+        with services.sessions() as session:
+            fail_unclaimed(session, job.id, JobError("queue_unavailable", "the job queue could not be reached; "
+                                                                          "submit again in a minute"))
+        raise QueueUnavailable(str(err)) from err
+    return job
+
+
+class QueueUnavailable(RuntimeError):
+    """The broker refused the job; the job row is marked failed, the client gets a 503."""
+
+
+def _display_name(name: str) -> str:
+    """The file's own name, without any folders a browser or client sent with it."""
+    return name.replace("\\", "/").rsplit("/", 1)[-1][:200] or "image"
