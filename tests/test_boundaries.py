@@ -1,0 +1,33 @@
+"""The package boundaries of the architecture, checked on what each import really loads:
+the web tier runs without torch, shared names no tier, the engine knows no service."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+CHECKS = {
+    "web": (["web.app", "web.api", "web.pages", "web.serve", "web.submit", "web.openapi"],
+            ["torch", "worker"]),
+    "shared": (["shared.settings", "shared.models", "shared.db", "shared.jobs", "shared.storage", "shared.tasks",
+                "shared.migrate", "shared.launcher", "shared.params", "shared.images", "shared.cli", "shared.flags"],
+               ["flask", "torch", "web", "worker"]),
+    "worker.engine": (["worker.engine"], ["flask", "sqlalchemy", "celery", "shared", "web"]),
+    "worker": (["worker.runner", "worker.service", "worker.cli"], ["flask", "web"]),
+}
+
+
+@pytest.mark.parametrize("package", sorted(CHECKS))
+def test_imports_stay_inside_the_boundary(package):
+    modules, forbidden = CHECKS[package]
+    script = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & {set(forbidden)!r})\n"
+        + "print(' '.join(bad))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "", f"{package} imported {run.stdout.strip()}"

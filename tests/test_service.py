@@ -1,0 +1,142 @@
+"""End to end, with every part real: `impasto web` (gunicorn) and `impasto worker` (Celery)
+as processes, on PostgreSQL with this machine's Redis, and on SQLite with a Redis the test
+starts. Jobs are tiny (64 px, random weights) so each runs in a few seconds on CPU."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from shared.db import make_engine, session_factory
+from shared.models import Job
+from shared.settings import Settings, load_settings
+from shared.storage import LocalStorage
+from tests.conftest import PAINTING, PHOTO, POSTGRES_ADMIN_URL, SYSTEM_REDIS_URL
+from tests.servers import (free_port, service_env, start, stop, temporary_postgres_database, wait_for_http,
+                           wait_for_log, wait_for_status)
+
+
+@dataclass
+class Service:
+    base: str
+    settings: Settings
+
+    def row(self, job_id: str) -> Job:
+        engine = make_engine(self.settings.database_url)
+        try:
+            with session_factory(engine)() as session:
+                job = session.get(Job, job_id)
+                job.snapshots  # loaded before the session closes
+                return job
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def service(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"service-{request.param}")
+    env = {"IMPASTO_DATA_DIR": str(folder / "data"), "IMPASTO_QUEUE": f"impasto-e2e-{uuid.uuid4().hex[:8]}"}
+    with temporary_postgres_database(POSTGRES_ADMIN_URL) if request.param == "postgresql" else _nothing() as pg:
+        if request.param == "postgresql":
+            env.update(IMPASTO_DATABASE_URL=pg, IMPASTO_BROKER_URL=SYSTEM_REDIS_URL)
+        else:
+            env.update(IMPASTO_BROKER_URL=request.getfixturevalue("own_redis"))
+        env = service_env(env)
+        settings = load_settings(env)
+        migrate = start(["db", "upgrade"], env, folder / "migrate.log")
+        assert migrate.wait(timeout=120) == 0, (folder / "migrate.log").read_text()
+        port = free_port()
+        worker = start(["worker"], env, folder / "worker.log")
+        web = start(["web", "--port", str(port)], env, folder / "web.log")
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/healthz", web, folder / "web.log")
+            wait_for_log(folder / "worker.log", "ready.", worker)
+            yield Service(f"http://127.0.0.1:{port}", settings)
+        finally:
+            stop(web)
+            stop(worker)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def submit(service: Service, **fields) -> requests.Response:
+    with open(PHOTO, "rb") as photo, open(PAINTING, "rb") as painting:
+        return requests.post(f"{service.base}/api/v1/jobs", timeout=30,
+                             files={"content": ("tubingen.jpg", photo), "style": ("starry_night.jpg", painting)},
+                             data={"size": "64", "iterations": "20", "snapshot_every": "4", "weights": "random",
+                                   **fields})
+
+
+def test_a_job_goes_queued_running_succeeded_with_snapshots_and_output(service):
+    response = submit(service)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "queued"
+    seen = [job["status"]]
+    while seen[-1] not in ("succeeded", "failed", "canceled"):
+        status = requests.get(service.base + response.headers["Location"], timeout=5).json()["status"]
+        if status != seen[-1]:
+            seen.append(status)
+    assert seen == ["queued", "running", "succeeded"]
+
+    job = requests.get(f"{service.base}/api/v1/jobs/{job['id']}", timeout=5).json()
+    assert job["progress"]["iteration"] == 20 and job["progress"]["fraction"] == 1.0
+    assert job["weights"] == "random" and job["weights_warning"] is None  # asked for by name
+    assert [s["iteration"] for s in job["snapshots"]] == [4, 8, 12, 16]
+    for snapshot in job["snapshots"]:
+        image = requests.get(service.base + snapshot["url"], timeout=5)
+        assert image.headers["Content-Type"] == "image/png" and Image.open(io.BytesIO(image.content)).size
+    download = requests.get(service.base + job["output_url"] + "?download=1", timeout=5)
+    assert download.headers["Content-Disposition"] == f'attachment; filename="impasto-{job["id"]}.png"'
+    output = Image.open(io.BytesIO(download.content))
+    assert output.format == "PNG" and output.size == (64, 48)
+
+    row = service.row(job["id"])  # what is stored, not only what the API says
+    assert row.status == "succeeded" and row.attempts == 1 and row.worker and row.error_code is None
+    assert row.created_at <= row.started_at <= row.finished_at
+    assert row.iteration == row.iterations == 20 and row.losses["total"] > 0 and row.weights == "random"
+    storage = LocalStorage(Path(service.settings.storage_url.removeprefix("file://")))
+    assert len(row.snapshots) >= 2 and all(storage.exists(s.key) for s in row.snapshots)
+    assert storage.get(row.output_key) == download.content
+
+
+def test_a_running_job_can_be_canceled(service):
+    job = submit(service, size="96", iterations="5000", snapshot_every="0").json()
+    running = wait_for_status(service.base, job["id"], {"running"})
+    assert running["progress"]["iteration"] < 5000
+    response = requests.post(f"{service.base}/api/v1/jobs/{job['id']}/cancel", timeout=5)
+    assert response.status_code in (200, 202)
+    final = wait_for_status(service.base, job["id"], {"canceled", "succeeded", "failed"}, timeout=60)
+    assert final["status"] == "canceled" and final["progress"]["iteration"] < 5000
+    row = service.row(job["id"])
+    assert row.cancel_requested and row.finished_at and row.output_key  # the picture so far is kept
+    assert requests.post(f"{service.base}/api/v1/jobs/{job['id']}/cancel", timeout=5).json()["status"] == "canceled"
+
+
+def test_events_stream_progress_snapshots_and_the_final_status(service):
+    job = submit(service).json()
+    names, last = [], None
+    with requests.get(f"{service.base}/api/v1/jobs/{job['id']}/events", stream=True, timeout=60) as stream:
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        name = None
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                names.append(name)
+                last = json.loads(line.removeprefix("data: "))
+    assert {"status", "progress", "snapshot"} <= set(names)
+    assert last["status"] == "succeeded" and last["output_url"]
