@@ -56,8 +56,9 @@ def create():
     except QueueUnavailable:
         return error_response(503, "unavailable", "the job queue cannot be reached; try again in a minute",
                               headers={"Retry-After": "30"})
+    # The job as it was committed: a worker may already have claimed it, but the answer to a
+    # submission is always the queued job.
     with services().sessions() as session:
-        job = load_job(session, job.id)
         body = job_json(job, queue_position(session, job))
     response = jsonify(body)
     response.status_code = 202
@@ -212,6 +213,7 @@ def job_json(job: Job, position: int | None, *, snapshots: bool = True) -> dict[
                       for s in job.snapshots] if snapshots else [],
         "output_url": url_for("api.output", job_id=job.id) if job.output_key else None,
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+        "cancel_requested": job.cancel_requested,
         "weights": job.weights,
         "weights_warning": job.weights_warning,
         "attempts": job.attempts,

@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from shared.settings import Settings, load_settings
 
+from .presets import PRESETS
 from .services import Services, init_services
 
 log = logging.getLogger("impasto.web")
@@ -48,6 +49,10 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     def unexpected(err: Exception):
         log.exception("event=unhandled-error path=%s", request.path)
         return api.error_response(500, "internal_error", "something went wrong on our side; try again")
+
+    @app.context_processor
+    def credits() -> dict[str, Any]:
+        return {"presets": PRESETS}  # every page's footer credits the built-in paintings
 
     @app.after_request
     def headers(response):

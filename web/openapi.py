@@ -65,6 +65,8 @@ def _job_schema() -> dict[str, Any]:
             "output_url": {"type": ["string", "null"]},
             "error": {"type": ["object", "null"], "required": ["code", "message"],
                       "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+            "cancel_requested": {"type": "boolean", "description": "a cancel was asked for; a running job "
+                                                                   "stops at its next iteration"},
             "weights": {"type": ["string", "null"], "description": "the VGG-19 weights actually used"},
             "weights_warning": {"type": ["string", "null"]},
             "attempts": {"type": "integer"},

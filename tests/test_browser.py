@@ -1,0 +1,261 @@
+"""The web pages in a real browser: Debian's Chromium, driven by Playwright, against the real
+service (`impasto up`: Redis, SQLite, the gunicorn web server and one Celery worker).
+
+Jobs are tiny (64 px, 20 iterations, random VGG weights) so the module needs little CPU. The
+pages come with the service's strict Content-Security-Policy, so an inline script or style
+would show up as a console error.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.servers import free_port, service_env, start, stop, wait_for_http
+
+DATA = Path(__file__).parent / "data"
+PHOTO = DATA / "tubingen.jpg"
+PAINTING = DATA / "starry_night.jpg"
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+START_TIMEOUT_S = 90
+STOP_TIMEOUT_S = 30
+JOB_TIMEOUT_MS = 90_000  # a tiny job on a cold worker: importing torch, building VGG-19, 20 iterations
+
+# What one test leaves for another: the job that test_submit_upload_and_download made.
+STATE: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> str:
+    """The whole service on a free port, its data in a temporary folder; yields the base URL."""
+    data_dir = tmp_path_factory.mktemp("impasto-up")
+    port = free_port()
+    log = data_dir / "up.log"
+    env = service_env({"TORCH_HOME": str(data_dir / "torch-home")})
+    process = start(["up", "--port", str(port), "--data-dir", str(data_dir)], env, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(base + "/healthz", process, log, timeout=START_TIMEOUT_S)
+        yield base
+    finally:
+        stop(process, signal.SIGINT, timeout=STOP_TIMEOUT_S)  # Ctrl-C, as a person would
+
+
+MISSING_CHROMIUM = (f"{CHROMIUM} is missing: the browser tests need Debian's Chromium "
+                    f"(as root: apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(MISSING_CHROMIUM)
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh browser tab on the service."""
+    context = browser.new_context(base_url=server, accept_downloads=True)
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    yield tab
+    context.close()
+
+
+@pytest.fixture
+def problems(page) -> list[str]:
+    """The console errors (a CSP violation is one) and uncaught exceptions of the tab."""
+    found: list[str] = []
+    page.on("console", lambda msg: found.append(f"console.error: {msg.text}") if msg.type == "error" else None)
+    page.on("pageerror", lambda err: found.append(f"uncaught: {err}"))
+    return found
+
+
+def fill_small_job(page: Page, *, size: str = "64", iterations: str = "20") -> None:
+    page.fill("#field-size", size)
+    page.fill("#field-iterations", iterations)
+    page.click("details#advanced > summary")
+    page.select_option("#field-weights", "random")
+
+
+def field_box(page: Page, name: str):
+    """The form row that holds the input for `name` (where its error must be shown)."""
+    return page.locator(".field, fieldset").filter(has=page.locator(f"#field-{name}")).last
+
+
+def test_chromium_is_installed():
+    assert CHROMIUM.exists(), MISSING_CHROMIUM
+
+
+def test_submit_upload_and_download(page: Page, problems: list[str]):
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    answer = page.goto("/")
+    assert "script-src 'self'" in answer.headers["content-security-policy"]  # inline code would be refused
+    expect(page.locator("#field-style_preset-starry_night")).to_be_checked()  # a photo is enough
+    page.set_input_files("#field-content", str(PHOTO))
+    page.set_input_files("#field-style", str(PAINTING))
+    # Choosing paintings switches the style to "upload my own" (form.js).
+    expect(page.locator("#field-style_preset-upload")).to_be_checked()
+    expect(page.locator("#content-preview img")).to_have_count(1)
+    fill_small_job(page)
+    page.fill("#field-snapshot_every", "4")
+    page.click("#submit")
+
+    page.wait_for_url(re.compile(r"/jobs/[^/?#]+$"))
+    job_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    STATE["job_id"] = job_id
+    expect(page.locator("h1")).to_contain_text(job_id)
+
+    snapshots = page.locator("#snapshots img.snapshot")
+    expect(snapshots.nth(1)).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    # Every 4th iteration, in order (the last image is the output itself).
+    iterations = [int(i) for i in snapshots.evaluate_all("els => els.map(e => e.dataset.iteration)")]
+    assert iterations[:4] == [4, 8, 12, 16] and iterations == sorted(set(iterations)), iterations
+    # Every snapshot, the result and the input thumbnails really loaded.
+    page.wait_for_function("[...document.images].every(img => img.hidden || (img.complete && img.naturalWidth > 0))")
+
+    expect(page.locator("#output")).to_be_visible()
+    assert page.locator("#output").evaluate("img => Math.max(img.naturalWidth, img.naturalHeight)") == 64
+    expect(page.locator("#progress")).to_have_attribute("value", "20")
+    expect(page.locator("#progress-text")).to_contain_text("20 / 20 iterations")
+    expect(page.locator("#cancel")).to_be_hidden()
+    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator("#weights-warning")).to_be_hidden()  # random weights were asked for
+    expect(page.locator(".inputs img")).to_have_count(2)
+    # The event stream brought every update: the page never had to poll.
+    assert any(url.endswith(f"/api/v1/jobs/{job_id}/events") for url in requested)
+    assert not any(url.endswith(f"/api/v1/jobs/{job_id}") for url in requested)
+
+    with page.expect_download() as info:
+        page.click("#download")
+    download = info.value
+    assert download.suggested_filename.endswith(".png")
+    with Image.open(download.path()) as image:
+        assert image.format == "PNG"
+        assert max(image.size) == 64
+
+    assert problems == []
+
+
+def test_bad_field_is_shown_next_to_it(page: Page, problems: list[str]):
+    page.goto("/")
+    page.set_input_files("#field-content", str(PHOTO))
+    page.check("#field-style_preset-the_scream")
+    fill_small_job(page, size="5")
+    page.fill("#field-style_weight", "2000000")
+    page.fill("#field-seed", "7")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.click("#submit")
+    assert answer.value.status == 422
+    page.wait_for_load_state()
+
+    error = field_box(page, "size").locator("[data-error-for=size]")
+    expect(error).to_be_visible()
+    expect(error).not_to_have_text("")
+    expect(page.locator("#field-size")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("[data-error-for]")).to_have_count(1)  # nothing else is wrong
+    # What was typed is still there.
+    expect(page.locator("#field-size")).to_have_value("5")
+    expect(page.locator("#field-iterations")).to_have_value("20")
+    expect(page.locator("#field-style_weight")).to_have_value("2000000")
+    expect(page.locator("#field-weights")).to_have_value("random")
+    expect(page.locator("#field-seed")).to_have_value("7")
+    expect(page.locator("#field-style_preset-the_scream")).to_be_checked()
+    expect(page.locator("details#advanced")).to_have_attribute("open", "")
+    # Chromium logs the 422 itself as a failed load; nothing else may go wrong.
+    assert [p for p in problems if "status of 422" not in p] == []
+
+
+def test_missing_photo_is_shown_next_to_it(page: Page):
+    page.goto("/")
+    fill_small_job(page)
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.click("#submit")
+    assert answer.value.status == 422
+    page.wait_for_load_state()
+
+    error = field_box(page, "content").locator("[data-error-for=content]")
+    expect(error).to_be_visible()
+    expect(error).not_to_have_text("")
+    expect(page.locator("#field-content")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("[data-error-for=size]")).to_have_count(0)
+    expect(page.locator("#field-style_preset-starry_night")).to_be_checked()
+
+
+def test_recent_jobs_lists_the_job(page: Page, problems: list[str]):
+    job_id = STATE.get("job_id")
+    finished = job_id is not None
+    if job_id is None:  # run on its own: make a job through the API
+        response = page.request.post("/api/v1/jobs", multipart={
+            "content": {"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": PHOTO.read_bytes()},
+            "style_preset": "starry_night", "size": "64", "iterations": "20", "weights": "random",
+        })
+        assert response.status == 202, response.text()
+        job_id = response.json()["id"]
+
+    page.goto("/jobs")
+    row = page.locator(f"tr[data-job-id='{job_id}']")
+    expect(row).to_be_visible()
+    link = row.locator(f"a.job-link[href$='/jobs/{job_id}']")
+    expect(link).to_be_visible()
+    if finished:
+        expect(row.locator(".badge")).to_have_text("succeeded")
+        expect(row.locator("img.thumb")).to_have_attribute("src", f"/api/v1/jobs/{job_id}/output.png")
+    link.click()
+    page.wait_for_url(re.compile(rf"/jobs/{job_id}$"))
+    expect(page.locator("#status")).to_have_text(re.compile(r"^(queued|running|succeeded)$"))
+    assert problems == []
+
+
+def test_cancel_a_running_job(page: Page, problems: list[str]):
+    # This page gets no event stream, so it must follow the job by polling.
+    page.route(re.compile(r"/api/v1/jobs/[^/]+/events$"), lambda route: route.abort())
+    page.goto("/")
+    page.set_input_files("#field-content", str(PHOTO))
+    fill_small_job(page, size="96", iterations="3000")
+    page.click("#submit")
+    page.wait_for_url(re.compile(r"/jobs/[^/?#]+$"))
+    expect(page.locator("#status")).to_have_text("running", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#cancel")).to_be_visible()
+
+    # While it runs, a second job waits in the queue; canceling that one ends it at once.
+    other = page.context.new_page()
+    other.goto("/")
+    other.set_input_files("#field-content", str(PHOTO))
+    fill_small_job(other, size="96", iterations="3000")
+    other.click("#submit")
+    other.wait_for_url(re.compile(r"/jobs/[^/?#]+$"))
+    expect(other.locator("#status")).to_have_text("queued")
+    expect(other.locator("#queue-position")).to_be_visible()
+    expect(other.locator("#queue-position")).to_contain_text("Next in line")
+    other.click("#cancel")
+    expect(other.locator("#status")).to_have_text("canceled")
+    expect(other.locator("#cancel")).to_be_hidden()
+    expect(other.locator("#queue-position")).to_be_hidden()
+    other.close()
+
+    page.click("#cancel")
+    expect(page.locator("#status")).to_have_text("canceled", timeout=30_000)
+    expect(page.locator("#cancel")).to_be_hidden()
+    expect(page.locator("#progress-text")).to_contain_text("canceled")
+    # Only the refused event stream may have failed to load.
+    assert [p for p in problems if "net::ERR_FAILED" not in p] == []
