@@ -29,7 +29,7 @@ def create_job(session: Session, *, params: dict[str, Any], inputs: dict[str, An
     """Insert a queued job and commit: from now on the job exists, whatever the broker does."""
     job = Job(id=job_id or new_job_id(), status=QUEUED, params=params, inputs=inputs,
               iterations=int(params["iterations"]), iteration=0, attempts=0, cancel_requested=False,
-              created_at=utcnow())
+              created_at=utcnow(), snapshots=[])
     session.add(job)
     session.commit()
     return job
