@@ -9,6 +9,7 @@ import json
 import pytest
 import redis
 from PIL import Image
+from werkzeug.test import EnvironBuilder
 
 from shared.migrate import upgrade
 from tests.conftest import PAINTING, PHOTO
@@ -130,17 +131,18 @@ def test_a_file_name_with_folders_is_reduced_to_its_name(client, queued):
     assert inputs["content"]["key"] == f"jobs/{job['id']}/inputs/0-content.jpg"
 
 
-def test_an_upload_over_the_byte_limit_is_413_json(client, queued):
-    from werkzeug.test import EnvironBuilder
-
-    # The test client spools a large body to a temporary file; the app refuses it unread, so
-    # the test closes it.
-    environ = EnvironBuilder(path="/api/v1/jobs", method="POST",
-                             data=files(content=b"\xff" * 2_100_000)).get_environ()
+def post_oversized(client, path: str):
+    """A 2.1 MB upload. The test client spools it to a temporary file that the app refuses
+    unread, so the test closes it."""
+    environ = EnvironBuilder(path=path, method="POST", data=files(content=b"\xff" * 2_100_000)).get_environ()
     try:
-        response = client.open(environ)
+        return client.open(environ)
     finally:
         environ["wsgi.input"].close()
+
+
+def test_an_upload_over_the_byte_limit_is_413_json(client, queued):
+    response = post_oversized(client, "/api/v1/jobs")
     assert response.status_code == 413
     assert response.get_json()["error"]["code"] == "too_large"
     assert queued() == 0
@@ -195,3 +197,18 @@ def test_the_openapi_document_lists_every_route_and_parameter(client, app):
     routes = {rule.rule.replace("<job_id>", "{job_id}").replace("<int:iteration>", "{iteration}")
               .replace("<int:index>", "{index}") for rule in app.url_map.iter_rules() if rule.rule.startswith(("/api", "/healthz"))}
     assert routes == set(document["paths"])
+
+
+def test_the_form_shows_its_errors_beside_the_fields(client, queued):
+    response = client.post("/jobs", data={"size": "5", "style_preset": "starry_night"},
+                           content_type="multipart/form-data")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert 'data-error-for="size"' in page and 'data-error-for="content"' in page
+    assert queued() == 0
+
+
+def test_the_form_says_when_the_upload_is_too_large(client, queued):
+    response = post_oversized(client, "/jobs")
+    assert response.status_code == 413
+    assert 'data-error-for="content"' in response.get_data(as_text=True) and "over 2 MB" in response.get_data(as_text=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, redirect, render_template, request, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shared.jobs import queue_position, recent_jobs
 from shared.params import StyleParams
@@ -50,6 +50,10 @@ def create():
     except QueueUnavailable:
         return render_template("form.html", **form_context(request.form, {
             "form": "the job queue cannot be reached; try again in a minute"})), 503
+    except RequestEntityTooLarge:
+        limit = services().settings.max_upload_bytes / 2**20
+        return render_template("form.html", **form_context(None, {
+            "content": f"the images are over {limit:.0f} MB in all; choose smaller files"})), 413
     return redirect(url_for("pages.job", job_id=job.id), code=303)
 
 
