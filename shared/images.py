@@ -16,6 +16,11 @@ class ImageError(ValueError):
     """An input that is not a usable image; the message says what to fix."""
 
 
+# Pillow's format names for what a browser shows (MPO: a phone's multi-picture JPEG).
+CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "WEBP": "image/webp",
+                 "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
+
+
 def decode_image(
     source: str | os.PathLike[str] | bytes,
     *,
@@ -24,6 +29,16 @@ def decode_image(
 ) -> Image.Image:
     """Open a path or bytes as an RGB image: size checked first, EXIF rotation applied,
     16-bit, CMYK, palette and grayscale converted, transparency laid over white."""
+    return decode_image_and_format(source, name=name, max_pixels=max_pixels)[0]
+
+
+def decode_image_and_format(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[Image.Image, str]:
+    """`decode_image`, and the file's format as Pillow names it ("JPEG", "PNG", ...)."""
     label = name or ("the upload" if isinstance(source, bytes) else os.fspath(source))
     try:
         with warnings.catch_warnings():
@@ -53,7 +68,7 @@ def decode_image(
             image.load()
         except (OSError, SyntaxError, ValueError) as err:
             raise ImageError(f"{label} is truncated or corrupt ({err})") from None
-        return _to_rgb(ImageOps.exif_transpose(image))
+        return _to_rgb(ImageOps.exif_transpose(image)), image.format or "PNG"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -97,6 +97,23 @@ def finish_job(session: Session, job_id: str, worker: str, status: str, *, itera
     return result.rowcount == 1
 
 
+def record_weights(session: Session, job_id: str, worker: str, weights: str, warning: str | None) -> None:
+    """Which VGG-19 weights the running job uses, shown from the start (random ones are marked)."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
+                    .values(weights=weights, weights_warning=warning))
+    session.commit()
+
+
+def hand_back(session: Session, job_id: str, worker: str) -> bool:
+    """running -> queued, for a worker that is shutting down: another worker takes it next."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
+        .values(status=QUEUED, worker=None, heartbeat_at=None)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
 def fail_unclaimed(session: Session, job_id: str, error: JobError) -> bool:
     """queued -> failed, for a job that cannot be run at all (its inputs are gone, say)."""
     result = session.execute(
@@ -137,6 +154,6 @@ def recent_jobs(session: Session, *, limit: int, offset: int = 0) -> tuple[list[
 
 __all__ = [
     "CANCELED", "FAILED", "QUEUED", "RUNNING", "SUCCEEDED", "JobError", "add_snapshot", "claim_job",
-    "create_job", "fail_unclaimed", "finish_job", "queue_position", "recent_jobs", "record_progress",
-    "request_cancel",
+    "create_job", "fail_unclaimed", "finish_job", "hand_back", "queue_position", "recent_jobs",
+    "record_progress", "record_weights", "request_cancel",
 ]

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from .settings import Settings, SettingsError, load_settings
 
-# How long the worker may take to finish its current job after Ctrl-C before it is stopped.
-WORKER_STOP_GRACE_S = 10
+# How long the worker may take to hand back its job after Ctrl-C before it is killed.
+WORKER_STOP_GRACE_S = 30
 
 
 class LaunchError(RuntimeError):
@@ -49,14 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"impasto up: error: port {args.port} is already in use; pick another with --port", file=sys.stderr)
         return 2
     processes: list[tuple[str, subprocess.Popen[bytes]]] = []
-    stopping = False
 
     def interrupt(signum: int, frame: object) -> None:
-        nonlocal stopping
-        if stopping:  # a second Ctrl-C: stop now
-            for _, process in processes:
-                _kill(process)
-        stopping = True
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, interrupt)
@@ -64,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if settings.broker_url is None:
-            url, redis = start_redis(settings.data_dir)
-            processes.append(("redis", redis))
-            settings = settings.with_broker(url)
+            settings = settings.with_broker(start_redis(settings.data_dir, processes))
         from .migrate import upgrade
 
         upgrade(settings.database_url)
@@ -83,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise LaunchError(f"the {name} process stopped (exit status {process.returncode})")
             time.sleep(0.5)
     except KeyboardInterrupt:
-        print("impasto up: stopping (the worker finishes or hands back its job)", file=sys.stderr, flush=True)
+        print("impasto up: stopping; the worker hands back its job (Ctrl-C again to kill everything now)",
+              file=sys.stderr, flush=True)
         stop_all(processes)
         return 0
     except (LaunchError, SettingsError) as err:
@@ -92,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def start_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
+def start_redis(data_dir: Path, processes: list[tuple[str, subprocess.Popen[bytes]]]) -> str:
     """A private Redis for this machine, its append-only file in the data folder so that queued
-    messages survive a restart."""
+    messages survive a restart; added to `processes` at once, so that a stop stops it too."""
     folder = data_dir / "redis"
     folder.mkdir(parents=True, exist_ok=True)
     binary = shutil.which("redis-server")
@@ -106,6 +99,7 @@ def start_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
          "--save", "", "--loglevel", "warning", "--logfile", str(folder / "redis.log")],
         start_new_session=True,
     )
+    processes.append(("redis", process))
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -115,10 +109,9 @@ def start_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
                 conn.sendall(b"PING\r\n")
                 if conn.recv(16).startswith(b"+PONG"):
-                    return url, process
+                    return url
         except OSError:
             time.sleep(0.1)
-    _kill(process)
     raise LaunchError("redis-server did not answer within 15 s")
 
 
@@ -145,16 +138,30 @@ def child_environment(settings: Settings) -> dict[str, str]:
 
 
 def stop_all(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
-    """Web first (no new jobs), then the worker (its job finishes or is handed back), Redis last."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Web first (no new jobs), then the worker, Redis last. The worker's whole process group
+    gets SIGTERM, so the pool process running a job hands it back to the queue. A second
+    Ctrl-C kills what is left at once."""
+
+    def kill_all(signum: int, frame: object) -> None:
+        for _, process in processes:
+            _kill(process)
+
+    previous = signal.signal(signal.SIGINT, kill_all), signal.signal(signal.SIGTERM, kill_all)
     order = {"web": 0, "worker": 1, "redis": 2}
-    for name, process in sorted(processes, key=lambda item: order.get(item[0], 1)):
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=WORKER_STOP_GRACE_S if name == "worker" else 5)
-            except subprocess.TimeoutExpired:
-                _kill(process)
+    try:
+        for name, process in sorted(processes, key=lambda item: order.get(item[0], 1)):
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+                try:
+                    process.wait(timeout=WORKER_STOP_GRACE_S if name == "worker" else 5)
+                except subprocess.TimeoutExpired:
+                    _kill(process)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
 
 
 def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

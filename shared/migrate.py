@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"impasto db: error: {err}", file=sys.stderr)
         return 2
     import sqlalchemy.exc
+    from alembic.util import CommandError
 
     try:
         if args.action == "upgrade":
@@ -78,4 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"impasto db: error: cannot reach the database: {str(err.orig).strip().splitlines()[0]}",
               file=sys.stderr)
         return 1
+    except CommandError as err:
+        print(f"impasto db: error: {err}", file=sys.stderr)
+        return 2
     return 0

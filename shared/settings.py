@@ -31,6 +31,7 @@ class Settings:
     max_size: int  # the largest output long side a job may ask for
     max_iterations: int
     max_styles: int
+    max_snapshots: int  # per job: each is a PNG in storage and a row
     job_time_limit: int  # seconds; past it a job is stopped (soft limit) then killed (hard limit)
     strict_weights: bool  # refuse to fall back to random VGG-19 weights
     s3_endpoint_url: str | None  # for S3-compatible servers (MinIO, Ceph, moto)
@@ -55,7 +56,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         data_dir=data_dir,
         database_url=_url(env, "IMPASTO_DATABASE_URL", f"sqlite:///{data_dir / 'impasto.db'}",
                           ("sqlite", "postgresql", "postgresql+psycopg")),
-        broker_url=_url(env, "IMPASTO_BROKER_URL", None, ("redis", "rediss", "redis+socket")),
+        broker_url=_url(env, "IMPASTO_BROKER_URL", None, ("redis", "rediss")),
         storage_url=_storage_url(env, data_dir),
         queue=_text(env, "IMPASTO_QUEUE", "impasto"),
         max_upload_bytes=_int(env, "IMPASTO_MAX_UPLOAD_BYTES", 32 * 1024 * 1024, 1024),
@@ -63,6 +64,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         max_size=_int(env, "IMPASTO_MAX_SIZE", 2048, 16, 8192),
         max_iterations=_int(env, "IMPASTO_MAX_ITERATIONS", 5000, 1, 100_000),
         max_styles=_int(env, "IMPASTO_MAX_STYLES", 5, 1, 64),
+        max_snapshots=_int(env, "IMPASTO_MAX_SNAPSHOTS", 100, 1, 10_000),
         job_time_limit=_int(env, "IMPASTO_JOB_TIME_LIMIT", 3600, 10),
         strict_weights=_bool(env, "IMPASTO_STRICT_WEIGHTS", False),
         s3_endpoint_url=_url(env, "IMPASTO_S3_ENDPOINT_URL", None, ("http", "https")),

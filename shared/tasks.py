@@ -32,7 +32,12 @@ def make_celery(settings: Settings) -> Celery:
         # longest job, or a running job would be handed to a second worker.
         broker_transport_options={"visibility_timeout": 2 * settings.job_time_limit + 600},
         broker_connection_retry_on_startup=True,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A broker blip must not kill a running job: after a reconnect its message is
+        # delivered again, and the atomic claim makes that second delivery a no-op.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # A replacement pool process loads VGG-19 before it reports for work (seconds from a
+        # cold disk); Celery's default of 4 s would kill it over and over.
+        worker_proc_alive_timeout=300,
         worker_hijack_root_logger=False,
         enable_utc=True,
     )

@@ -115,9 +115,10 @@ def own_redis(tmp_path_factory):
     """A redis-server of the tests' own, on a free port (as `impasto up` starts one)."""
     from shared.launcher import start_redis, stop_all
 
-    url, process = start_redis(tmp_path_factory.mktemp("redis"))
+    processes = []
+    url = start_redis(tmp_path_factory.mktemp("redis"), processes)
     yield url
-    stop_all([("redis", process)])
+    stop_all(processes)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 import pytest
 import redis
@@ -212,3 +213,49 @@ def test_the_form_says_when_the_upload_is_too_large(client, queued):
     response = post_oversized(client, "/jobs")
     assert response.status_code == 413
     assert 'data-error-for="content"' in response.get_data(as_text=True) and "over 2 MB" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs/%00", "/api/v1/jobs/a%00b/events", "/jobs/%00",
+                                  "/api/v1/jobs/" + "x" * 300])
+def test_ids_that_cannot_exist_are_404_before_any_query(client, path):
+    assert client.get(path).status_code == 404
+
+
+def test_pages_answer_html_and_keep_error_headers(client):
+    missing = client.get("/jobs/nope")
+    assert missing.status_code == 404 and missing.mimetype == "text/html"
+    assert client.get("/jobs?page=100000000000000000000").status_code == 200
+    wrong = client.delete("/api/v1/jobs")
+    assert wrong.status_code == 405 and "POST" in wrong.headers["Allow"] and wrong.get_json()["error"]
+
+
+def test_the_job_json_names_no_worker_host(client, queued):
+    assert "worker" not in post(client).get_json()
+
+
+@pytest.mark.parametrize(("fields", "field", "says"), [
+    ({"iterations": "1000", "snapshot_every": "1"}, "snapshot_every", "at most 100 snapshots per job; use 10 or more"),
+    ({"size": "512", "style_scale": "4"}, "style_scale", "at most 1024 on this service; use at most 2.00"),
+])
+def test_service_limits_beyond_the_params_model(client, queued, fields, field, says):
+    response = post(client, fields)
+    assert response.status_code == 422
+    assert response.get_json()["error"]["field"] == field and says in response.get_json()["error"]["message"]
+
+
+def test_event_streams_past_the_limit_are_told_to_poll(client, queued, monkeypatch):
+    job = post(client).get_json()
+    streams = threading.BoundedSemaphore(1)
+    monkeypatch.setattr("web.api._streams", streams)
+    streams.acquire()  # one live page already holds the only stream
+    response = client.get(f"/api/v1/jobs/{job['id']}/events")
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert f"GET /api/v1/jobs/{job['id']}" in response.get_json()["error"]["message"]
+
+
+def test_a_stream_starts_with_one_status_event(client, queued, monkeypatch):
+    monkeypatch.setattr("web.api.EVENT_STREAM_S", 0.5)  # a queued job: the stream just times out
+    job = post(client).get_json()
+    body = client.get(f"/api/v1/jobs/{job['id']}/events").get_data(as_text=True)
+    names = [line for line in body.splitlines() if line.startswith("event:")]
+    assert names == ["event: status"]

@@ -66,3 +66,11 @@ def test_unreachable_database_is_one_line(tmp_path):
     assert run.returncode == 1
     assert run.stderr.startswith("impasto db: error: cannot reach the database:")
     assert run.stderr.count("\n") == 1
+
+
+def test_an_unknown_revision_is_one_line(tmp_path):
+    env = {"IMPASTO_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-m", "shared.cli", "db", "downgrade", "nonsense"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.startswith("impasto db: error:") and "nonsense" in run.stderr and run.stderr.count("\n") == 1

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,15 @@ from tests.servers import (free_port, service_env, start, stop, temporary_postgr
 class Service:
     base: str
     settings: Settings
+    env: dict[str, str]
+    folder: Path
+    worker: subprocess.Popen[bytes]
+
+    def restart_worker(self) -> None:
+        stop(self.worker)
+        log = self.folder / f"worker-{uuid.uuid4().hex[:6]}.log"
+        self.worker = start(["worker"], self.env, log)
+        wait_for_log(log, "ready.", self.worker)
 
     def row(self, job_id: str) -> Job:
         engine = make_engine(self.settings.database_url)
@@ -50,6 +62,7 @@ def service(request, tmp_path_factory):
             env.update(IMPASTO_BROKER_URL=request.getfixturevalue("own_redis"))
         env = service_env(env)
         settings = load_settings(env)
+        service = None
         migrate = start(["db", "upgrade"], env, folder / "migrate.log")
         assert migrate.wait(timeout=120) == 0, (folder / "migrate.log").read_text()
         port = free_port()
@@ -58,10 +71,11 @@ def service(request, tmp_path_factory):
         try:
             wait_for_http(f"http://127.0.0.1:{port}/healthz", web, folder / "web.log")
             wait_for_log(folder / "worker.log", "ready.", worker)
-            yield Service(f"http://127.0.0.1:{port}", settings)
+            service = Service(f"http://127.0.0.1:{port}", settings, env, folder, worker)
+            yield service
         finally:
             stop(web)
-            stop(worker)
+            stop(service.worker if service else worker)
 
 
 class _nothing:
@@ -140,3 +154,29 @@ def test_events_stream_progress_snapshots_and_the_final_status(service):
                 last = json.loads(line.removeprefix("data: "))
     assert {"status", "progress", "snapshot"} <= set(names)
     assert last["status"] == "succeeded" and last["output_url"]
+
+
+@pytest.mark.parametrize("whom", ["process group", "main process"])
+def test_a_worker_stopped_with_sigterm_hands_its_job_back(service, whom):
+    job = submit(service, size="96", iterations="5000", snapshot_every="0").json()
+    wait_for_status(service.base, job["id"], {"running"})
+    if whom == "process group":  # as `impasto up` and systemd signal it
+        stop(service.worker, signal.SIGTERM)
+    else:  # as `docker stop` does: the main process only, which tells its pool processes
+        service.worker.send_signal(signal.SIGTERM)
+        service.worker.wait(timeout=60)
+    handed = requests.get(f"{service.base}/api/v1/jobs/{job['id']}", timeout=5).json()
+    assert handed["status"] == "queued" and handed["attempts"] == 1, handed
+    service.restart_worker()
+    running = wait_for_status(service.base, job["id"], {"running"})
+    assert running["attempts"] == 2  # the same job, taken up again, not lost
+    requests.post(f"{service.base}/api/v1/jobs/{job['id']}/cancel", timeout=5)
+    assert wait_for_status(service.base, job["id"], {"canceled"})["status"] == "canceled"
+
+
+def test_worker_refuses_a_device_it_cannot_use(tmp_path):
+    env = service_env({"IMPASTO_BROKER_URL": SYSTEM_REDIS_URL, "IMPASTO_DATA_DIR": str(tmp_path)})
+    run = subprocess.run([sys.executable, "-m", "shared.cli", "worker", "--device", "cuda"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.startswith("impasto worker: error: --device: device 'cuda' was asked for but no CUDA GPU")

@@ -82,3 +82,4 @@ def test_up_refuses_a_port_in_use(tmp_path):
                              capture_output=True, text=True, timeout=60, env=service_env({}))
     assert run.returncode == 2
     assert run.stderr.strip() == f"impasto up: error: port {port} is already in use; pick another with --port"
+

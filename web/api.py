@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -26,7 +28,13 @@ bp = Blueprint("api", __name__)
 # How often the event stream looks at the job, and how long one stream lasts before the
 # browser's EventSource reconnects (it does so by itself).
 EVENT_POLL_S = 0.3
-EVENT_STREAM_S = 300
+EVENT_STREAM_S = 120
+# Each open stream holds one server thread; past this many per process a page is told to poll
+# instead (503), so that streams never take every thread and leave none for requests.
+EVENT_STREAMS_PER_PROCESS = 8
+
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_streams = threading.BoundedSemaphore(EVENT_STREAMS_PER_PROCESS)
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None,
@@ -101,32 +109,42 @@ def cancel(job_id: str):
 def events(job_id: str):
     with services().sessions() as session:
         load_job(session, job_id)  # 404 before the stream starts
+    if not _streams.acquire(blocking=False):
+        return error_response(503, "unavailable", "too many live pages on this server; poll "
+                              f"GET /api/v1/jobs/{job_id} instead", headers={"Retry-After": "5"})
     return Response(stream_with_context(_event_stream(job_id)), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def _event_stream(job_id: str) -> Iterator[str]:
-    """Events named status, progress and snapshot, each with the job's JSON; the stream ends
-    after the final status."""
-    last: dict[str, Any] = {}
-    deadline = time.monotonic() + EVENT_STREAM_S
-    yield "retry: 1000\n\n"
-    while time.monotonic() < deadline:
-        with services().sessions() as session:
-            job = load_job(session, job_id)
-            body = job_json(job, queue_position(session, job))
-        seen = {"status": body["status"], "progress": body["progress"]["iteration"],
-                "snapshot": len(body["snapshots"])}
-        for name in ("snapshot", "progress", "status"):
-            if seen[name] != last.get(name):
-                yield f"event: {name}\ndata: {json.dumps(body)}\n\n"
-        if not last and not any(seen.values()):
-            yield f"event: status\ndata: {json.dumps(body)}\n\n"
-        last = seen
-        if job.is_final:
-            return
-        time.sleep(EVENT_POLL_S)
-        yield ": keep-alive\n\n"
+    """A `status` event with the job's JSON, then `snapshot`, `progress` and `status` events as
+    those change, each with the job's JSON; the stream ends after the final status, or after
+    EVENT_STREAM_S (the browser reconnects)."""
+    try:
+        last: dict[str, Any] | None = None
+        deadline = time.monotonic() + EVENT_STREAM_S
+        yield "retry: 1000\n\n"
+        while time.monotonic() < deadline:
+            with services().sessions() as session:
+                job = load_job(session, job_id)
+                body = job_json(job, queue_position(session, job))
+            seen = {"status": body["status"], "progress": body["progress"]["iteration"],
+                    "snapshot": len(body["snapshots"]), "queue_position": body["queue_position"]}
+            if last is None:
+                yield f"event: status\ndata: {json.dumps(body)}\n\n"
+            else:
+                changed = [name for name in ("snapshot", "progress", "status") if seen[name] != last[name]]
+                if not changed and seen["queue_position"] != last["queue_position"]:
+                    changed = ["status"]
+                for name in changed:
+                    yield f"event: {name}\ndata: {json.dumps(body)}\n\n"
+            last = seen
+            if job.is_final:
+                return
+            time.sleep(EVENT_POLL_S)
+            yield ": keep-alive\n\n"
+    finally:
+        _streams.release()
 
 
 @bp.get("/api/v1/jobs/<job_id>/output.png")
@@ -160,7 +178,7 @@ def input_image(job_id: str, index: int):
 
 @bp.get("/api/v1/openapi.json")
 def openapi():
-    return jsonify(openapi_document())
+    return jsonify(openapi_document(services().settings))
 
 
 @bp.get("/healthz")
@@ -189,6 +207,8 @@ def healthz():
 
 
 def load_job(session, job_id: str) -> Job:
+    if not JOB_ID.match(job_id):
+        abort(404, f"no job {job_id[:40]!r}")
     job = session.get(Job, job_id, options=[selectinload(Job.snapshots)], populate_existing=True)
     if job is None:
         abort(404, f"no job {job_id}")
@@ -217,7 +237,6 @@ def job_json(job: Job, position: int | None, *, snapshots: bool = True) -> dict[
         "weights": job.weights,
         "weights_warning": job.weights_warning,
         "attempts": job.attempts,
-        "worker": job.worker,
         "created_at": _time(job.created_at),
         "started_at": _time(job.started_at),
         "finished_at": _time(job.finished_at),

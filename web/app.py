@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from shared.settings import Settings, load_settings
 
@@ -39,16 +39,28 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
 
+    def wants_json() -> bool:
+        return (request.path.startswith("/api/") or request.path == "/healthz"
+                or request.accept_mimetypes.best == "application/json")
+
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
-        if request.path.startswith("/api/") or request.path == "/healthz" or request.accept_mimetypes.best == "application/json":
-            return api.error_response(err.code or 500, _code(err.code), err.description or err.name)
-        return pages.error_page(err)
+        if isinstance(err.response, Response):  # a view built its own answer
+            return err.response
+        # Keep the headers an error carries (Allow for a 405, ...), not its HTML body.
+        headers = {k: v for k, v in err.get_headers() if k.lower() != "content-type"}
+        if wants_json():
+            return api.error_response(err.code or 500, _code(err.code), err.description or err.name,
+                                      headers=headers)
+        body, status = pages.error_page(err)
+        return body, status, headers
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):
         log.exception("event=unhandled-error path=%s", request.path)
-        return api.error_response(500, "internal_error", "something went wrong on our side; try again")
+        if wants_json():
+            return api.error_response(500, "internal_error", "something went wrong on our side; try again")
+        return pages.error_page(InternalServerError("Something went wrong on our side; try again."))
 
     @app.context_processor
     def credits() -> dict[str, Any]:

@@ -6,14 +6,16 @@ from functools import cache
 from typing import Any
 
 from shared.params import WEIGHT_CHOICES, StyleParams
+from shared.settings import Settings
 
 from .presets import PRESETS
 
 STATUSES = ["queued", "running", "succeeded", "failed", "canceled"]
 
 
-def _param_schemas() -> dict[str, Any]:
-    """StyleParams' fields as multipart form fields; a blank or absent field takes its default."""
+def _param_schemas(settings: Settings) -> dict[str, Any]:
+    """StyleParams' fields as multipart form fields, with this service's limits; a blank or
+    absent field takes its default."""
     schema = StyleParams.model_json_schema()
     fields: dict[str, Any] = {}
     for name, prop in schema["properties"].items():
@@ -25,6 +27,10 @@ def _param_schemas() -> dict[str, Any]:
         if prop.get("default") is None:
             prop.pop("default", None)
         fields[name] = prop
+    fields["size"]["maximum"] = settings.max_size
+    fields["iterations"]["maximum"] = settings.max_iterations
+    fields["style_scale"]["description"] += f"; style_scale x size is at most {settings.max_size}"
+    fields["snapshot_every"]["description"] += f"; at most {settings.max_snapshots} snapshots per job"
     fields["weights"] = {"type": "string", "enum": list(WEIGHT_CHOICES), "default": "auto",
                          "description": "VGG-19 weights: auto (ImageNet if available, else seeded random "
                                         "with a warning), imagenet, or random"}
@@ -70,7 +76,6 @@ def _job_schema() -> dict[str, Any]:
             "weights": {"type": ["string", "null"], "description": "the VGG-19 weights actually used"},
             "weights_warning": {"type": ["string", "null"]},
             "attempts": {"type": "integer"},
-            "worker": {"type": ["string", "null"]},
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": nullable_time,
             "finished_at": nullable_time,
@@ -113,17 +118,20 @@ def _png(description: str) -> dict[str, Any]:
 
 
 @cache
-def openapi_document() -> dict[str, Any]:
+def openapi_document(settings: Settings) -> dict[str, Any]:
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
     form = {
         "type": "object",
         "required": ["content"],
+        # A painting: uploaded, or a built-in one, not both.
+        "oneOf": [{"required": ["style"], "not": {"required": ["style_preset"]}},
+                  {"required": ["style_preset"], "not": {"required": ["style"]}}],
         "properties": {
             "content": {"type": "string", "format": "binary", "description": "the photo"},
-            "style": {"type": "array", "items": {"type": "string", "format": "binary"},
-                      "description": "one or more paintings (or give style_preset)"},
+            "style": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
+                      "maxItems": settings.max_styles, "description": "one or more paintings"},
             "style_preset": {"type": "string", "enum": list(PRESETS), "description": "a built-in painting"},
-            **_param_schemas(),
+            **_param_schemas(settings),
         },
         "additionalProperties": False,
     }
@@ -150,7 +158,7 @@ def openapi_document() -> dict[str, Any]:
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                     "maximum": 100, "default": 20}},
                         {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
-                                                                     "default": 0}},
+                                                                     "maximum": 10**9, "default": 0}},
                     ],
                     "responses": {"200": {"description": "a page of jobs", "content": {"application/json": {
                         "schema": {"type": "object", "required": ["jobs", "total", "limit", "offset"],

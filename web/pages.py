@@ -67,7 +67,7 @@ def job(job_id: str):
 
 @bp.get("/jobs")
 def jobs():
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    page = min(max(request.args.get("page", 1, type=int) or 1, 1), 1_000_000)
     per_page = 20
     with services().sessions() as session:
         found, total = recent_jobs(session, limit=per_page, offset=(page - 1) * per_page)

@@ -11,13 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import io
-
-from PIL import Image
 from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage, MultiDict
 
-from shared.images import ImageError, decode_image
+from shared.images import CONTENT_TYPES, ImageError, decode_image_and_format
 from shared.jobs import JobError, create_job, fail_unclaimed
 from shared.models import Job, new_job_id
 from shared.params import WEIGHT_CHOICES, StyleParams
@@ -32,8 +29,6 @@ LIST_FIELDS = {name for name, f in StyleParams.model_fields.items() if "tuple" i
 FILE_FIELDS = ("content", "style")
 OTHER_FIELDS = ("style_preset", "csrf_token")
 
-IMAGE_TYPES = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp"),
-               "GIF": ("gif", "image/gif"), "BMP": ("bmp", "image/bmp"), "TIFF": ("tiff", "image/tiff")}
 
 
 @dataclass(frozen=True)
@@ -84,6 +79,13 @@ def parse_params(form: MultiDict[str, str], settings: Settings) -> StyleParams:
             errors.append(FieldError("size", f"at most {settings.max_size} on this service"))
         if params.iterations > settings.max_iterations:
             errors.append(FieldError("iterations", f"at most {settings.max_iterations} on this service"))
+        if params.style_scale * params.size > settings.max_size:
+            errors.append(FieldError("style_scale", f"style_scale x size is at most {settings.max_size} on "
+                                                    f"this service; use at most {settings.max_size / params.size:.2f}"))
+        if params.snapshot_every and params.iterations / params.snapshot_every > settings.max_snapshots:
+            fewest = -(-params.iterations // settings.max_snapshots)
+            errors.append(FieldError("snapshot_every", f"at most {settings.max_snapshots} snapshots per job; "
+                                                       f"use {fewest} or more (or 0 for none)"))
     if errors:
         raise SubmissionError(errors)
     assert params is not None
@@ -91,19 +93,18 @@ def parse_params(form: MultiDict[str, str], settings: Settings) -> StyleParams:
 
 
 def decode_upload(upload: FileStorage, field: str, settings: Settings) -> tuple[bytes, str, str]:
-    """(bytes, extension, content type) of an uploaded image that decodes; FieldError otherwise."""
+    """(bytes, extension, content type) of an uploaded image that decodes in full; the worker
+    decodes the same bytes again."""
     data = upload.read()
     label = f"{field} image"
     if not data:
         raise SubmissionError([FieldError(field, f"the {label} is empty; choose an image file", "invalid_image")])
     try:
-        decode_image(data, name=f"the {label}", max_pixels=settings.max_pixels)
+        _, kind = decode_image_and_format(data, name=f"the {label}", max_pixels=settings.max_pixels)
     except ImageError as err:
         raise SubmissionError([FieldError(field, str(err), "invalid_image")]) from None
-    with Image.open(io.BytesIO(data)) as image:
-        kind = image.format or "PNG"
-    extension, content_type = IMAGE_TYPES.get(kind, ("img", "application/octet-stream"))
-    return data, extension, content_type
+    content_type = CONTENT_TYPES.get(kind, "application/octet-stream")
+    return data, content_type.removeprefix("image/").replace("jpeg", "jpg"), content_type
 
 
 def submit(services: Services, form: MultiDict[str, str], files: MultiDict[str, FileStorage]) -> Job:

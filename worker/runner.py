@@ -17,12 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.flags import describe_error
 from shared.images import ImageError, decode_image
-from shared.jobs import JobError, add_snapshot, claim_job, finish_job, record_progress
-from shared.models import CANCELED, FAILED, SUCCEEDED, Job
-from shared.params import StyleParams
+from shared.jobs import JobError, add_snapshot, claim_job, finish_job, hand_back, record_progress, record_weights
+from shared.models import CANCELED, FAILED, QUEUED, SUCCEEDED, Job
+from shared.params import WEIGHT_CHOICES, StyleParams
 from shared.settings import Settings
 from shared.storage import MissingObject, Storage, job_key
 
@@ -50,12 +52,16 @@ class JobRunner:
     sessions: sessionmaker[Session]
     storage: Storage
     device: str | None = None  # None: the GPU if there is one
+    # Sends a handed-back job to the queue again (the Celery app's enqueue); None: no re-send.
+    requeue: Callable[[str], None] | None = None
     # Loaded weights by spec, kept for the life of the process.
     _weights: dict[str, Any] = field(default_factory=dict)
 
     def weights(self, spec: str) -> Any:
         from worker.engine import load_weights
 
+        if spec not in WEIGHT_CHOICES:  # a job never names a file for the worker to read
+            raise JobFailed("bad_parameters", f"weights must be one of {', '.join(WEIGHT_CHOICES)}")
         if self.settings.strict_weights and spec == "auto":
             spec = "imagenet"  # production: never a silent fallback to random weights
         if spec not in self._weights:
@@ -66,6 +72,10 @@ class JobRunner:
         """Run the job if it is still queued; returns its final status, or None if someone
         else had it."""
         worker = worker_name()
+        if should_abort():  # this worker is stopping: leave the job to another
+            if self.requeue is not None:
+                self.requeue(job_id)
+            return None
         with self.sessions() as session:
             if not claim_job(session, job_id, worker):
                 log.info("job=%s event=skipped reason=not-queued", job_id)
@@ -76,17 +86,20 @@ class JobRunner:
         log.info("job=%s event=started worker=%s", job_id, worker)
         started = time.perf_counter()
         try:
-            status = self._run(job_id, worker, StyleParams(**params), inputs, should_abort)
+            status = self._run(job_id, worker, _params(params), inputs, should_abort)
         except JobFailed as failure:
             self._finish(job_id, worker, FAILED, error=failure.error)
             log.warning("job=%s event=failed code=%s message=%r", job_id, failure.error.code, str(failure))
             return FAILED
+        except (SystemExit, KeyboardInterrupt):
+            self._hand_back(job_id, worker)
+            raise
         except BaseException as err:
             code, message = _classify(err)
             self._finish(job_id, worker, FAILED, error=JobError(code, message))
             log.exception("job=%s event=failed code=%s", job_id, code)
             if code == "internal_error" or not isinstance(err, Exception):
-                raise  # a bug or a shutdown: logged with its traceback, recorded, not swallowed
+                raise  # a bug: logged with its traceback, recorded, not swallowed
             return FAILED
         log.info("job=%s event=%s seconds=%.2f", job_id, status, time.perf_counter() - started)
         return status
@@ -106,6 +119,8 @@ class JobRunner:
         except EngineError as err:
             raise JobFailed("weights_unavailable" if "weights" in str(err).lower() else "bad_parameters",
                             str(err)) from None
+        with self.sessions() as session:
+            record_weights(session, job_id, worker, weights.source, weights.warning)
         progress = _Throttle(self.sessions, job_id, worker)
         result = None
         try:
@@ -129,6 +144,9 @@ class JobRunner:
         if progress.lost:  # canceled while queued, or handed to another worker: leave it be
             log.warning("job=%s event=abandoned reason=no-longer-running-here", job_id)
             return CANCELED
+        if result.canceled and should_abort() and not progress.cancel_requested:
+            self._hand_back(job_id, worker)  # stopped by a worker shutdown, not by its owner
+            return QUEUED
         output_key = job_key(job_id, "output.png")
         self.storage.put(output_key, _png(result.image), "image/png")
         status = CANCELED if result.canceled else SUCCEEDED
@@ -146,6 +164,14 @@ class JobRunner:
             return decode_image(data, name=item.get("name") or "an input image", max_pixels=self.settings.max_pixels)
         except ImageError as err:
             raise JobFailed("bad_input", str(err)) from None
+
+    def _hand_back(self, job_id: str, worker: str) -> None:
+        """The worker is stopping: the job goes back to the queue for another worker."""
+        with self.sessions() as session:
+            handed = hand_back(session, job_id, worker)
+        log.warning("job=%s event=handed-back worker=%s", job_id, worker)
+        if handed and self.requeue is not None:
+            self.requeue(job_id)
 
     def _finish(self, job_id: str, worker: str, status: str, **fields: Any) -> None:
         with self.sessions() as session:
@@ -176,6 +202,13 @@ class _Throttle:
             self.cancel_requested = flag
 
 
+def _params(stored: dict[str, Any]) -> StyleParams:
+    try:
+        return StyleParams(**stored)
+    except ValidationError as err:  # stored by an older or newer version with other rules
+        raise JobFailed("bad_parameters", describe_error(err)) from None
+
+
 def _png(image: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -189,6 +222,4 @@ def _classify(err: BaseException) -> tuple[str, str]:
         return "timeout", "the job ran past its time limit; submit it with fewer iterations or a smaller size"
     if isinstance(err, RuntimeError) and "can't allocate memory" in str(err):
         return "out_of_memory", "the worker ran out of memory; submit again with a smaller size"
-    if isinstance(err, (KeyboardInterrupt, SystemExit)):
-        return "worker_stopped", "the worker was stopped while running this job"
     return "internal_error", f"the worker failed unexpectedly ({name}); the operators have the details in its log"

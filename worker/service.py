@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
+import subprocess
 import sys
+import threading
+from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_shutting_down
 
 from shared.db import make_engine, session_factory
 from shared.settings import Settings, SettingsError, load_settings
 from shared.storage import open_storage
-from shared.tasks import STYLIZE, make_celery
+from shared.tasks import STYLIZE, enqueue_stylize, make_celery
 
 from .runner import JobRunner
 
@@ -21,14 +26,16 @@ log = logging.getLogger("impasto.worker")
 # The runner of this process, built after the pool forks it: a database engine, storage
 # client and CUDA context must not cross a fork.
 _runner: JobRunner | None = None
+# Set in a pool process by SIGTERM: its job stops at the next iteration and goes back to the queue.
+_stopping = threading.Event()
 
 
-def runner(settings: Settings, device: str | None) -> JobRunner:
+def runner(app: Celery, settings: Settings, device: str | None) -> JobRunner:
     global _runner
     if _runner is None:
         _runner = JobRunner(settings, session_factory(make_engine(settings.database_url)),
                             open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url),
-                            device=device)
+                            device=device, requeue=lambda job_id: enqueue_stylize(app, job_id, settings.queue))
     return _runner
 
 
@@ -38,16 +45,54 @@ def create_worker_app(settings: Settings, device: str | None = None, preload: st
 
     @app.task(name=STYLIZE, bind=True)
     def stylize(task, job_id: str) -> str | None:
-        return runner(settings, device).run(job_id)
+        # While a job runs, a stop is cooperative, like a cancel: SIGTERM sets a flag, the job
+        # stops at its next iteration and goes back to the queue, and a second SIGTERM changes
+        # nothing. Between jobs, billiard's own handler ends the idle process.
+        previous = signal.signal(signal.SIGTERM, _request_stop)
+        try:
+            return runner(app, settings, device).run(job_id, should_abort=_stopping.is_set)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     if preload:
         @worker_process_init.connect(weak=False)
         def load_vgg(**_: object) -> None:
             # VGG-19 is loaded once per process, after the fork, before the first job.
-            weights = runner(settings, device).weights(preload)
+            weights = runner(app, settings, device).weights(preload)
             log.info("event=weights-loaded source=%s", weights.source)
 
+    @worker_shutting_down.connect(weak=False)
+    def stop_pool_processes(**_: object) -> None:
+        # Celery's warm shutdown would wait for the running job to end; instead each pool
+        # process hands its job back (docker and others signal only the main process).
+        for pid in _child_pids():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     return app
+
+
+def _request_stop(signum: int, frame: object) -> None:
+    _stopping.set()
+
+
+def _child_pids() -> list[int]:
+    """This process's children (Linux: /proc), the pool processes among them."""
+    pids: list[int] = []
+    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        pids += [int(pid) for pid in children.read_text().split()]
+    return pids
+
+
+def device_problem(device: str) -> str | None:
+    """Why `device` cannot be used, asked in a separate process: CUDA must not be initialised
+    in this one before the pool forks."""
+    check = ("import sys\nfrom worker.engine import EngineError, resolve_device\n"
+             f"try:\n    resolve_device({device!r})\nexcept EngineError as err:\n    sys.exit(str(err))\n")
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    return None if run.returncode == 0 else (run.stderr.strip().splitlines() or ["unusable"])[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="jobs at once, one process each (default: 1; one per GPU is best)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
     parser.add_argument("--loglevel", default="INFO", help="log level (default: INFO)")
-    parser.add_argument("--hostname", default="impasto@%h", help="worker name (default: impasto@%%h)")
+    parser.add_argument("--hostname", default=f"impasto-{os.getpid()}@%h",
+                        help="worker name, unique per process (default: impasto-PID@HOST)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -67,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.concurrency < 1:
         print("impasto worker: error: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    if args.device and (problem := device_problem(args.device)):
+        print(f"impasto worker: error: --device: {problem}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_worker_app(settings, device=args.device)
