@@ -259,3 +259,16 @@ def test_a_stream_starts_with_one_status_event(client, queued, monkeypatch):
     body = client.get(f"/api/v1/jobs/{job['id']}/events").get_data(as_text=True)
     names = [line for line in body.splitlines() if line.startswith("event:")]
     assert names == ["event: status"]
+
+
+def test_every_kind_of_stream_ending_gives_its_place_back(client, queued, monkeypatch):
+    job = post(client).get_json()
+    client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    streams = threading.BoundedSemaphore(1)
+    monkeypatch.setattr("web.api._streams", streams)
+    url = f"/api/v1/jobs/{job['id']}/events"
+    client.get(url).close()  # read to the end
+    client.head(url).close()  # a body never sent
+    with client.get(url, buffered=False) as response:  # a client that leaves after one event
+        next(iter(response.response))
+    assert streams.acquire(blocking=False), "a stream kept its place"

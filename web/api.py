@@ -112,39 +112,40 @@ def events(job_id: str):
     if not _streams.acquire(blocking=False):
         return error_response(503, "unavailable", "too many live pages on this server; poll "
                               f"GET /api/v1/jobs/{job_id} instead", headers={"Retry-After": "5"})
-    return Response(stream_with_context(_event_stream(job_id)), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = Response(stream_with_context(_event_stream(job_id)), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # Released when the server closes the response: the stream ended, the client left, or the
+    # body was never sent at all (HEAD).
+    response.call_on_close(_streams.release)
+    return response
 
 
 def _event_stream(job_id: str) -> Iterator[str]:
     """A `status` event with the job's JSON, then `snapshot`, `progress` and `status` events as
     those change, each with the job's JSON; the stream ends after the final status, or after
     EVENT_STREAM_S (the browser reconnects)."""
-    try:
-        last: dict[str, Any] | None = None
-        deadline = time.monotonic() + EVENT_STREAM_S
-        yield "retry: 1000\n\n"
-        while time.monotonic() < deadline:
-            with services().sessions() as session:
-                job = load_job(session, job_id)
-                body = job_json(job, queue_position(session, job))
-            seen = {"status": body["status"], "progress": body["progress"]["iteration"],
-                    "snapshot": len(body["snapshots"]), "queue_position": body["queue_position"]}
-            if last is None:
-                yield f"event: status\ndata: {json.dumps(body)}\n\n"
-            else:
-                changed = [name for name in ("snapshot", "progress", "status") if seen[name] != last[name]]
-                if not changed and seen["queue_position"] != last["queue_position"]:
-                    changed = ["status"]
-                for name in changed:
-                    yield f"event: {name}\ndata: {json.dumps(body)}\n\n"
-            last = seen
-            if job.is_final:
-                return
-            time.sleep(EVENT_POLL_S)
-            yield ": keep-alive\n\n"
-    finally:
-        _streams.release()
+    last: dict[str, Any] | None = None
+    deadline = time.monotonic() + EVENT_STREAM_S
+    yield "retry: 1000\n\n"
+    while time.monotonic() < deadline:
+        with services().sessions() as session:
+            job = load_job(session, job_id)
+            body = job_json(job, queue_position(session, job))
+        seen = {"status": body["status"], "progress": body["progress"]["iteration"],
+                "snapshot": len(body["snapshots"]), "queue_position": body["queue_position"]}
+        if last is None:
+            yield f"event: status\ndata: {json.dumps(body)}\n\n"
+        else:
+            changed = [name for name in ("snapshot", "progress", "status") if seen[name] != last[name]]
+            if not changed and seen["queue_position"] != last["queue_position"]:
+                changed = ["status"]
+            for name in changed:
+                yield f"event: {name}\ndata: {json.dumps(body)}\n\n"
+        last = seen
+        if job.is_final:
+            return
+        time.sleep(EVENT_POLL_S)
+        yield ": keep-alive\n\n"
 
 
 @bp.get("/api/v1/jobs/<job_id>/output.png")
