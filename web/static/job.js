@@ -207,25 +207,23 @@
     }
     show(el.download, Boolean(j.output_url));
 
-    if (chosen) {
-      setSrc(el.latest, chosen.url);
-      el.latest.alt = "The snapshot at iteration " + chosen.iteration;
-      el.caption.textContent = "Iteration " + chosen.iteration + " of " + total;
+    const showSnapshot = (snapshot, alt) => {
+      setSrc(el.latest, snapshot.url);
+      el.latest.alt = alt + snapshot.iteration;
+      el.caption.textContent = "Iteration " + snapshot.iteration + " of " + total;
       show(el.latest, true);
       show(el.output, false);
       show(el.stageEmpty, false);
+    };
+    if (chosen) {
+      showSnapshot(chosen, "The snapshot at iteration ");
     } else if (j.output_url) {
       el.caption.textContent = j.status === "succeeded" ? "The finished picture" : "The picture so far";
       show(el.output, true);
       show(el.latest, false);
       show(el.stageEmpty, false);
     } else if (latest) {
-      setSrc(el.latest, latest.url);
-      el.latest.alt = "The latest snapshot, at iteration " + latest.iteration;
-      el.caption.textContent = "Iteration " + latest.iteration + " of " + total;
-      show(el.latest, true);
-      show(el.output, false);
-      show(el.stageEmpty, false);
+      showSnapshot(latest, "The latest snapshot, at iteration ");
     } else {
       el.caption.textContent = "";
       el.stageEmpty.textContent =
