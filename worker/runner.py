@@ -111,14 +111,15 @@ class JobRunner:
 
         import torch
 
-        from worker.engine import EngineError, Progress, Result, Snapshot, resolve_device, stylize
+        from worker.engine import EngineError, Progress, Result, Snapshot, WeightsError, resolve_device, stylize
 
         try:
             device = resolve_device(self.device)
             weights = self.weights(params.weights)
+        except WeightsError as err:
+            raise JobFailed("weights_unavailable", str(err)) from None
         except EngineError as err:
-            raise JobFailed("weights_unavailable" if "weights" in str(err).lower() else "bad_parameters",
-                            str(err)) from None
+            raise JobFailed("bad_parameters", str(err)) from None
         with self.sessions() as session:
             record_weights(session, job_id, worker, weights.source, weights.warning)
         progress = _Throttle(self.sessions, job_id, worker)
