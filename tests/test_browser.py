@@ -16,11 +16,9 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.servers import free_port, service_env, start, stop, wait_for_http
-
-DATA = Path(__file__).parent / "data"
-PHOTO = DATA / "tubingen.jpg"
-PAINTING = DATA / "starry_night.jpg"
+from shared.launcher import free_port
+from tests.conftest import PAINTING, PHOTO
+from tests.servers import service_env, start, stop, wait_for_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

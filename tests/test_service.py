@@ -18,11 +18,12 @@ import requests
 from PIL import Image
 
 from shared.db import make_engine, session_factory
+from shared.launcher import free_port
 from shared.models import Job
 from shared.settings import Settings, load_settings
 from shared.storage import LocalStorage
 from tests.conftest import PAINTING, PHOTO, POSTGRES_ADMIN_URL, SYSTEM_REDIS_URL
-from tests.servers import (free_port, service_env, start, stop, temporary_postgres_database, wait_for_http,
+from tests.servers import (service_env, start, stop, temporary_postgres_database, wait_for_http,
                            wait_for_log, wait_for_status)
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from shared.launcher import free_port
 from shared.storage import LocalStorage, MissingObject, S3Storage, job_key, open_storage
-from tests.servers import free_port
 
 
 @pytest.fixture(scope="module")

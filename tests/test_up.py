@@ -15,8 +15,10 @@ import pytest
 import requests
 from PIL import Image
 
+from shared.launcher import free_port
+
 from tests.conftest import PAINTING, PHOTO, POSTGRES_ADMIN_URL, SYSTEM_REDIS_URL
-from tests.servers import (free_port, service_env, start, stop, temporary_postgres_database, wait_for_http,
+from tests.servers import (service_env, start, stop, temporary_postgres_database, wait_for_http,
                            wait_for_status)
 
 
