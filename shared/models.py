@@ -61,7 +61,7 @@ class Job(Base):
     losses: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     # Written with each progress update; a running job whose heartbeat is old has lost its worker.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -72,6 +72,13 @@ class Job(Base):
     weights: Mapped[str | None] = mapped_column(String(255), nullable=True)
     weights_warning: Mapped[str | None] = mapped_column(Text, nullable=True)
     output_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # When the job's message was last sent to the broker; the reconciler re-sends a queued job
+    # the broker no longer holds, and this guards against two reconcilers both sending it.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # SHA-256 of the token returned when the job was created: it cancels or deletes the job.
+    token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Who submitted it: "key:<api key id>", "browser:<hash of the browser's cookie>", or None.
+    owner: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
 
     snapshots: Mapped[list[Snapshot]] = relationship(
         back_populates="job", order_by="Snapshot.iteration", cascade="all, delete-orphan", passive_deletes=True
@@ -94,3 +101,17 @@ class Snapshot(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="snapshots")
+
+
+class ApiKey(Base):
+    """A key for the API: only its SHA-256 is stored; `id` is the public part shown in lists."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(120))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Jobs this key may submit per rolling 24 hours; None: no limit.
+    jobs_per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -35,6 +35,18 @@ class Settings:
     job_time_limit: int  # seconds; past it a job is stopped (soft limit) then killed (hard limit)
     strict_weights: bool  # refuse to fall back to random VGG-19 weights
     s3_endpoint_url: str | None  # for S3-compatible servers (MinIO, Ceph, moto)
+    # Reliability: a running job whose heartbeat is older than the lease has lost its worker.
+    job_lease: int  # seconds
+    max_attempts: int  # starts of one job; past it a lost job ends failed with `worker_lost`
+    reconcile_interval: int  # seconds between reconciler (and cleanup) passes
+    enqueue_grace: int  # seconds a queued job may be missing from the broker before it is re-sent
+    db_retry: int  # seconds a worker keeps retrying a database write before it gives up
+    retention: int  # seconds a finished job's images and row are kept; 0: forever
+    # Security: anonymous job submissions per client address per hour (0: no limit); whether
+    # every API submission needs a key; how many proxies in front set X-Forwarded-For.
+    anonymous_jobs_per_hour: int
+    require_api_key: bool
+    trusted_proxies: int
 
     def with_broker(self, broker_url: str) -> Settings:
         return replace(self, broker_url=broker_url)
@@ -68,6 +80,15 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         job_time_limit=_int(env, "IMPASTO_JOB_TIME_LIMIT", 3600, 10),
         strict_weights=_bool(env, "IMPASTO_STRICT_WEIGHTS", False),
         s3_endpoint_url=_url(env, "IMPASTO_S3_ENDPOINT_URL", None, ("http", "https")),
+        job_lease=_int(env, "IMPASTO_JOB_LEASE", 60, 2),
+        max_attempts=_int(env, "IMPASTO_MAX_ATTEMPTS", 3, 1, 100),
+        reconcile_interval=_int(env, "IMPASTO_RECONCILE_INTERVAL", 15, 1),
+        enqueue_grace=_int(env, "IMPASTO_ENQUEUE_GRACE", 30, 0),
+        db_retry=_int(env, "IMPASTO_DB_RETRY", 120, 0),
+        retention=_int(env, "IMPASTO_RETENTION", 7 * 24 * 3600, 0),
+        anonymous_jobs_per_hour=_int(env, "IMPASTO_ANONYMOUS_JOBS_PER_HOUR", 60, 0),
+        require_api_key=_bool(env, "IMPASTO_REQUIRE_API_KEY", False),
+        trusted_proxies=_int(env, "IMPASTO_TRUSTED_PROXIES", 0, 0, 10),
     )
     return replace(settings, **overrides) if overrides else settings
 
