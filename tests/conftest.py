@@ -84,11 +84,11 @@ def run_engine(random_weights):
     """Run the engine to the end on CPU; return (events, result)."""
     from worker.engine import Result, stylize
 
-    def run(content, styles, should_stop=None, **overrides):
+    def run(content, styles, should_stop=None, resume=None, **overrides):
         settings = {"size": 48, "iterations": 6, "scales": 1, "weights": "random", **overrides}
         params = StyleParams(**settings)
         events = list(stylize(content, styles, params, device="cpu", weights=random_weights,
-                              should_stop=should_stop))
+                              should_stop=should_stop, resume=resume))
         assert isinstance(events[-1], Result)
         return events, events[-1]
 

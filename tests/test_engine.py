@@ -6,7 +6,7 @@ import torch
 
 from conftest import make_content, make_style
 from shared.params import StyleParams
-from worker.engine import EngineError, Progress, Result, Snapshot, StyleObjective, VGGFeatures, stylize
+from worker.engine import EngineError, Progress, Result, Resume, Snapshot, StyleObjective, VGGFeatures, stylize
 from worker.engine.color import rgb_to_yiq
 from worker.engine.images import to_tensor
 from worker.engine.optimize import scale_sizes, split_iterations
@@ -278,3 +278,35 @@ def test_unsupported_devices_are_clear_errors(device, message):
 
     with pytest.raises(EngineError, match=message):
         resolve_device(device)
+
+
+@pytest.mark.parametrize("scales, at", [(1, 4), (2, 4), (2, 8), (2, 0)])
+def test_a_run_resumes_from_a_snapshot_and_the_count_goes_on(content_image, style_image, run_engine, scales, at):
+    options = {"iterations": 12, "scales": scales, "snapshot_every": 4, "size": 64}
+    events, full = run_engine(content_image, [style_image], **options)
+    snapshots = {e.iteration: e for e in events if isinstance(e, Snapshot) and not e.final}
+    image = snapshots[at].image if at else content_image
+    resumed, result = run_engine(content_image, [style_image], resume=Resume(at, image), **options)
+    iterations = [e.iteration for e in resumed if isinstance(e, Progress)]
+    assert iterations == list(range(at + 1, 13))  # picks up where it stopped, never from 1
+    assert result.iterations == 12 and result.size == full.size and not result.canceled
+    # The resumed run starts from the snapshot, not from the content: its first loss is close
+    # to the interrupted run's at that point, far below a fresh start's.
+    if at:
+        first = next(e for e in resumed if isinstance(e, Progress)).losses.total
+        fresh = next(e for e in events if isinstance(e, Progress)).losses.total
+        assert first < fresh
+    assert result.losses.total < 0.5 * full.initial_losses.total
+
+
+def test_a_run_interrupted_after_its_last_iteration_only_makes_the_output(content_image, style_image,
+                                                                         run_engine):
+    events, full = run_engine(content_image, [style_image], iterations=6)
+    resumed, result = run_engine(content_image, [style_image], iterations=6, resume=Resume(6, full.image))
+    assert not [e for e in resumed if isinstance(e, Progress)]
+    assert result.iterations == 6 and result.size == full.size
+
+
+def test_resuming_past_the_end_is_an_error(content_image, style_image, run_engine):
+    with pytest.raises(EngineError, match="cannot resume at iteration 7 of 6"):
+        run_engine(content_image, [style_image], iterations=6, resume=Resume(7, content_image))

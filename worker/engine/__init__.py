@@ -1,7 +1,7 @@
 """The style-transfer engine: a pure torch library, no files, no database, no Celery."""
 
 from .errors import EngineError, WeightsError
-from .optimize import Event, Losses, Progress, Result, Snapshot, StyleObjective, resolve_device, stylize
+from .optimize import Event, Losses, Progress, Result, Resume, Snapshot, StyleObjective, resolve_device, stylize
 from .vgg import LAYER_NAMES, LoadedWeights, VGGFeatures, load_weights
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "Losses",
     "Progress",
     "Result",
+    "Resume",
     "Snapshot",
     "StyleObjective",
     "VGGFeatures",

@@ -93,6 +93,18 @@ class Result:
 Event = Progress | Snapshot | Result
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where an interrupted run left off: its image after `iteration` iterations (a snapshot).
+
+    The run goes on from there: the scale that iteration falls in starts from `image`, and the
+    iteration count continues rather than starting over.
+    """
+
+    iteration: int
+    image: Image.Image
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto' (or None) picks the GPU when there is one; 'cuda' without one is an error."""
     if isinstance(device, torch.device):
@@ -247,11 +259,13 @@ def stylize(
     device: str | torch.device | None = "auto",
     weights: LoadedWeights | None = None,
     should_stop: Callable[[], bool] | None = None,
+    resume: Resume | None = None,
 ) -> Iterator[Event]:
     """Paint `content` in the style of `styles` as `params` (a shared.params.StyleParams) say.
 
     `weights` lets a caller that runs many jobs load VGG-19 once; `should_stop` is polled
     between iterations, and a stop still ends in a Result holding the current best image.
+    `resume` continues an interrupted run from its latest snapshot.
     """
     styles = list(styles)
     if not styles:
@@ -286,14 +300,25 @@ def stylize(
     budgets = split_iterations(params.iterations, len(sizes))
     total_iterations = sum(budgets)
     iteration = 0
+    if resume is not None:
+        if not 0 <= resume.iteration <= total_iterations:
+            raise EngineError(f"cannot resume at iteration {resume.iteration} of {total_iterations}")
+        iteration = resume.iteration
     initial_losses: Losses | None = None
     best: torch.Tensor | None = None  # the lowest-loss image of the scale last run
     best_losses: Losses | None = None
     canceled = False
     chroma = None  # the content's I and Q channels at the current scale, in luminance mode
 
+    scale_end = 0  # iterations done by the end of this scale
     for scale_index, (dims, budget) in enumerate(zip(sizes, budgets), start=1):
-        if budget == 0:
+        scale_end += budget
+        resumed_here = False
+        if resume is not None and best is None:  # the first scale run in a resumed job
+            if resume.iteration >= scale_end and scale_index < len(sizes):
+                continue  # finished before the interruption
+            resumed_here, budget = True, scale_end - resume.iteration
+        if budget == 0 and not resumed_here:
             continue
         style_long = max(round(params.style_scale * max(dims)), min_side)
         content_t = to_tensor(content, dims).to(dev)
@@ -313,7 +338,11 @@ def stylize(
         render = (lambda y: y.expand(-1, 3, -1, -1)) if luminance_only else (lambda x: x)
         objective = StyleObjective(net, params, render(content_t), [render(s) for s in style_ts], blend)
 
-        if best is not None:
+        if resumed_here:
+            assert resume is not None
+            start = to_tensor(resume.image, dims).to(dev)
+            start = rgb_to_yiq(start)[:, :1] if luminance_only else start
+        elif best is not None:
             start = F.interpolate(best, size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
         elif params.init == "content":
             start = content_t
