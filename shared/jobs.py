@@ -25,11 +25,13 @@ class JobError:
 
 
 def create_job(session: Session, *, params: dict[str, Any], inputs: dict[str, Any],
-               job_id: str | None = None) -> Job:
-    """Insert a queued job and commit: from now on the job exists, whatever the broker does."""
+               job_id: str | None = None, token_hash: str | None = None, owner: str | None = None) -> Job:
+    """Insert a queued job and commit: from now on the job exists, whatever the broker does
+    (a job whose message never reaches the broker is sent again by the reconciler)."""
+    now = utcnow()
     job = Job(id=job_id or new_job_id(), status=QUEUED, params=params, inputs=inputs,
               iterations=int(params["iterations"]), iteration=0, attempts=0, cancel_requested=False,
-              created_at=utcnow(), snapshots=[])
+              created_at=now, enqueued_at=now, token_hash=token_hash, owner=owner, snapshots=[])
     session.add(job)
     session.commit()
     return job
@@ -46,6 +48,20 @@ def claim_job(session: Session, job_id: str, worker: str) -> bool:
     )
     session.commit()
     return result.rowcount == 1
+
+
+def heartbeat(session: Session, job_id: str, worker: str) -> bool:
+    """The worker still holds the job: renew its lease. False when it no longer does."""
+    result = session.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
+                             .values(heartbeat_at=utcnow()))
+    session.commit()
+    return result.rowcount == 1
+
+
+def latest_snapshot(session: Session, job_id: str) -> Snapshot | None:
+    """The snapshot with the highest iteration: where a job interrupted before goes on from."""
+    return session.scalars(select(Snapshot).where(Snapshot.job_id == job_id)
+                           .order_by(Snapshot.iteration.desc()).limit(1)).first()
 
 
 def record_progress(session: Session, job_id: str, iteration: int, losses: dict[str, float] | None,
@@ -108,7 +124,7 @@ def hand_back(session: Session, job_id: str, worker: str) -> bool:
     """running -> queued, for a worker that is shutting down: another worker takes it next."""
     result = session.execute(
         update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
-        .values(status=QUEUED, worker=None, heartbeat_at=None)
+        .values(status=QUEUED, worker=None, heartbeat_at=None, enqueued_at=utcnow())
     )
     session.commit()
     return result.rowcount == 1
@@ -154,6 +170,7 @@ def recent_jobs(session: Session, *, limit: int, offset: int = 0) -> tuple[list[
 
 __all__ = [
     "CANCELED", "FAILED", "QUEUED", "RUNNING", "SUCCEEDED", "JobError", "add_snapshot", "claim_job",
-    "create_job", "fail_unclaimed", "finish_job", "hand_back", "queue_position", "recent_jobs",
+    "create_job", "fail_unclaimed", "finish_job", "hand_back", "heartbeat", "latest_snapshot", "queue_position",
+    "recent_jobs",
     "record_progress", "record_weights", "request_cancel",
 ]
