@@ -145,3 +145,51 @@ def test_a_stopping_worker_hands_its_job_back(runner):
     assert (job.status, job.worker, job.attempts) == ("queued", None, 1)
     assert requeued == [job_id]
     assert runner.run(job_id) == "succeeded" and row(runner, job_id).attempts == 2
+
+
+def test_a_job_interrupted_goes_on_from_its_latest_snapshot(runner, caplog):
+    job_id = queue(runner, iterations=12, snapshot_every=2)
+    polls = []
+
+    def stop_after_five_iterations() -> bool:  # a worker shutting down, polled once per iteration
+        polls.append(1)
+        return len(polls) > 6
+
+    assert runner.run(job_id, should_abort=stop_after_five_iterations) == "queued"
+    interrupted = row(runner, job_id)
+    assert interrupted.status == "queued" and [s.iteration for s in interrupted.snapshots] == [2, 4]
+    caplog.set_level("INFO", logger="impasto.worker")
+    assert runner.run(job_id) == "succeeded"
+    job = row(runner, job_id)
+    assert "event=resumed iteration=4" in caplog.text
+    assert (job.iteration, job.attempts) == (12, 2)
+    assert [s.iteration for s in job.snapshots] == [2, 4, 6, 8, 10]
+
+
+def test_a_missing_snapshot_means_starting_afresh_not_failing(runner, caplog):
+    job_id = queue(runner, iterations=8, snapshot_every=2)
+    polls = []
+    runner.run(job_id, should_abort=lambda: polls.append(1) or len(polls) > 4)
+    for snapshot in row(runner, job_id).snapshots:
+        runner.storage.delete(snapshot.key)
+    caplog.set_level("INFO", logger="impasto.worker")
+    assert runner.run(job_id) == "succeeded"
+    assert "event=resume-skipped" in caplog.text and row(runner, job_id).iteration == 8
+
+
+def test_the_lease_is_renewed_while_an_iteration_runs(runner):
+    from worker.runner import _Lease
+
+    job_id = queue(runner)
+    with runner.sessions() as session:
+        from shared.jobs import claim_job
+
+        assert claim_job(session, job_id, "me")
+    before = row(runner, job_id).heartbeat_at
+    lease = _Lease(runner, job_id, "me")
+    assert lease.renew() and row(runner, job_id).heartbeat_at > before
+    with runner.sessions() as session:
+        request_cancel(session, job_id)
+    assert lease.renew()  # canceled but still running here: the worker finishes the cancel
+    lease_of_another = _Lease(runner, job_id, "someone-else")
+    assert not lease_of_another.renew() and lease_of_another.lost

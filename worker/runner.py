@@ -12,18 +12,21 @@ import io
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import exc as sql_errors
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.flags import describe_error
 from shared.images import ImageError, decode_image
-from shared.jobs import JobError, add_snapshot, claim_job, finish_job, hand_back, record_progress, record_weights
-from shared.models import CANCELED, FAILED, QUEUED, SUCCEEDED, Job
+from shared.jobs import (JobError, add_snapshot, claim_job, finish_job, hand_back, heartbeat, latest_snapshot,
+                         record_progress, record_weights)
+from shared.models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from shared.params import WEIGHT_CHOICES, StyleParams
 from shared.settings import Settings
 from shared.storage import MissingObject, Storage, job_key
@@ -32,6 +35,8 @@ log = logging.getLogger("impasto.worker")
 
 # Progress goes to the database at most this often; the last iteration is always written.
 PROGRESS_INTERVAL_S = 0.25
+# Waits between tries of a database write while the database is unreachable.
+DB_RETRY_WAITS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class JobFailed(Exception):
@@ -76,17 +81,15 @@ class JobRunner:
             if self.requeue is not None:
                 self.requeue(job_id)
             return None
-        with self.sessions() as session:
-            if not claim_job(session, job_id, worker):
-                log.info("job=%s event=skipped reason=not-queued", job_id)
-                return None
-            job = session.get(Job, job_id)
-            assert job is not None
-            params, inputs = job.params, job.inputs
-        log.info("job=%s event=started worker=%s", job_id, worker)
+        job = self._db(lambda session: self._claim(session, job_id, worker), job_id)
+        if job is None:
+            log.info("job=%s event=skipped reason=not-queued", job_id)
+            return None
+        log.info("job=%s event=started worker=%s attempt=%d", job_id, worker, job.attempts)
         started = time.perf_counter()
+        lease = _Lease(self, job_id, worker)
         try:
-            status = self._run(job_id, worker, _params(params), inputs, should_abort)
+            status = self._run(job_id, worker, _params(job.params), job.inputs, should_abort, lease)
         except JobFailed as failure:
             self._finish(job_id, worker, FAILED, error=failure.error)
             log.warning("job=%s event=failed code=%s message=%r", job_id, failure.error.code, str(failure))
@@ -101,17 +104,29 @@ class JobRunner:
             if code == "internal_error" or not isinstance(err, Exception):
                 raise  # a bug: logged with its traceback, recorded, not swallowed
             return FAILED
+        finally:
+            lease.stop()
         log.info("job=%s event=%s seconds=%.2f", job_id, status, time.perf_counter() - started)
         return status
 
+    @staticmethod
+    def _claim(session: Session, job_id: str, worker: str) -> Job | None:
+        claimed = claim_job(session, job_id, worker)
+        job = session.get(Job, job_id, populate_existing=True)
+        # A claim retried after the database went away may already have won the first time.
+        if job is None or not (claimed or (job.status == RUNNING and job.worker == worker)):
+            return None
+        return job
+
     def _run(self, job_id: str, worker: str, params: StyleParams, inputs: dict[str, Any],
-             should_abort: Callable[[], bool]) -> str:
+             should_abort: Callable[[], bool], lease: _Lease) -> str:
         content = self._image(inputs["content"])
         styles = [self._image(style) for style in inputs["styles"]]
 
         import torch
 
-        from worker.engine import EngineError, Progress, Result, Snapshot, WeightsError, resolve_device, stylize
+        from worker.engine import (EngineError, Progress, Result, Resume, Snapshot, WeightsError, resolve_device,
+                                   stylize)
 
         try:
             device = resolve_device(self.device)
@@ -120,20 +135,21 @@ class JobRunner:
             raise JobFailed("weights_unavailable", str(err)) from None
         except EngineError as err:
             raise JobFailed("bad_parameters", str(err)) from None
-        with self.sessions() as session:
-            record_weights(session, job_id, worker, weights.source, weights.warning)
-        progress = _Throttle(self.sessions, job_id, worker)
+        self._db(lambda session: record_weights(session, job_id, worker, weights.source, weights.warning), job_id)
+        resume = self._resume_point(job_id, params)
+        lease.start()
+        progress = _Throttle(self.sessions, job_id, worker, lease)
         result = None
         try:
-            for event in stylize(content, styles, params, device=device, weights=weights,
-                                 should_stop=lambda: progress.cancel_requested or should_abort()):
+            for event in stylize(content, styles, params, device=device, weights=weights, resume=resume,
+                                 should_stop=lambda: progress.cancel_requested or lease.lost or should_abort()):
                 if isinstance(event, Progress):
                     progress.update(event.iteration, event.losses.as_dict())
                 elif isinstance(event, Snapshot) and not event.final:
                     key = job_key(job_id, f"snapshots/{event.iteration:06d}.png")
                     self.storage.put(key, _png(event.image), "image/png")
-                    with self.sessions() as session:
-                        add_snapshot(session, job_id, event.iteration, key, event.losses.as_dict())
+                    self._db(lambda session, e=event, k=key: add_snapshot(session, job_id, e.iteration, k,
+                                                                          e.losses.as_dict()), job_id)
                 elif isinstance(event, Result):
                     result = event
         except EngineError as err:
@@ -142,7 +158,7 @@ class JobRunner:
             raise JobFailed("out_of_memory", f"the GPU ran out of memory at size {params.size}; "
                                              f"submit again with a smaller size") from None
         assert result is not None
-        if progress.lost:  # canceled while queued, or handed to another worker: leave it be
+        if lease.lost:  # canceled while queued, or handed to another worker: leave it be
             log.warning("job=%s event=abandoned reason=no-longer-running-here", job_id)
             return CANCELED
         if result.canceled and should_abort() and not progress.cancel_requested:
@@ -154,6 +170,38 @@ class JobRunner:
         self._finish(job_id, worker, status, iteration=result.iterations, losses=result.losses.as_dict(),
                      output_key=output_key, weights=result.weights, weights_warning=result.weights_warning)
         return status
+
+    def _resume_point(self, job_id: str, params: StyleParams) -> Any:
+        """The latest snapshot of an earlier attempt, to go on from; None: start afresh."""
+        from worker.engine import Resume
+
+        snapshot = self._db(lambda session: latest_snapshot(session, job_id), job_id)
+        if snapshot is None or not 0 < snapshot.iteration <= params.iterations:
+            return None
+        try:
+            image = decode_image(self.storage.get(snapshot.key), name="the latest snapshot")
+        except (MissingObject, ImageError) as err:
+            log.warning("job=%s event=resume-skipped reason=%r", job_id, str(err))
+            return None
+        log.info("job=%s event=resumed iteration=%d", job_id, snapshot.iteration)
+        return Resume(snapshot.iteration, image)
+
+    def _db(self, write: Callable[[Session], Any], job_id: str) -> Any:
+        """Run `write` in a session, retrying while the database is unreachable, for up to
+        settings.db_retry seconds: a database that restarts or fails over costs a pause, not the job."""
+        deadline = time.monotonic() + self.settings.db_retry
+        for attempt in range(1_000_000):
+            try:
+                with self.sessions() as session:
+                    return write(session)
+            except (sql_errors.OperationalError, sql_errors.InterfaceError, sql_errors.TimeoutError) as err:
+                wait = DB_RETRY_WAITS_S[min(attempt, len(DB_RETRY_WAITS_S) - 1)]
+                if time.monotonic() + wait > deadline:
+                    raise
+                log.warning("job=%s event=db-retry attempt=%d error=%r", job_id, attempt + 1,
+                            str(err).splitlines()[0][:200])
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def _image(self, item: dict[str, str]):
         try:
@@ -168,36 +216,65 @@ class JobRunner:
 
     def _hand_back(self, job_id: str, worker: str) -> None:
         """The worker is stopping: the job goes back to the queue for another worker."""
-        with self.sessions() as session:
-            handed = hand_back(session, job_id, worker)
+        handed = self._db(lambda session: hand_back(session, job_id, worker), job_id)
         log.warning("job=%s event=handed-back worker=%s", job_id, worker)
         if handed and self.requeue is not None:
             self.requeue(job_id)
 
     def _finish(self, job_id: str, worker: str, status: str, **fields: Any) -> None:
-        with self.sessions() as session:
-            if not finish_job(session, job_id, worker, status, **fields):
-                log.warning("job=%s event=finish-ignored status=%s reason=not-running-here", job_id, status)
+        if not self._db(lambda session: finish_job(session, job_id, worker, status, **fields), job_id):
+            log.warning("job=%s event=finish-ignored status=%s reason=not-running-here", job_id, status)
+
+
+class _Lease(threading.Thread):
+    """Renews the job's heartbeat every third of the lease while the job runs, whatever the
+    engine is doing; notices when the job is no longer this worker's."""
+
+    def __init__(self, runner: JobRunner, job_id: str, worker: str):
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.runner, self.job_id, self.worker = runner, job_id, worker
+        self.every = max(0.5, runner.settings.job_lease / 3)
+        self.lost = False  # canceled while queued, or handed to another worker
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.every):
+            self.renew()
+
+    def renew(self) -> bool:
+        try:
+            with self.runner.sessions() as session:
+                self.lost = self.lost or not heartbeat(session, self.job_id, self.worker)
+        except (sql_errors.OperationalError, sql_errors.InterfaceError, sql_errors.TimeoutError):
+            log.warning("job=%s event=heartbeat-failed reason=database-unreachable", self.job_id)
+        return not self.lost
+
+    def stop(self) -> None:
+        self._done.set()
 
 
 class _Throttle:
-    """Progress writes at most every PROGRESS_INTERVAL_S; each write also reads the cancel flag."""
+    """Progress writes at most every PROGRESS_INTERVAL_S; each write also reads the cancel flag.
+    A write that fails while the database is away is skipped: the next one says more."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, worker: str):
-        self.sessions, self.job_id, self.worker = sessions, job_id, worker
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, worker: str, lease: _Lease):
+        self.sessions, self.job_id, self.worker, self.lease = sessions, job_id, worker, lease
         self.cancel_requested = False
-        self.lost = False
         self._last = 0.0
 
     def update(self, iteration: int, losses: dict[str, float]) -> None:
         now = time.monotonic()
-        if now - self._last < PROGRESS_INTERVAL_S:
+        if now - self._last < PROGRESS_INTERVAL_S and not self.lease.lost:
             return
         self._last = now
-        with self.sessions() as session:
-            flag = record_progress(session, self.job_id, iteration, losses, self.worker)
+        try:
+            with self.sessions() as session:
+                flag = record_progress(session, self.job_id, iteration, losses, self.worker)
+        except (sql_errors.OperationalError, sql_errors.InterfaceError, sql_errors.TimeoutError):
+            log.warning("job=%s event=progress-skipped reason=database-unreachable", self.job_id)
+            return
         if flag is None:  # canceled while queued, or no longer ours: stop working on it
-            self.lost = True
+            self.lease.lost = True
             self.cancel_requested = True
         else:
             self.cancel_requested = flag
@@ -221,6 +298,6 @@ def _classify(err: BaseException) -> tuple[str, str]:
     name = type(err).__name__
     if name == "SoftTimeLimitExceeded":
         return "timeout", "the job ran past its time limit; submit it with fewer iterations or a smaller size"
-    if isinstance(err, RuntimeError) and "can't allocate memory" in str(err):
+    if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and "can't allocate memory" in str(err)):
         return "out_of_memory", "the worker ran out of memory; submit again with a smaller size"
     return "internal_error", f"the worker failed unexpectedly ({name}); the operators have the details in its log"

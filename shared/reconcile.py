@@ -1,0 +1,169 @@
+"""The reconciler: SQL is the truth and the broker only a hint; this makes them agree again.
+
+Two things can leave a job stranded:
+
+- its worker died (SIGKILL, the kernel's OOM killer, a machine gone): the job stays `running`
+  but its heartbeat stops. Once the heartbeat is older than the lease, the job goes back to
+  `queued` and is sent again (it goes on from its latest snapshot), or, after
+  `max_attempts` starts, ends `failed` with the code `worker_lost`;
+- its message was lost (Redis restarted without persistence, a send that never arrived): the
+  job stays `queued` but no worker will ever be told. A queued job that the broker does not
+  hold, and that was last sent longer ago than the grace period, is sent again.
+
+Every change is one UPDATE guarded by what the pass saw, so any number of reconcilers (one
+per worker, on every machine) can run at once: for each job exactly one of them wins, and a
+message sent twice is harmless, since only one delivery can claim the job.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from .models import FAILED, QUEUED, RUNNING, Job, utcnow
+from .settings import Settings
+from .tasks import STYLIZE
+
+log = logging.getLogger("impasto.reconcile")
+
+WORKER_LOST = "worker_lost"
+
+
+@dataclass
+class Report:
+    requeued: list[str] = field(default_factory=list)  # running, lease expired: queued and sent again
+    lost: list[str] = field(default_factory=list)  # running, lease expired, out of attempts: failed
+    resent: list[str] = field(default_factory=list)  # queued, missing from the broker: sent again
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.lost or self.resent)
+
+
+def reconcile(session: Session, settings: Settings, send: Callable[[str], None],
+              broker_job_ids: Callable[[], set[str]]) -> Report:
+    """One pass. `send(job_id)` enqueues a job; `broker_job_ids()` says which jobs the broker
+    holds a message for (waiting or delivered and not yet acknowledged)."""
+    report = Report()
+    now = utcnow()
+    expired = now - timedelta(seconds=settings.job_lease)
+    last_sign = func.coalesce(Job.heartbeat_at, Job.started_at, Job.created_at)
+    stale = session.execute(
+        select(Job.id, Job.attempts).where(Job.status == RUNNING, last_sign < expired)
+    ).all()
+    for job_id, attempts in stale:
+        guard = update(Job).where(Job.id == job_id, Job.status == RUNNING, last_sign < expired)
+        if attempts >= settings.max_attempts:
+            if session.execute(guard.values(
+                status=FAILED, finished_at=now, worker=None, error_code=WORKER_LOST,
+                error_message=f"the worker running this job stopped answering, {attempts} times; the job may be "
+                              f"too large for the workers' memory: submit it again with a smaller size",
+            )).rowcount:
+                report.lost.append(job_id)
+            session.commit()
+        elif session.execute(guard.values(status=QUEUED, worker=None, heartbeat_at=None, enqueued_at=now)).rowcount:
+            session.commit()  # queued in SQL before its message exists: a worker can claim it
+            send(job_id)
+            report.requeued.append(job_id)
+        else:
+            session.commit()
+
+    unsent_before = now - timedelta(seconds=settings.enqueue_grace)
+    last_sent = func.coalesce(Job.enqueued_at, Job.created_at)
+    waiting = session.scalars(select(Job.id).where(Job.status == QUEUED, last_sent < unsent_before)).all()
+    if waiting:
+        held = broker_job_ids()
+        for job_id in waiting:
+            if job_id in held:
+                continue
+            won = session.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED, last_sent < unsent_before)
+                                  .values(enqueued_at=now)).rowcount
+            session.commit()
+            if won:
+                send(job_id)
+                report.resent.append(job_id)
+    return report
+
+
+def redis_job_ids(client: Any, queue: str) -> set[str]:
+    """The jobs a Celery Redis broker holds a stylize message for, in `queue` (waiting, at any
+    priority) or delivered to a worker and not yet acknowledged (any queue)."""
+    ids: set[str] = set()
+    keys = [queue, *client.scan_iter(match=f"{queue}\x06\x16*")]  # kombu's priority sub-queues
+    for key in keys:
+        ids.update(_job_ids(client.lrange(key, 0, -1)))
+    ids.update(_job_ids(json.loads(raw)[0] for raw in client.hvals("unacked")))
+    return ids
+
+
+def _job_ids(messages: Iterable[Any]) -> Iterable[str]:
+    for message in messages:
+        try:
+            if isinstance(message, (bytes, str)):
+                message = json.loads(message)
+            if message.get("headers", {}).get("task") != STYLIZE:
+                continue
+            body = message["body"]
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args = json.loads(body)[0]
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue  # not a message of ours
+        if args and isinstance(args[0], str):
+            yield args[0]
+
+
+class Reconciler:
+    """Runs a pass, then retention's cleanup, every `reconcile_interval` seconds in a thread."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], send: Callable[[str], None],
+                 broker_job_ids: Callable[[], set[str]], storage: Any = None):
+        self.settings, self.sessions, self.send, self.broker_job_ids = settings, sessions, send, broker_job_ids
+        self.storage = storage
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> Report:
+        with self.sessions() as session:
+            report = reconcile(session, self.settings, self.send, self.broker_job_ids)
+        if report:
+            log.warning("event=reconciled requeued=%s lost=%s resent=%s", ",".join(report.requeued) or "-",
+                        ",".join(report.lost) or "-", ",".join(report.resent) or "-")
+        for job_id in report.requeued:
+            log.warning("job=%s event=requeued reason=lease-expired", job_id)
+        for job_id in report.lost:
+            log.error("job=%s event=failed code=%s", job_id, WORKER_LOST)
+        for job_id in report.resent:
+            log.warning("job=%s event=resent reason=missing-from-broker", job_id)
+        if self.storage is not None and self.settings.retention:
+            from .retention import purge_expired
+
+            purged = purge_expired(self.sessions, self.storage, self.settings.retention)
+            if purged:
+                log.info("event=purged jobs=%d", purged)
+        return report
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="impasto-reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        interval = self.settings.reconcile_interval
+        # Reconcilers started together on many machines spread out over the interval.
+        while not self._stop.wait(interval * random.uniform(0.5, 1.0)):
+            try:
+                self.run_once()
+            except Exception:  # the database or the broker is away: try again next time
+                log.warning("event=reconcile-failed", exc_info=True)
