@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -23,6 +26,12 @@ class MissingObject(StorageError):
     """No object under this key."""
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    modified: datetime  # UTC
+
+
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
@@ -31,6 +40,8 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...
 
     def exists(self, key: str) -> bool: ...
+
+    def list_objects(self, folder: str) -> Iterator[StoredObject]: ...
 
 
 def job_key(job_id: str, name: str) -> str:
@@ -43,6 +54,13 @@ def job_key(job_id: str, name: str) -> str:
 def check_key(key: str) -> None:
     if not _KEY.match(key) or ".." in key:
         raise ValueError(f"not a storage key: {key!r}")
+
+
+def _folder(folder: str) -> str:
+    """`jobs` or `jobs/` -> `jobs/`: listings are by whole folder, never part of a name."""
+    folder = folder.rstrip("/")
+    check_key(folder)
+    return folder + "/"
 
 
 class LocalStorage:
@@ -80,6 +98,17 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
+    def list_objects(self, folder: str) -> Iterator[StoredObject]:
+        """Every object under `folder/`, at any depth (files being written included)."""
+        for directory, _, names in os.walk(self.root / _folder(folder)):
+            for name in names:
+                path = Path(directory, name)
+                try:
+                    modified = path.stat().st_mtime
+                except FileNotFoundError:  # deleted since the folder was read
+                    continue
+                yield StoredObject(path.relative_to(self.root).as_posix(), datetime.fromtimestamp(modified, UTC))
+
 
 class S3Storage:
     """Objects in a bucket under a prefix, on AWS S3 or any S3-compatible server."""
@@ -111,6 +140,18 @@ class S3Storage:
         except MissingObject:
             return False
         return True
+
+    def list_objects(self, folder: str) -> Iterator[StoredObject]:
+        """Every object under `folder/`, a page of up to 1000 per request."""
+        start = f"{self.prefix}/" if self.prefix else ""
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": start + _folder(folder)}
+        while True:
+            page = self._call("list_objects_v2", **request)
+            for item in page.get("Contents", []):
+                yield StoredObject(item["Key"].removeprefix(start), item["LastModified"].astimezone(UTC))
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
 
     def _call(self, operation: str, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -1,0 +1,184 @@
+"""Retention: a finished job's images and rows are deleted once it is older than the retention
+period; a job that is queued or running is never touched, however old.
+
+Each job is deleted under a guard in SQL (its status is final, and on PostgreSQL its row is
+locked until its rows are gone), so any number of cleaners, one per worker machine and the
+API's DELETE, may run at once: each job is deleted by exactly one of them, and a second
+cleaner that meets it skips it or finds it gone.
+
+Files are deleted before rows: a cleaner that stops half way leaves a row whose images are
+partly gone, which the next pass deletes again, never images that no row leads to. Those
+come only from a submission whose row was never committed (the database was down) or a lost
+worker writing after its job was deleted; `purge_orphans` sweeps them once they are old.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .models import FINAL_STATUSES, Job, Snapshot, utcnow
+from .storage import Storage, StoredObject
+
+log = logging.getLogger("impasto.retention")
+
+# A job's folder in storage with no row is left alone for this long: a submission stores its
+# inputs a moment before it commits the row.
+ORPHAN_AGE = timedelta(days=1)
+
+
+def delete_job(session: Session, storage: Storage, job_id: str) -> bool:
+    """Delete a finished job's images, then its rows, and commit; False, with nothing touched
+    (the session's transaction rolled back), when there is no such job or it is still queued
+    or running. A storage error leaves the row in place and is raised."""
+    return _delete_job(session, storage, job_id, finished_before=None, skip_locked=False)
+
+
+def purge_expired(sessions: sessionmaker[Session], storage: Storage, retention_seconds: int,
+                  now: datetime | None = None, batch: int = 100) -> int:
+    """Delete every finished job that finished more than `retention_seconds` ago (0: keep
+    forever), with its images; returns how many jobs this call deleted."""
+    if retention_seconds <= 0:
+        return 0
+    before = (now or utcnow()) - timedelta(seconds=retention_seconds)
+    deleted, after = 0, ""
+    while True:
+        # Pages by id, so the pass ends even while other cleaners take some of the same jobs.
+        with sessions() as session:
+            ids = session.scalars(select(Job.id).where(_expired(before), Job.id > after)
+                                  .order_by(Job.id).limit(batch)).all()
+        for job_id in ids:
+            with sessions() as session:
+                deleted += _delete_job(session, storage, job_id, finished_before=before, skip_locked=True)
+        if len(ids) < batch:
+            break
+        after = ids[-1]
+    if deleted:
+        log.info("event=retention-purged jobs=%d finished_before=%s", deleted, before.isoformat())
+    return deleted
+
+
+def purge_orphans(sessions: sessionmaker[Session], storage: Storage, *, older_than: timedelta = ORPHAN_AGE,
+                  now: datetime | None = None) -> int:
+    """Delete the job folders in storage (`jobs/<id>/`) that no job row owns and that nothing
+    was written to for `older_than`; returns how many folders were deleted.
+
+    It lists every stored object, so it is for an hourly or daily pass, not every minute. It
+    deletes nothing when such folders outnumber the ones a row owns: that is a database that
+    is not this storage's (a wrong URL, a reset, an old backup), not litter."""
+    folders: dict[str, list[StoredObject]] = defaultdict(list)
+    for item in storage.list_objects("jobs"):
+        job_id = item.key.split("/")[1]
+        folders[job_id].append(item)
+    cutoff = (now or utcnow()) - older_than
+    stale = sorted(job_id for job_id, items in folders.items() if max(i.modified for i in items) < cutoff)
+    owned: set[str] = set()
+    with sessions() as session:
+        for start in range(0, len(stale), 500):
+            owned.update(session.scalars(select(Job.id).where(Job.id.in_(stale[start:start + 500]))))
+    orphans = [job_id for job_id in stale if job_id not in owned]
+    if len(orphans) > len(folders) - len(orphans):
+        log.warning("event=orphans-kept folders=%d without_row=%d reason=more folders without a row than with "
+                    "one; is this the right database? delete them by hand if it is", len(folders), len(orphans))
+        return 0
+    for job_id in orphans:
+        for item in folders[job_id]:
+            storage.delete(item.key)
+        log.info("event=orphan-deleted job=%s objects=%d", job_id, len(folders[job_id]))
+    return len(orphans)
+
+
+def _expired(before: datetime) -> Any:
+    """Final, and finished before `before` (a final job with no finish time: created before)."""
+    return and_(Job.status.in_(FINAL_STATUSES),
+                or_(Job.finished_at < before, and_(Job.finished_at.is_(None), Job.created_at < before)))
+
+
+def _delete_job(session: Session, storage: Storage, job_id: str, *, finished_before: datetime | None,
+                skip_locked: bool) -> bool:
+    guard = [Job.id == job_id, Job.status.in_(FINAL_STATUSES)]
+    if finished_before is not None:
+        guard.append(_expired(finished_before))
+    try:
+        # FOR UPDATE (PostgreSQL; SQLite has one writer anyway): no one changes or deletes the
+        # row until this transaction ends. The purge skips rows another cleaner holds.
+        row = session.execute(select(Job.inputs, Job.output_key).where(*guard)
+                              .with_for_update(skip_locked=skip_locked)).first()
+        if row is None:
+            session.rollback()
+            return False
+        snapshots = session.scalars(select(Snapshot.key).where(Snapshot.job_id == job_id)).all()
+        keys = set(_keys(row.inputs, row.output_key, snapshots))
+        keys.update(item.key for item in storage.list_objects(f"jobs/{job_id}"))
+        for key in sorted(keys):
+            storage.delete(key)
+        # Snapshots first, whether or not the database cascades (SQLite without its pragma).
+        session.execute(delete(Snapshot).where(Snapshot.job_id == job_id))
+        deleted = session.execute(delete(Job).where(*guard)).rowcount == 1
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    if deleted:
+        log.info("event=job-deleted job=%s objects=%d", job_id, len(keys))
+    return deleted
+
+
+def _keys(inputs: dict[str, Any] | None, output_key: str | None, snapshots: Iterable[str]) -> Iterable[str]:
+    inputs = inputs or {}
+    for item in [inputs.get("content"), *inputs.get("styles", [])]:
+        if item and item.get("key"):
+            yield item["key"]
+    yield from snapshots
+    if output_key:
+        yield output_key
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Delete finished jobs past the retention period, and stored files no job owns (one pass)."""
+    parser = argparse.ArgumentParser(prog="impasto cleanup", description=main.__doc__)
+    parser.add_argument("--no-orphans", action="store_true",
+                        help="only jobs past the retention; do not look for files without a job")
+    args = parser.parse_args(argv)
+
+    import sqlalchemy.exc
+
+    from .db import describe_error, make_engine, session_factory
+    from .settings import SettingsError, load_settings
+    from .storage import StorageError, open_storage
+
+    try:
+        settings = load_settings()
+    except SettingsError as err:
+        print(f"impasto cleanup: error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="impasto cleanup: %(message)s")
+    engine = make_engine(settings.database_url)
+    sessions = session_factory(engine)
+    storage = open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url)
+    try:
+        jobs = purge_expired(sessions, storage, settings.retention)
+        orphans = 0 if args.no_orphans else purge_orphans(sessions, storage)
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        print(f"impasto cleanup: error: the database: {describe_error(err)}", file=sys.stderr)
+        return 1
+    except StorageError as err:
+        print(f"impasto cleanup: error: the storage: {err}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    kept = f"kept {settings.retention} s after they end" if settings.retention else "kept forever (IMPASTO_RETENTION=0)"
+    print(f"impasto cleanup: deleted {jobs} finished jobs (jobs are {kept}) and {orphans} folders without a job")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
