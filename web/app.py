@@ -6,8 +6,11 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, InternalServerError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
+from shared.db import database_unreachable, describe_error
 from shared.settings import Settings, load_settings
 
 from .presets import PRESETS
@@ -18,6 +21,9 @@ log = logging.getLogger("impasto.web")
 # The pages load scripts, styles and images from this site only, and no inline code.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
                            "style-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
+# Seconds a client is told to wait (Retry-After) by a 503 that names no time of its own: a
+# database outage of a few seconds is over by then, and clients do not hammer it meanwhile.
+RETRY_AFTER_S = 5
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None,
@@ -55,6 +61,19 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         body, status = pages.error_page(err)
         return body, status, headers
 
+    @app.errorhandler(DBAPIError)
+    @app.errorhandler(PoolTimeout)
+    def database_error(err: Exception):
+        if not database_unreachable(err):
+            return unexpected(err)
+        # One line per request: an outage is not a bug, and a traceback each would bury the log.
+        log.warning("event=database-unavailable path=%s error=%s", request.path, describe_error(err))
+        if wants_json():
+            return api.error_response(503, "unavailable", "the database cannot be reached right now; "
+                                                          "try again in a few seconds")
+        return pages.error_page(ServiceUnavailable("The database cannot be reached right now; "
+                                                   "try again in a few seconds."))
+
     @app.errorhandler(Exception)
     def unexpected(err: Exception):
         log.exception("event=unhandled-error path=%s", request.path)
@@ -72,6 +91,8 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        if response.status_code == 503:  # every 503 says when to come back
+            response.headers.setdefault("Retry-After", str(RETRY_AFTER_S))
         return response
 
     return app
