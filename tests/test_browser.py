@@ -67,14 +67,21 @@ def browser():
         playwright.stop()
 
 
-@pytest.fixture
-def page(browser, server):
-    """A fresh browser tab on the service."""
+@pytest.fixture(scope="module")
+def person(browser, server):
+    """One person's browser: its cookie, which owns the jobs it submits, lasts the module."""
     context = browser.new_context(base_url=server, accept_downloads=True)
-    tab = context.new_page()
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(person):
+    """A fresh tab in that person's browser."""
+    tab = person.new_page()
     tab.set_default_timeout(15_000)
     yield tab
-    context.close()
+    tab.close()
 
 
 @pytest.fixture
@@ -202,13 +209,13 @@ def test_missing_photo_is_shown_next_to_it(page: Page):
 def test_recent_jobs_lists_the_job(page: Page, problems: list[str]):
     job_id = STATE.get("job_id")
     finished = job_id is not None
-    if job_id is None:  # run on its own: make a job through the API
-        response = page.request.post("/api/v1/jobs", multipart={
-            "content": {"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": PHOTO.read_bytes()},
-            "style_preset": "starry_night", "size": "64", "iterations": "20", "weights": "random",
-        })
-        assert response.status == 202, response.text()
-        job_id = response.json()["id"]
+    if job_id is None:  # run on its own: submit a job through the form
+        page.goto("/")
+        page.set_input_files("#field-content", str(PHOTO))
+        fill_small_job(page)
+        page.click("#submit")
+        page.wait_for_url(re.compile(r"/jobs/[^/?#]+$"))
+        job_id = page.url.rstrip("/").rsplit("/", 1)[-1]
 
     page.goto("/jobs")
     row = page.locator(f"tr[data-job-id='{job_id}']")
@@ -224,7 +231,7 @@ def test_recent_jobs_lists_the_job(page: Page, problems: list[str]):
     assert problems == []
 
 
-def test_cancel_a_running_job(page: Page, problems: list[str]):
+def test_cancel_a_running_job(page: Page, problems: list[str], browser, server):
     # This page gets no event stream, so it must follow the job by polling.
     page.route(re.compile(r"/api/v1/jobs/[^/]+/events$"), lambda route: route.abort())
     page.goto("/")
@@ -234,6 +241,31 @@ def test_cancel_a_running_job(page: Page, problems: list[str]):
     page.wait_for_url(re.compile(r"/jobs/[^/?#]+$"))
     expect(page.locator("#status")).to_have_text("running", timeout=JOB_TIMEOUT_MS)
     expect(page.locator("#cancel")).to_be_visible()
+    job_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    cancel_url = f"{server}/api/v1/jobs/{job_id}/cancel"
+
+    # Someone else with the link may watch, but gets no Cancel button, and the API refuses a
+    # cancel from their browser, token and all (its cookie did not submit the job).
+    stranger = browser.new_context(base_url=server)
+    watcher = stranger.new_page()
+    watcher.goto(page.url)
+    expect(watcher.locator("#status")).to_have_text("running")
+    expect(watcher.locator("#cancel")).to_have_count(0)
+    refused = watcher.evaluate("""async (url) => (await fetch(url, {method: "POST", headers: {
+        "X-CSRF-Token": document.querySelector('meta[name="csrf-token"]').content}})).status""", cancel_url)
+    assert refused == 403
+    stranger.close()
+    # A page on another site, in the submitter's own browser, posts a form to the cancel URL:
+    # the browser holds the SameSite cookie back, and no other site can send the CSRF header.
+    evil = page.context.new_page()
+    evil.route("http://evil.test/", lambda route: route.fulfill(content_type="text/html", body=(
+        f'<form method="post" action="{cancel_url}"><button id="prize">Win a prize</button></form>')))
+    evil.goto("http://evil.test/")
+    with evil.expect_response(cancel_url) as forged:
+        evil.click("#prize")
+    assert forged.value.status == 403
+    evil.close()
+    expect(page.locator("#status")).to_have_text("running")
 
     # While it runs, a second job waits in the queue; canceling that one ends it at once.
     other = page.context.new_page()
@@ -249,6 +281,13 @@ def test_cancel_a_running_job(page: Page, problems: list[str]):
     expect(other.locator("#status")).to_have_text("canceled")
     expect(other.locator("#cancel")).to_be_hidden()
     expect(other.locator("#queue-position")).to_be_hidden()
+    # Once it is over, its owner may delete it, images and all.
+    other_id = other.url.rstrip("/").rsplit("/", 1)[-1]
+    other.once("dialog", lambda dialog: dialog.accept())
+    other.click("#delete")
+    other.wait_for_url(re.compile(r"/jobs$"))
+    expect(other.locator(f"tr[data-job-id='{other_id}']")).to_have_count(0)
+    assert other.request.get(f"/api/v1/jobs/{other_id}").status == 404
     other.close()
 
     page.click("#cancel")

@@ -132,13 +132,15 @@ def test_a_running_job_can_be_canceled(service):
     job = submit(service, size="96", iterations="5000", snapshot_every="0").json()
     running = wait_for_status(service.base, job["id"], {"running"})
     assert running["progress"]["iteration"] < 5000
-    response = requests.post(f"{service.base}/api/v1/jobs/{job['id']}/cancel", timeout=5)
+    token = {"X-Job-Token": job["token"]}  # from the answer to the submission
+    response = requests.post(f"{service.base}/api/v1/jobs/{job['id']}/cancel", headers=token, timeout=5)
     assert response.status_code in (200, 202)
     final = wait_for_status(service.base, job["id"], {"canceled", "succeeded", "failed"}, timeout=60)
     assert final["status"] == "canceled" and final["progress"]["iteration"] < 5000
     row = service.row(job["id"])
     assert row.cancel_requested and row.finished_at and row.output_key  # the picture so far is kept
-    assert requests.post(f"{service.base}/api/v1/jobs/{job['id']}/cancel", timeout=5).json()["status"] == "canceled"
+    again = requests.post(f"{service.base}/api/v1/jobs/{job['id']}/cancel", headers=token, timeout=5)
+    assert again.json()["status"] == "canceled"
 
 
 def test_events_stream_progress_snapshots_and_the_final_status(service):
@@ -171,7 +173,7 @@ def test_a_worker_stopped_with_sigterm_hands_its_job_back(service, whom):
     service.restart_worker()
     running = wait_for_status(service.base, job["id"], {"running"})
     assert running["attempts"] == 2  # the same job, taken up again, not lost
-    requests.post(f"{service.base}/api/v1/jobs/{job['id']}/cancel", timeout=5)
+    requests.post(f"{service.base}/api/v1/jobs/{job['id']}/cancel", headers={"X-Job-Token": job["token"]}, timeout=5)
     assert wait_for_status(service.base, job["id"], {"canceled"})["status"] == "canceled"
 
 

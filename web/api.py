@@ -11,14 +11,18 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request, stream_with_context, url_for
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import selectinload
 
-from shared.jobs import queue_position, recent_jobs, request_cancel
+from shared.jobs import queue_position, request_cancel
+from shared.keys import LimiterUnavailable, LimitExceeded, hash_secret, new_job_token
 from shared.models import Job, utcnow
+from shared.retention import delete_job
 from shared.storage import MissingObject
 
+from .access import (JOB_TOKEN_HEADER, Unauthorized, api_key, counted, key_owner, limit_message, may_change,
+                     submission_limit)
 from .openapi import openapi_document
 from .services import services
 from .submit import QueueUnavailable, SubmissionError, submit
@@ -55,10 +59,33 @@ def submission_error(err: SubmissionError) -> Response:
     return response
 
 
+@bp.errorhandler(Unauthorized)
+def unauthorized(err: Unauthorized) -> Response:
+    return error_response(401, "unauthorized", str(err), headers={"WWW-Authenticate": 'Bearer realm="impasto"'})
+
+
+@bp.errorhandler(LimitExceeded)
+def over_limit(err: LimitExceeded) -> Response:
+    code = "quota_exceeded" if err.limit.bucket.startswith("key:") else "rate_limited"
+    return error_response(429, code, limit_message(err), headers={"Retry-After": str(err.retry_after)})
+
+
+@bp.errorhandler(LimiterUnavailable)
+def limiter_unavailable(err: LimiterUnavailable) -> Response:
+    return error_response(503, "unavailable", "the job queue cannot be reached; try again in a minute",
+                          headers={"Retry-After": "30"})
+
+
 @bp.post("/api/v1/jobs")
 def create():
+    key = api_key()
+    if key is None and services().settings.require_api_key:
+        raise Unauthorized("this service takes jobs from API keys only: send 'Authorization: Bearer KEY'")
+    token = new_job_token()
     try:
-        job = submit(services(), request.form, request.files)
+        with counted(submission_limit(key)):
+            job = submit(services(), request.form, request.files, owner=key_owner(key) if key else None,
+                         token_hash=hash_secret(token))
     except SubmissionError as err:
         return submission_error(err)
     except QueueUnavailable:
@@ -68,6 +95,7 @@ def create():
     # submission is always the queued job.
     with services().sessions() as session:
         body = job_json(job, queue_position(session, job))
+    body["token"] = token  # shown this once: it cancels or deletes the job
     response = jsonify(body)
     response.status_code = 202
     response.headers["Location"] = url_for("api.show", job_id=job.id)
@@ -76,10 +104,15 @@ def create():
 
 @bp.get("/api/v1/jobs")
 def index():
+    """The jobs of the API key sent; jobs sent without a key are reached by their own URLs."""
+    key = api_key()
+    if key is None:
+        raise Unauthorized("listing jobs takes an API key ('Authorization: Bearer KEY') and lists its jobs; "
+                           "a job submitted without a key is at the URL its submission returned")
     limit = _int_arg("limit", 20, 1, 100)
     offset = _int_arg("offset", 0, 0, 10**9)
     with services().sessions() as session:
-        jobs, total = recent_jobs(session, limit=limit, offset=offset)
+        jobs, total = jobs_of(session, key_owner(key), limit=limit, offset=offset)
         items = [job_json(job, queue_position(session, job), snapshots=False) for job in jobs]
     return jsonify({"jobs": items, "total": total, "limit": limit, "offset": offset})
 
@@ -94,6 +127,7 @@ def show(job_id: str):
 @bp.post("/api/v1/jobs/<job_id>/cancel")
 def cancel(job_id: str):
     with services().sessions() as session:
+        _refuse_unless_allowed(load_job(session, job_id), "cancel")
         job = request_cancel(session, job_id)
         if job is None:
             abort(404, f"no job {job_id}")
@@ -103,6 +137,20 @@ def cancel(job_id: str):
         response = jsonify(job_json(job, None))
     response.status_code = 202 if job.status == "running" else 200
     return response
+
+
+@bp.delete("/api/v1/jobs/<job_id>")
+def delete(job_id: str):
+    """A finished job's images and rows, gone for good; a queued or running one is canceled first."""
+    with services().sessions() as session:
+        job = load_job(session, job_id)
+        _refuse_unless_allowed(job, "delete")
+        if not job.is_final:
+            return error_response(409, "conflict", f"the job is {job.status}: cancel it first "
+                                                   f"(POST /api/v1/jobs/{job_id}/cancel), then delete it once it "
+                                                   f"has stopped")
+        delete_job(session, services().storage, job_id)  # False: another request deleted it first
+    return Response(status=204)
 
 
 @bp.get("/api/v1/jobs/<job_id>/events")
@@ -214,6 +262,21 @@ def load_job(session, job_id: str) -> Job:
     if job is None:
         abort(404, f"no job {job_id}")
     return job
+
+
+def jobs_of(session, owner: str, *, limit: int, offset: int = 0) -> tuple[list[Job], int]:
+    """An owner's jobs ("key:ID", "browser:HASH"), newest first, and how many there are in all."""
+    mine = select(Job).where(Job.owner == owner)
+    jobs = session.scalars(mine.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+    total = session.scalar(select(func.count()).select_from(mine.subquery())) or 0
+    return list(jobs), total
+
+
+def _refuse_unless_allowed(job: Job, action: str) -> None:
+    if not may_change(job):
+        abort(error_response(403, "forbidden", f"to {action} a job, send its token (header {JOB_TOKEN_HEADER}, "
+                                               f"from the answer to its submission) or the API key that "
+                                               f"submitted it, or use the page of the browser that submitted it"))
 
 
 def job_json(job: Job, position: int | None, *, snapshots: bool = True) -> dict[str, Any]:

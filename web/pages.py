@@ -1,19 +1,23 @@
-"""The HTML pages: the form, a job's live page, and the list of recent jobs."""
+"""The HTML pages: the form, a job's live page, and the list of this browser's jobs."""
 
 from __future__ import annotations
 
 from flask import Blueprint, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from shared.jobs import queue_position, recent_jobs
+from shared.jobs import queue_position
+from shared.keys import LimiterUnavailable, LimitExceeded
 from shared.params import StyleParams
 
-from .api import job_json, load_job
+from .access import (CSRF_FIELD, browser_owner, counted, csrf_ok, csrf_token, limit_message, remember_browser,
+                     submission_limit)
+from .api import job_json, jobs_of, load_job
 from .presets import PRESETS
 from .services import services
 from .submit import QueueUnavailable, SubmissionError, submit
 
 bp = Blueprint("pages", __name__)
+bp.after_request(remember_browser)  # the first page a browser sees gives it its cookie
 
 # The form shows these up front; every other StyleParams field is under "advanced".
 MAIN_FIELDS = ("size", "iterations", "style_weight", "preserve_colors")
@@ -33,6 +37,11 @@ def form_context(values=None, errors=None) -> dict:
     }
 
 
+@bp.context_processor
+def page_tokens() -> dict:
+    return {"csrf_token": csrf_token}  # the form's hidden field, and a meta tag for job.js
+
+
 @bp.get("/")
 def form():
     return render_template("form.html", **form_context())
@@ -41,13 +50,21 @@ def form():
 @bp.post("/jobs")
 def create():
     try:
-        job = submit(services(), request.form, request.files)
+        if not csrf_ok(request.form.get(CSRF_FIELD)):
+            return render_template("form.html", **form_context(request.form, {
+                "form": "this form has expired, or your browser did not send its cookie: reload the page "
+                        "and submit again (the service needs cookies to know your jobs)."})), 403
+        with counted(submission_limit(None)):
+            job = submit(services(), request.form, request.files, owner=browser_owner())
     except SubmissionError as err:
         errors: dict[str, str] = {}
         for problem in err.errors:
             errors.setdefault(problem.field or "form", problem.message)
         return render_template("form.html", **form_context(request.form, errors)), 422
-    except QueueUnavailable:
+    except LimitExceeded as err:
+        page = render_template("form.html", **form_context(request.form, {"form": limit_message(err)}))
+        return page, 429, {"Retry-After": str(err.retry_after)}
+    except (QueueUnavailable, LimiterUnavailable):
         return render_template("form.html", **form_context(request.form, {
             "form": "the job queue cannot be reached; try again in a minute"})), 503
     except RequestEntityTooLarge:
@@ -62,15 +79,18 @@ def job(job_id: str):
     with services().sessions() as session:
         found = load_job(session, job_id)
         body = job_json(found, queue_position(session, found))
-    return render_template("job.html", job=body)
+    # Anyone with the link may watch; only the browser that submitted the job may cancel or delete it.
+    mine = found.owner is not None and found.owner == browser_owner()
+    return render_template("job.html", job=body, mine=mine)
 
 
 @bp.get("/jobs")
 def jobs():
     page = min(max(request.args.get("page", 1, type=int) or 1, 1), 1_000_000)
     per_page = 20
+    owner = browser_owner()
     with services().sessions() as session:
-        found, total = recent_jobs(session, limit=per_page, offset=(page - 1) * per_page)
+        found, total = jobs_of(session, owner, limit=per_page, offset=(page - 1) * per_page) if owner else ([], 0)
         items = [job_json(j, queue_position(session, j), snapshots=False) for j in found]
     return render_template("jobs.html", jobs=items, page=page, pages=max(1, -(-total // per_page)), total=total)
 

@@ -19,6 +19,7 @@ from shared.jobs import JobError, create_job, fail_unclaimed
 from shared.models import Job, new_job_id
 from shared.params import WEIGHT_CHOICES, StyleParams
 from shared.settings import Settings
+from shared.storage import job_key
 from shared.tasks import enqueue_stylize
 
 from .presets import PRESETS, preset_bytes
@@ -107,8 +108,10 @@ def decode_upload(upload: FileStorage, field: str, settings: Settings) -> tuple[
     return data, content_type.removeprefix("image/").replace("jpeg", "jpg"), content_type
 
 
-def submit(services: Services, form: MultiDict[str, str], files: MultiDict[str, FileStorage]) -> Job:
-    """Check everything, store the inputs, commit the job row, then enqueue it."""
+def submit(services: Services, form: MultiDict[str, str], files: MultiDict[str, FileStorage], *,
+           owner: str | None = None, token_hash: str | None = None) -> Job:
+    """Check everything, store the inputs, commit the job row (with who owns it and the hash
+    of the token that cancels it), then enqueue it."""
     settings = services.settings
     errors: list[FieldError] = []
     params = None
@@ -154,7 +157,7 @@ def submit(services: Services, form: MultiDict[str, str], files: MultiDict[str, 
     job_id = new_job_id()
     inputs: dict[str, Any] = {"content": None, "styles": [], "style_preset": preset or None}
     for index, (field, (data, extension, content_type), name) in enumerate(decoded):
-        key = f"jobs/{job_id}/inputs/{index}-{field}.{extension}"  # generated, never the upload's name
+        key = job_key(job_id, f"inputs/{index}-{field}.{extension}")  # generated, never the upload's name
         services.storage.put(key, data, content_type)
         item = {"key": key, "name": _display_name(name), "content_type": content_type}
         if field == "content":
@@ -163,7 +166,8 @@ def submit(services: Services, form: MultiDict[str, str], files: MultiDict[str, 
             inputs["styles"].append(item)
     assert params is not None
     with services.sessions() as session:
-        job = create_job(session, job_id=job_id, params=params.model_dump(mode="json"), inputs=inputs)
+        job = create_job(session, job_id=job_id, params=params.model_dump(mode="json"), inputs=inputs,
+                         token_hash=token_hash, owner=owner)
     try:
         enqueue_stylize(services.celery, job.id, settings.queue)
     except Exception as err:  # kombu's connection errors have no common base worth naming

@@ -1,6 +1,8 @@
 // The job page, kept up to date without reloading: server-sent events (status, progress and
 // snapshot, each carrying the whole job JSON) while the stream lasts, then polling once a second
-// until the job reaches a final status. Cancel posts to the API and shows the answer.
+// until the job reaches a final status. The browser that submitted the job (only its page has
+// the buttons) may cancel it, and delete it once it is over: the calls carry the page's CSRF
+// token, which the API wants with the browser's cookie.
 (function () {
   "use strict";
 
@@ -32,7 +34,8 @@
     warning: $("weights-warning"),
     warningText: $("weights-warning-text"),
     weightsUsed: $("weights-used"),
-    cancel: $("cancel"),
+    cancel: $("cancel"), // null on a page that is not the submitting browser's
+    remove: $("delete"),
     cancelNote: $("cancel-note"),
     snapshots: $("snapshots"),
     snapshotsEmpty: $("snapshots-empty"),
@@ -41,6 +44,8 @@
     api: root.dataset.apiUrl,
     events: root.dataset.eventsUrl,
     cancel: root.dataset.cancelUrl,
+    remove: root.dataset.deleteUrl,
+    jobs: root.dataset.jobsUrl,
   };
   const baseTitle = document.title;
 
@@ -115,6 +120,8 @@
 
     const active = ACTIVE.includes(j.status);
     show(el.cancel, active);
+    show(el.remove, !active);
+    if (!el.cancel) return; // the rest is about a cancel this page asked for
     if (active && j.cancel_requested && !cancelRequested) {
       // Asked for earlier (before a reload, or from another tab): the worker stops soon.
       cancelRequested = true;
@@ -319,11 +326,11 @@
     if (!isFinal(job) && source === null) startPolling();
   }
 
-  // --- cancel -------------------------------------------------------------------------------
+  // --- cancel and delete --------------------------------------------------------------------
 
   function csrfHeaders() {
     const meta = document.querySelector('meta[name="csrf-token"]');
-    return meta ? { "X-CSRFToken": meta.content } : {};
+    return meta ? { "X-CSRF-Token": meta.content } : {};
   }
 
   async function cancel() {
@@ -358,9 +365,31 @@
     if (!isFinal(job) && source === null) startPolling();
   }
 
+  async function remove() {
+    if (!window.confirm("Delete this job and its pictures? This cannot be undone.")) return;
+    el.remove.disabled = true;
+    try {
+      const response = await fetch(urls.remove, {
+        method: "DELETE",
+        headers: { Accept: "application/json", ...csrfHeaders() },
+      });
+      if (response.ok) {
+        window.location.assign(urls.jobs);
+        return;
+      }
+      const body = await response.json().catch(() => null);
+      el.cancelNote.textContent = "Could not delete: " + (body && body.error ? body.error.message : "HTTP " + response.status);
+    } catch (err) {
+      el.cancelNote.textContent = "Could not reach the server to delete; try again.";
+    }
+    el.cancelNote.hidden = false;
+    el.remove.disabled = false;
+  }
+
   // --- wiring -------------------------------------------------------------------------------
 
-  el.cancel.addEventListener("click", cancel);
+  if (el.cancel) el.cancel.addEventListener("click", cancel);
+  if (el.remove) el.remove.addEventListener("click", remove);
   el.snapshots.addEventListener("click", (event) => {
     const button = event.target.closest(".snapshot-button");
     if (!button) return;
