@@ -22,6 +22,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -50,16 +51,18 @@ class Report:
 
 
 def reconcile(session: Session, settings: Settings, send: Callable[[str], None],
-              broker_job_ids: Callable[[], set[str]]) -> Report:
+              broker_job_ids: Callable[[], set[str]], *, judge_leases: bool = True) -> Report:
     """One pass. `send(job_id)` enqueues a job; `broker_job_ids()` says which jobs the broker
-    holds a message for (waiting or delivered and not yet acknowledged)."""
+    holds a message for (waiting or delivered and not yet acknowledged). `judge_leases`: False
+    while this reconciler has not yet watched the database for a whole lease (it just started,
+    or the database just came back and workers have not had the chance to renew)."""
     report = Report()
     now = utcnow()
     expired = now - timedelta(seconds=settings.job_lease)
     last_sign = func.coalesce(Job.heartbeat_at, Job.started_at, Job.created_at)
     stale = session.execute(
         select(Job.id, Job.attempts).where(Job.status == RUNNING, last_sign < expired)
-    ).all()
+    ).all() if judge_leases else []
     for job_id, attempts in stale:
         guard = update(Job).where(Job.id == job_id, Job.status == RUNNING, last_sign < expired)
         if attempts >= settings.max_attempts:
@@ -131,10 +134,16 @@ class Reconciler:
         self.storage = storage
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watching_since: float | None = None  # monotonic time of the first pass that reached the database
 
-    def run_once(self) -> Report:
+    def run_once(self, judge_leases: bool | None = None) -> Report:
+        """One pass; by default leases are judged once this reconciler has watched for a whole lease."""
+        now = time.monotonic()
+        if judge_leases is None:
+            self._watching_since = self._watching_since or now
+            judge_leases = now - self._watching_since >= self.settings.job_lease
         with self.sessions() as session:
-            report = reconcile(session, self.settings, self.send, self.broker_job_ids)
+            report = reconcile(session, self.settings, self.send, self.broker_job_ids, judge_leases=judge_leases)
         if report:
             log.warning("event=reconciled requeued=%s lost=%s resent=%s", ",".join(report.requeued) or "-",
                         ",".join(report.lost) or "-", ",".join(report.resent) or "-")
@@ -159,11 +168,70 @@ class Reconciler:
     def stop(self) -> None:
         self._stop.set()
 
+    def wait(self) -> None:
+        """Until stop(), or Ctrl-C in the main thread."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(1)
+
     def _loop(self) -> None:
         interval = self.settings.reconcile_interval
         # Reconcilers started together on many machines spread out over the interval.
         while not self._stop.wait(interval * random.uniform(0.5, 1.0)):
             try:
                 self.run_once()
-            except Exception:  # the database or the broker is away: try again next time
-                log.warning("event=reconcile-failed", exc_info=True)
+            except Exception as err:  # the database or the broker is away: try again next time
+                self._watching_since = None  # and give workers a whole lease to renew once it is back
+                log.warning("event=reconcile-failed error=%r", str(err).splitlines()[0][:200] if str(err) else err)
+
+
+def reconciler_for(settings: Settings, celery_app: Any) -> Reconciler:
+    """A reconciler that sends through `celery_app` and reads its Redis broker; safe in a
+    process that forks later (a Celery worker's main process)."""
+    import os
+
+    import redis
+
+    from .db import make_engine, session_factory
+    from .storage import open_storage
+    from .tasks import enqueue_stylize
+
+    client = redis.Redis.from_url(settings.require_broker())
+    engine = make_engine(settings.database_url)
+    # A forked child must not use, or close, the parent's pooled connections.
+    os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
+    return Reconciler(
+        settings, session_factory(engine),
+        send=lambda job_id: enqueue_stylize(celery_app, job_id, settings.queue),
+        broker_job_ids=lambda: redis_job_ids(client, settings.queue),
+        storage=open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-send jobs whose worker or message was lost, and delete expired jobs (once, or every
+    IMPASTO_RECONCILE_INTERVAL seconds). Every worker already does this; this is for operators."""
+    import argparse
+    import sys
+
+    from .settings import SettingsError, load_settings
+    from .tasks import make_celery
+
+    parser = argparse.ArgumentParser(prog="impasto reconcile", description=main.__doc__)
+    parser.add_argument("--forever", action="store_true", help="keep going until Ctrl-C")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        reconciler = reconciler_for(settings, make_celery(settings))
+    except SettingsError as err:
+        print(f"impasto reconcile: error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    report = reconciler.run_once(judge_leases=True)
+    print(f"requeued {len(report.requeued)}, failed as lost {len(report.lost)}, re-sent {len(report.resent)}")
+    if args.forever:
+        reconciler.start()
+        try:
+            reconciler.wait()
+        except KeyboardInterrupt:
+            reconciler.stop()
+    return 0

@@ -11,9 +11,10 @@ from .settings import Settings
 
 STYLIZE = "impasto.stylize"
 
-# Margin between the soft time limit (the job is stopped and marked failed with `timeout`) and
-# the hard one (the process running it is killed).
-HARD_LIMIT_MARGIN = 60
+# The runner stops a job at its time limit between two iterations. Celery's limits back it up
+# for an iteration that never ends: past the soft limit the job is interrupted and marked
+# failed with `timeout`; past the hard one the process running it is killed.
+BACKSTOP_MARGIN = 60
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -26,8 +27,8 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
-        task_soft_time_limit=settings.job_time_limit,
-        task_time_limit=settings.job_time_limit + HARD_LIMIT_MARGIN,
+        task_soft_time_limit=settings.job_time_limit + BACKSTOP_MARGIN,
+        task_time_limit=settings.job_time_limit + 2 * BACKSTOP_MARGIN,
         # Redis re-delivers an unacknowledged message after this long: it must exceed the
         # longest job, or a running job would be handed to a second worker.
         broker_transport_options={"visibility_timeout": 2 * settings.job_time_limit + 600},

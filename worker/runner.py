@@ -101,6 +101,10 @@ class JobRunner:
             code, message = _classify(err)
             self._finish(job_id, worker, FAILED, error=JobError(code, message))
             log.exception("job=%s event=failed code=%s", job_id, code)
+            if code == "timeout":
+                # Celery's backstop limit interrupted torch from a signal handler: this process
+                # may be left unusable, so it ends and the pool starts a fresh one.
+                raise SystemExit(1) from err
             if code == "internal_error" or not isinstance(err, Exception):
                 raise  # a bug: logged with its traceback, recorded, not swallowed
             return FAILED
@@ -139,10 +143,14 @@ class JobRunner:
         resume = self._resume_point(job_id, params)
         lease.start()
         progress = _Throttle(self.sessions, job_id, worker, lease)
+        # The time limit is kept here, between iterations; Celery's limits only back it up.
+        deadline = time.monotonic() + self.settings.job_time_limit
+        timed_out = lambda: time.monotonic() > deadline  # noqa: E731
         result = None
         try:
             for event in stylize(content, styles, params, device=device, weights=weights, resume=resume,
-                                 should_stop=lambda: progress.cancel_requested or lease.lost or should_abort()):
+                                 should_stop=lambda: (progress.cancel_requested or lease.lost or should_abort()
+                                                      or timed_out())):
                 if isinstance(event, Progress):
                     progress.update(event.iteration, event.losses.as_dict())
                 elif isinstance(event, Snapshot) and not event.final:
@@ -165,10 +173,19 @@ class JobRunner:
             self._hand_back(job_id, worker)  # stopped by a worker shutdown, not by its owner
             return QUEUED
         output_key = job_key(job_id, "output.png")
-        self.storage.put(output_key, _png(result.image), "image/png")
-        status = CANCELED if result.canceled else SUCCEEDED
+        self.storage.put(output_key, _png(result.image), "image/png")  # kept when stopped early too
+        status, error = SUCCEEDED, None
+        if result.canceled and progress.cancel_requested:
+            status = CANCELED
+        elif result.canceled:
+            status, error = FAILED, JobError("timeout", (
+                f"the job ran past this service's time limit of {self.settings.job_time_limit} s at iteration "
+                f"{result.iterations} of {params.iterations}; the picture so far is kept. Submit it with fewer "
+                f"iterations or a smaller size"))
+            log.warning("job=%s event=failed code=timeout iteration=%d", job_id, result.iterations)
         self._finish(job_id, worker, status, iteration=result.iterations, losses=result.losses.as_dict(),
-                     output_key=output_key, weights=result.weights, weights_warning=result.weights_warning)
+                     output_key=output_key, weights=result.weights, weights_warning=result.weights_warning,
+                     error=error)
         return status
 
     def _resume_point(self, job_id: str, params: StyleParams) -> Any:

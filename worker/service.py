@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -12,9 +13,10 @@ import threading
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_shutting_down
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from shared.db import make_engine, session_factory
+from shared.reconcile import reconciler_for
 from shared.settings import Settings, SettingsError, load_settings
 from shared.storage import open_storage
 from shared.tasks import STYLIZE, enqueue_stylize, make_celery
@@ -39,8 +41,11 @@ def runner(app: Celery, settings: Settings, device: str | None) -> JobRunner:
     return _runner
 
 
-def create_worker_app(settings: Settings, device: str | None = None, preload: str | None = "auto") -> Celery:
-    """The Celery app with the stylize task bound to this process's runner."""
+def create_worker_app(settings: Settings, device: str | None = None, preload: str | None = "auto",
+                      max_memory: int | None = None) -> Celery:
+    """The Celery app with the stylize task bound to this process's runner. `max_memory`
+    caps each pool process's host memory: a job too large for it fails with `out_of_memory`
+    and the process takes the next job, instead of the kernel killing the worker."""
     app = make_celery(settings)
 
     @app.task(name=STYLIZE, bind=True)
@@ -54,12 +59,19 @@ def create_worker_app(settings: Settings, device: str | None = None, preload: st
         finally:
             signal.signal(signal.SIGTERM, previous)
 
-    if preload:
-        @worker_process_init.connect(weak=False)
-        def load_vgg(**_: object) -> None:
-            # VGG-19 is loaded once per process, after the fork, before the first job.
+    @worker_process_init.connect(weak=False)
+    def prepare_pool_process(**_: object) -> None:
+        if preload:  # VGG-19 is loaded once per process, after the fork, before the first job
             weights = runner(app, settings, device).weights(preload)
             log.info("event=weights-loaded source=%s", weights.source)
+        if max_memory:
+            resource.setrlimit(resource.RLIMIT_DATA, (max_memory, max_memory))
+
+    @worker_ready.connect(weak=False)
+    def start_reconciler(**_: object) -> None:
+        # Every worker's main process reconciles now and then: jobs whose worker died or whose
+        # message the broker lost are sent again, on whichever machines are still up.
+        reconciler_for(settings, app).start()
 
     @worker_shutting_down.connect(weak=False)
     def stop_pool_processes(**_: object) -> None:
@@ -95,12 +107,27 @@ def device_problem(device: str) -> str | None:
     return None if run.returncode == 0 else (run.stderr.strip().splitlines() or ["unusable"])[-1]
 
 
+def _bytes(text: str) -> int:
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    number, unit = (text[:-1], text[-1].upper()) if text[-1:].upper() in units else (text, "")
+    try:
+        value = int(float(number) * units.get(unit, 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use a number with K, M or G, as 6G") from None
+    if value < 2**28:
+        raise argparse.ArgumentTypeError(f"{text!r} is too little to run a job; give at least 256M")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a worker that takes stylization jobs from the queue."""
     parser = argparse.ArgumentParser(prog="impasto worker", description=main.__doc__)
     parser.add_argument("--concurrency", type=int, default=1,
                         help="jobs at once, one process each (default: 1; one per GPU is best)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
+    parser.add_argument("--max-memory", type=_bytes, default=None, metavar="SIZE",
+                        help="host memory per job process, as 6G or 4096M: a job that needs more fails with "
+                             "out_of_memory instead of the machine killing the worker (default: no cap)")
     parser.add_argument("--loglevel", default="INFO", help="log level (default: INFO)")
     parser.add_argument("--hostname", default=f"impasto-{os.getpid()}@%h",
                         help="worker name, unique per process (default: impasto-PID@HOST)")
@@ -118,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"impasto worker: error: --device: {problem}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_worker_app(settings, device=args.device)
+    app = create_worker_app(settings, device=args.device, max_memory=args.max_memory)
     app.worker_main([
         "worker", "--pool=prefork", f"--concurrency={args.concurrency}", f"--queues={settings.queue}",
         f"--loglevel={args.loglevel}", f"--hostname={args.hostname}", "--without-gossip", "--without-mingle",

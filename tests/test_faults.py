@@ -1,0 +1,247 @@
+"""Faults injected for real into a running service: workers killed with SIGKILL, Redis restarted
+without persistence, the same job delivered twice, PostgreSQL cut off in the middle of a job,
+jobs past their time limit or over a worker's memory, inputs gone from storage.
+
+Every part is a real process: `impasto web` (gunicorn), `impasto worker` (Celery), a
+redis-server this module starts and restarts without persistence, and PostgreSQL reached
+through a TCP proxy that can cut it off. Leases and reconciler passes are short (3 s and 1 s)
+so that recovery takes seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy.engine import make_url
+
+from shared.launcher import free_port
+from shared.settings import Settings, load_settings
+from shared.tasks import enqueue_stylize, make_celery
+from tests.conftest import PAINTING, PHOTO, POSTGRES_ADMIN_URL
+from tests.faults import TcpProxy, tcp_proxy
+from tests.servers import service_env, start, stop, temporary_postgres_database, wait_for_http, wait_for_log
+
+LEASE_S = 3
+
+
+@dataclass
+class Cluster:
+    base: str
+    settings: Settings
+    env: dict[str, str]
+    folder: Path
+    proxy: TcpProxy
+    redis_port: int
+    redis: subprocess.Popen[bytes]
+    workers: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
+
+    def start_worker(self, *args: str, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.folder / f"worker-{uuid.uuid4().hex[:6]}.log"
+        worker = start(["worker", *args], {**self.env, **env}, log)
+        wait_for_log(log, "ready.", worker)
+        self.workers.append((worker, log))
+        return worker, log
+
+    def stop_workers(self) -> None:
+        for worker, _ in self.workers:
+            stop(worker)
+        self.workers.clear()
+
+    def submit(self, **fields: str) -> str:
+        with open(PHOTO, "rb") as photo, open(PAINTING, "rb") as painting:
+            response = requests.post(
+                f"{self.base}/api/v1/jobs", timeout=30,
+                files={"content": ("tubingen.jpg", photo), "style": ("starry_night.jpg", painting)},
+                data={"size": "64", "iterations": "100", "snapshot_every": "5", "weights": "random", **fields})
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    def job(self, job_id: str) -> dict:
+        return requests.get(f"{self.base}/api/v1/jobs/{job_id}", timeout=10).json()
+
+    def wait(self, job_id: str, until, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if until(job):
+                return job
+            time.sleep(0.1)
+        logs = "\n".join(log.read_text()[-2000:] for _, log in self.workers)
+        raise AssertionError(f"job {job_id} is {job}, still not there after {timeout} s\n{logs}")
+
+    def restart_redis(self) -> None:
+        """Kill Redis and start a new, empty one on the same port: every message is gone."""
+        self.redis.kill()
+        self.redis.wait()
+        self.redis = start_redis(self.redis_port, self.folder)
+
+
+def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    with open(folder / "redis.log", "ab") as log:
+        redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", str(folder)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
+        assert time.monotonic() < deadline and redis.poll() is None, "redis-server did not start"
+        time.sleep(0.05)
+    return redis
+
+
+def pool_pids(worker: subprocess.Popen[bytes]) -> list[int]:
+    return [int(pid) for children in Path(f"/proc/{worker.pid}/task").glob("*/children")
+            for pid in children.read_text().split()]
+
+
+def events(log: Path, job_id: str, event: str) -> list[str]:
+    return re.findall(rf"job={job_id} event={event}\b.*", log.read_text(errors="replace"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faults")
+    redis_port = free_port()
+    redis = start_redis(redis_port, folder)
+    with temporary_postgres_database(POSTGRES_ADMIN_URL) as database, tcp_proxy("127.0.0.1", 5432) as proxy:
+        via_proxy = make_url(database).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        env = service_env({
+            "IMPASTO_DATA_DIR": str(folder / "data"), "IMPASTO_DATABASE_URL": via_proxy,
+            "IMPASTO_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0", "IMPASTO_QUEUE": f"faults-{uuid.uuid4().hex[:8]}",
+            "IMPASTO_JOB_LEASE": str(LEASE_S), "IMPASTO_RECONCILE_INTERVAL": "1", "IMPASTO_ENQUEUE_GRACE": "2",
+            "IMPASTO_MAX_ATTEMPTS": "2", "IMPASTO_DB_RETRY": "60",
+        })
+        migrate = start(["db", "upgrade"], env, folder / "migrate.log")
+        assert migrate.wait(timeout=120) == 0, (folder / "migrate.log").read_text()
+        port = free_port()
+        web = start(["web", "--port", str(port)], env, folder / "web.log")
+        cluster = Cluster(f"http://127.0.0.1:{port}", load_settings(env), env, folder, proxy, redis_port, redis)
+        try:
+            wait_for_http(f"{cluster.base}/healthz", web, folder / "web.log")
+            yield cluster
+        finally:
+            cluster.stop_workers()
+            stop(web)
+            cluster.redis.kill()
+            cluster.redis.wait()
+
+
+@pytest.fixture
+def worker(cluster):
+    """One worker for the test; every worker the test started is stopped after it."""
+    started = cluster.start_worker()
+    yield started
+    cluster.stop_workers()
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_goes_on_from_its_snapshot(cluster, worker):
+    first, first_log = worker
+    job_id = cluster.submit()
+    cluster.wait(job_id, lambda j: j["progress"]["iteration"] >= 20)
+    stop(first, signal.SIGKILL)  # the whole worker, as when its machine dies
+    cluster.workers.remove(worker)
+    killed = cluster.job(job_id)
+    assert killed["status"] == "running"  # nobody has told the database
+    latest = max(s["iteration"] for s in killed["snapshots"])
+    _, second_log = cluster.start_worker()
+    done = cluster.wait(job_id, lambda j: j["status"] not in ("queued", "running"), timeout=180)
+    assert (done["status"], done["attempts"], done["progress"]["iteration"]) == ("succeeded", 2, 100), done
+    resumed = events(second_log, job_id, "resumed")
+    assert len(resumed) == 1 and int(re.search(r"iteration=(\d+)", resumed[0])[1]) == latest >= 15
+    assert events(first_log, job_id, "succeeded") == [] and len(events(second_log, job_id, "succeeded")) == 1
+    iterations = [s["iteration"] for s in done["snapshots"]]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 95
+    assert requests.get(cluster.base + done["output_url"], timeout=10).headers["Content-Type"] == "image/png"
+
+
+def test_a_job_whose_worker_keeps_dying_ends_failed_with_worker_lost(cluster, worker):
+    process, log = worker
+    job_id = cluster.submit(iterations="3000", snapshot_every="50")
+    for attempt in (1, 2):
+        cluster.wait(job_id, lambda j, a=attempt: j["status"] == "running" and j["attempts"] == a
+                     and j["progress"]["iteration"] > 0)
+        for pid in pool_pids(process):  # the process running the job, as the kernel's OOM killer would
+            subprocess.run(["kill", "-KILL", str(pid)], check=True)
+    lost = cluster.wait(job_id, lambda j: j["status"] == "failed", timeout=60)
+    assert lost["error"]["code"] == "worker_lost" and lost["attempts"] == 2, lost
+    assert "smaller size" in lost["error"]["message"]
+    # The worker itself lives on and takes the next job.
+    small = cluster.submit(iterations="10", snapshot_every="0")
+    assert cluster.wait(small, lambda j: j["status"] == "succeeded", timeout=90)["attempts"] == 1
+
+
+def test_redis_restarted_empty_loses_no_job(cluster, worker):
+    running = cluster.submit(iterations="60")
+    queued = [cluster.submit(iterations="20", snapshot_every="0") for _ in range(2)]
+    cluster.wait(running, lambda j: j["status"] == "running")
+    assert all(cluster.job(j)["status"] == "queued" for j in queued)
+    cluster.restart_redis()  # no persistence: the two queued jobs' messages are gone
+    for job_id in (running, *queued):
+        job = cluster.wait(job_id, lambda j: j["status"] not in ("queued", "running"), timeout=180)
+        assert job["status"] == "succeeded", job
+    process, log = worker
+    assert {j for j in queued if events(log, j, "resent")} == set(queued)
+
+
+def test_the_same_job_delivered_twice_at_once_runs_once(cluster, worker):
+    _, other_log = cluster.start_worker()  # two idle workers, one message each
+    job_id = cluster.submit(iterations="30")
+    enqueue_stylize(make_celery(cluster.settings), job_id, cluster.settings.queue)
+    done = cluster.wait(job_id, lambda j: j["status"] not in ("queued", "running"))
+    assert (done["status"], done["attempts"]) == ("succeeded", 1)
+    logs = [worker[1], other_log]
+    deadline = time.monotonic() + 30
+    while sum(len(events(log, job_id, "skipped")) for log in logs) < 1:
+        assert time.monotonic() < deadline, "the second delivery never arrived"
+        time.sleep(0.2)
+    assert sum(len(events(log, job_id, "started")) for log in logs) == 1
+
+
+def test_postgres_cut_off_mid_job_costs_a_pause_not_the_job(cluster, worker):
+    job_id = cluster.submit(iterations="100")
+    cluster.wait(job_id, lambda j: j["progress"]["iteration"] >= 10)
+    cluster.proxy.cut()
+    try:
+        time.sleep(2)
+        during = requests.get(f"{cluster.base}/api/v1/jobs/{job_id}", timeout=10)
+        assert during.status_code == 503 and during.headers.get("Retry-After"), during.text
+        time.sleep(3)
+    finally:
+        cluster.proxy.restore()
+    done = cluster.wait(job_id, lambda j: j["status"] not in ("queued", "running"), timeout=120)
+    assert (done["status"], done["attempts"], done["progress"]["iteration"]) == ("succeeded", 1, 100), done
+    log = worker[1].read_text()
+    assert f"job={job_id} event=db-retry" in log or f"job={job_id} event=progress-skipped" in log
+
+
+def test_time_limit_memory_and_missing_inputs_fail_clearly_and_the_worker_goes_on(cluster):
+    # Submitted while no worker runs, then its inputs vanish from storage.
+    vanished = cluster.submit(iterations="10")
+    storage = Path(cluster.settings.storage_url.removeprefix("file://"))
+    for path in (storage / "jobs" / vanished / "inputs").iterdir():
+        path.unlink()
+    cluster.start_worker("--max-memory", "2G", IMPASTO_JOB_TIME_LIMIT="10")
+    missing = cluster.wait(vanished, lambda j: j["status"] != "queued" and j["status"] != "running")
+    assert (missing["status"], missing["error"]["code"], missing["attempts"]) == ("failed", "input_missing", 1)
+
+    too_big = cluster.submit(size="2048", scales="1", iterations="5", snapshot_every="0")
+    oom = cluster.wait(too_big, lambda j: j["status"] not in ("queued", "running"), timeout=90)
+    assert (oom["status"], oom["error"]["code"]) == ("failed", "out_of_memory"), oom
+    assert "smaller size" in oom["error"]["message"]
+
+    too_long = cluster.submit(iterations="5000", snapshot_every="0")
+    late = cluster.wait(too_long, lambda j: j["status"] not in ("queued", "running"), timeout=90)
+    assert (late["status"], late["error"]["code"]) == ("failed", "timeout"), late
+    assert late["progress"]["iteration"] > 0 and late["output_url"]  # the picture so far is kept
+    assert "time limit of 10 s" in late["error"]["message"]
+
+    fine = cluster.submit(iterations="10", snapshot_every="0")
+    assert cluster.wait(fine, lambda j: j["status"] not in ("queued", "running"), timeout=90)["status"] == "succeeded"
+    assert cluster.job(vanished)["attempts"] == 1  # failed once, never retried
+    cluster.stop_workers()
