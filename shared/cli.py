@@ -13,7 +13,7 @@ from importlib.metadata import EntryPoint, entry_points
 GROUP = "impasto.commands"
 # shared/'s own commands that the installed metadata may not list yet (an entry point of the
 # same name in pyproject.toml wins): they need no reinstall of an existing checkout.
-SHARED_COMMANDS = {"keys": "shared.keys:main"}
+SHARED_COMMANDS = {"keys": "shared.keys:main", "reconcile": "shared.reconcile:main", "cleanup": "shared.retention:main"}
 
 
 def commands() -> dict[str, EntryPoint]:

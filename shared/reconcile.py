@@ -38,6 +38,8 @@ from .tasks import STYLIZE
 log = logging.getLogger("impasto.reconcile")
 
 WORKER_LOST = "worker_lost"
+# Storage folders that no job row owns are looked for this often (it lists every object).
+ORPHAN_SWEEP_EVERY_S = 3600
 
 
 @dataclass
@@ -135,6 +137,7 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watching_since: float | None = None  # monotonic time of the first pass that reached the database
+        self._orphans_swept: float | None = None
 
     def run_once(self, judge_leases: bool | None = None) -> Report:
         """One pass; by default leases are judged once this reconciler has watched for a whole lease."""
@@ -153,12 +156,13 @@ class Reconciler:
             log.error("job=%s event=failed code=%s", job_id, WORKER_LOST)
         for job_id in report.resent:
             log.warning("job=%s event=resent reason=missing-from-broker", job_id)
-        if self.storage is not None and self.settings.retention:
-            from .retention import purge_expired
+        if self.storage is not None:
+            from .retention import purge_expired, purge_orphans
 
-            purged = purge_expired(self.sessions, self.storage, self.settings.retention)
-            if purged:
-                log.info("event=purged jobs=%d", purged)
+            purge_expired(self.sessions, self.storage, self.settings.retention)
+            if self._orphans_swept is None or now - self._orphans_swept >= ORPHAN_SWEEP_EVERY_S:
+                self._orphans_swept = now
+                purge_orphans(self.sessions, self.storage)
         return report
 
     def start(self) -> None:

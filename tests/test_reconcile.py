@@ -139,3 +139,23 @@ def test_redis_job_ids_reads_waiting_and_unacknowledged_messages(make_settings, 
         assert not {"first-job", "second-job"} & redis_job_ids(client, queue_name)
     finally:
         client.delete(queue_name)
+
+
+def test_each_reconciler_pass_also_deletes_expired_jobs(sessions, tmp_path):
+    from dataclasses import replace
+
+    from shared.models import SUCCEEDED
+    from shared.reconcile import Reconciler
+    from shared.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path / "storage")
+    old, running = new_job(sessions), new_job(sessions, running_for=1)
+    storage.put(f"jobs/{old}/output.png", b"png", "image/png")
+    with sessions() as session:
+        session.execute(update(Job).where(Job.id == old).values(
+            status=SUCCEEDED, finished_at=utcnow() - timedelta(hours=2), output_key=f"jobs/{old}/output.png"))
+        session.commit()
+    settings = replace(sessions.settings, retention=3600)
+    Reconciler(settings, sessions, send=lambda job_id: None, broker_job_ids=set, storage=storage).run_once()
+    assert get(sessions, old) is None and not storage.exists(f"jobs/{old}/output.png")
+    assert get(sessions, running).status == "running"
