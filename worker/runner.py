@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import exc as sql_errors
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.db import database_unreachable
 from shared.flags import describe_error
 from shared.images import ImageError, decode_image
 from shared.jobs import (JobError, add_snapshot, claim_job, finish_job, hand_back, heartbeat, latest_snapshot,
@@ -211,9 +211,9 @@ class JobRunner:
             try:
                 with self.sessions() as session:
                     return write(session)
-            except (sql_errors.OperationalError, sql_errors.InterfaceError, sql_errors.TimeoutError) as err:
+            except Exception as err:
                 wait = DB_RETRY_WAITS_S[min(attempt, len(DB_RETRY_WAITS_S) - 1)]
-                if time.monotonic() + wait > deadline:
+                if not database_unreachable(err) or time.monotonic() + wait > deadline:
                     raise
                 log.warning("job=%s event=db-retry attempt=%d error=%r", job_id, attempt + 1,
                             str(err).splitlines()[0][:200])
@@ -262,7 +262,9 @@ class _Lease(threading.Thread):
         try:
             with self.runner.sessions() as session:
                 self.lost = self.lost or not heartbeat(session, self.job_id, self.worker)
-        except (sql_errors.OperationalError, sql_errors.InterfaceError, sql_errors.TimeoutError):
+        except Exception as err:
+            if not database_unreachable(err):
+                raise
             log.warning("job=%s event=heartbeat-failed reason=database-unreachable", self.job_id)
         return not self.lost
 
@@ -287,7 +289,9 @@ class _Throttle:
         try:
             with self.sessions() as session:
                 flag = record_progress(session, self.job_id, iteration, losses, self.worker)
-        except (sql_errors.OperationalError, sql_errors.InterfaceError, sql_errors.TimeoutError):
+        except Exception as err:
+            if not database_unreachable(err):
+                raise
             log.warning("job=%s event=progress-skipped reason=database-unreachable", self.job_id)
             return
         if flag is None:  # canceled while queued, or no longer ours: stop working on it
