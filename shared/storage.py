@@ -76,8 +76,15 @@ class LocalStorage:
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+        for _ in range(3):  # a delete may remove the folder, emptied, between these two steps
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise StorageError(f"cannot create {path.parent}")
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
@@ -93,7 +100,16 @@ class LocalStorage:
             raise MissingObject(f"no object {key}") from None
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        """Delete the object, and the folders it leaves empty (a deleted job leaves none)."""
+        path = self.path(key)
+        path.unlink(missing_ok=True)
+        for folder in path.parents:
+            if folder == self.root:
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): the folders above are not empty either
+                break
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()

@@ -67,7 +67,7 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or too busy starting to answer
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")

@@ -98,3 +98,15 @@ def test_local_writes_leave_no_partial_files(tmp_path):
 def test_open_storage_refuses_other_schemes():
     with pytest.raises(ValueError, match="file:///PATH or s3://"):
         open_storage("ftp://host/x")
+
+
+def test_local_delete_leaves_no_empty_folders(tmp_path):
+    storage = LocalStorage(tmp_path)
+    storage.put("jobs/a/snapshots/000002.png", b"1", "image/png")
+    storage.put("jobs/a/output.png", b"2", "image/png")
+    storage.delete("jobs/a/snapshots/000002.png")
+    assert not (tmp_path / "jobs/a/snapshots").exists() and (tmp_path / "jobs/a/output.png").exists()
+    storage.delete("jobs/a/output.png")
+    assert not (tmp_path / "jobs").exists() and tmp_path.exists()
+    storage.put("jobs/a/output.png", b"3", "image/png")  # and the folders come back when needed
+    assert storage.get("jobs/a/output.png") == b"3"
