@@ -163,6 +163,7 @@ class JobRunner:
         except EngineError as err:
             raise JobFailed("bad_parameters", str(err)) from None
         except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()  # give the cached blocks back: the next job starts clean
             raise JobFailed("out_of_memory", f"the GPU ran out of memory at size {params.size}; "
                                              f"submit again with a smaller size") from None
         assert result is not None
