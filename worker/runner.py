@@ -93,6 +93,8 @@ class JobRunner:
         except JobFailed as failure:
             self._finish(job_id, worker, FAILED, error=failure.error)
             log.warning("job=%s event=failed code=%s message=%r", job_id, failure.error.code, str(failure))
+            if failure.error.code == "out_of_memory":
+                _release_gpu_memory()
             return FAILED
         except (SystemExit, KeyboardInterrupt):
             self._hand_back(job_id, worker)
@@ -163,7 +165,6 @@ class JobRunner:
         except EngineError as err:
             raise JobFailed("bad_parameters", str(err)) from None
         except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()  # give the cached blocks back: the next job starts clean
             raise JobFailed("out_of_memory", f"the GPU ran out of memory at size {params.size}; "
                                              f"submit again with a smaller size") from None
         assert result is not None
@@ -313,6 +314,18 @@ def _png(image: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _release_gpu_memory() -> None:
+    """Give the allocator's cached blocks back once the failed job's tensors are gone, so the
+    next job starts with the whole GPU."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _classify(err: BaseException) -> tuple[str, str]:
