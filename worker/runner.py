@@ -88,14 +88,13 @@ class JobRunner:
         log.info("job=%s event=started worker=%s attempt=%d", job_id, worker, job.attempts)
         started = time.perf_counter()
         lease = _Lease(self, job_id, worker)
+        failed: JobError | None = None
         try:
             status = self._run(job_id, worker, _params(job.params), job.inputs, should_abort, lease)
         except JobFailed as failure:
             self._finish(job_id, worker, FAILED, error=failure.error)
             log.warning("job=%s event=failed code=%s message=%r", job_id, failure.error.code, str(failure))
-            if failure.error.code == "out_of_memory":
-                _release_gpu_memory()
-            return FAILED
+            failed = failure.error
         except (SystemExit, KeyboardInterrupt):
             self._hand_back(job_id, worker)
             raise
@@ -112,6 +111,10 @@ class JobRunner:
             return FAILED
         finally:
             lease.stop()
+        if failed is not None:
+            if failed.code == "out_of_memory":  # now that the failed job's frames are gone
+                _release_gpu_memory()
+            return FAILED
         log.info("job=%s event=%s seconds=%.2f", job_id, status, time.perf_counter() - started)
         return status
 
