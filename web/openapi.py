@@ -102,8 +102,13 @@ def _error_schema() -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    text = {400: "bad request", 404: "no such job", 409: "the job is already over", 413: "upload too large",
-            422: "a field is invalid; `field` names it", 503: "the database or queue is unreachable"}
+    text = {400: "bad request", 401: "no API key where one is needed, or an unknown or revoked one",
+            403: "neither the job's token, nor the key or browser that submitted it",
+            404: "no such job", 409: "the job is already over", 413: "upload too large",
+            422: "a field is invalid; `field` names it",
+            429: "over the key's daily quota, or the address's hourly limit without a key; Retry-After says "
+                 "when to try again",
+            503: "the database or queue is unreachable"}
     return {str(s): {"description": text[s], "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Error"}}}} for s in statuses}
 
@@ -120,6 +125,10 @@ def _png(description: str) -> dict[str, Any]:
 @cache
 def openapi_document(settings: Settings) -> dict[str, Any]:
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    job_token = {"name": "X-Job-Token", "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": "the `token` of the answer to the job's submission; not needed with the API "
+                                "key that submitted it"}
+    key_optional = [{}, {"apiKey": []}]
     form = {
         "type": "object",
         "required": ["content"],
@@ -145,15 +154,22 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "post": {
                     "operationId": "createJob",
                     "summary": "Submit a job",
+                    "description": "With an API key, the job is the key's and counts against its quota; "
+                                   "without one, against the client address's hourly limit. The answer's "
+                                   "`token` (given this once) cancels or deletes the job.",
+                    "security": key_optional,
                     "requestBody": {"required": True, "content": {"multipart/form-data": {
                         "schema": form, "encoding": {"style": {"contentType": "image/*"}}}}},
-                    "responses": {"202": {**_job_response("queued; Location is the job's URL"),
+                    "responses": {"202": {"description": "queued; Location is the job's URL",
+                                          "content": {"application/json": {"schema": {
+                                              "$ref": "#/components/schemas/CreatedJob"}}},
                                           "headers": {"Location": {"schema": {"type": "string"}}}},
-                                  **_errors(413, 422, 503)},
+                                  **_errors(401, 413, 422, 429, 503)},
                 },
                 "get": {
                     "operationId": "listJobs",
-                    "summary": "Recent jobs, newest first",
+                    "summary": "The API key's jobs, newest first",
+                    "security": [{"apiKey": []}],
                     "parameters": [
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                     "maximum": 100, "default": 20}},
@@ -166,17 +182,23 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                                            "items": {"$ref": "#/components/schemas/Job"}},
                                                   "total": {"type": "integer"}, "limit": {"type": "integer"},
                                                   "offset": {"type": "integer"}}}}}},
-                                  **_errors(400)},
+                                  **_errors(400, 401)},
                 },
             },
             "/api/v1/jobs/{job_id}": {"get": {
                 "operationId": "getJob", "summary": "A job's status, progress, snapshots and output",
-                "parameters": [job_id], "responses": {"200": _job_response("the job"), **_errors(404)}}},
+                "parameters": [job_id], "responses": {"200": _job_response("the job"), **_errors(404)}},
+                "delete": {
+                    "operationId": "deleteJob", "summary": "Delete a finished job with its images",
+                    "security": key_optional, "parameters": [job_id, job_token],
+                    "responses": {"204": {"description": "deleted"}, **_errors(401, 403, 404),
+                                  "409": {**_errors(409)["409"],
+                                          "description": "the job is queued or running: cancel it first"}}}},
             "/api/v1/jobs/{job_id}/cancel": {"post": {
                 "operationId": "cancelJob", "summary": "Cancel a job (a running one stops at its next iteration)",
-                "parameters": [job_id],
+                "security": key_optional, "parameters": [job_id, job_token],
                 "responses": {"200": _job_response("canceled"), "202": _job_response("cancel requested"),
-                              **_errors(404, 409)}}},
+                              **_errors(401, 403, 404, 409)}}},
             "/api/v1/jobs/{job_id}/events": {"get": {
                 "operationId": "jobEvents",
                 "summary": "Server-sent events `status`, `progress` and `snapshot`, each carrying the Job",
@@ -212,5 +234,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "503": {"description": "something is unreachable",
                             "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         },
-        "components": {"schemas": {"Job": _job_schema(), "Error": _error_schema()}},
+        "components": {
+            "schemas": {"Job": _job_schema(), "Error": _error_schema(), "CreatedJob": {"allOf": [
+                {"$ref": "#/components/schemas/Job"},
+                {"type": "object", "required": ["token"], "properties": {"token": {
+                    "type": "string", "description": "cancels or deletes the job (header X-Job-Token); "
+                                                     "only its hash is kept, so it is shown this once"}}}]}},
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
+                                           "description": "a key from `impasto keys create`"}},
+        },
     }
