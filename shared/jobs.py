@@ -161,10 +161,11 @@ def queue_position(session: Session, job: Job) -> int | None:
     ) or 0
 
 
-def recent_jobs(session: Session, *, limit: int, offset: int = 0) -> tuple[list[Job], int]:
-    """The newest jobs first, and how many there are in all."""
-    jobs = session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
-    total = session.scalar(select(func.count()).select_from(Job)) or 0
+def recent_jobs(session: Session, *, owner: str, limit: int, offset: int = 0) -> tuple[list[Job], int]:
+    """An owner's jobs ("key:ID", "browser:HASH"), newest first, and how many there are in all."""
+    mine = select(Job).where(Job.owner == owner)
+    jobs = session.scalars(mine.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+    total = session.scalar(select(func.count()).select_from(mine.subquery())) or 0
     return list(jobs), total
 
 

@@ -26,9 +26,9 @@ def sessions(request, tmp_path):
     engine.dispose()
 
 
-def new_job(sessions, **params):
+def new_job(sessions, owner=None, **params):
     with sessions() as session:
-        return create_job(session, params=StyleParams(**params).model_dump(mode="json"), inputs=INPUTS)
+        return create_job(session, params=StyleParams(**params).model_dump(mode="json"), inputs=INPUTS, owner=owner)
 
 
 def fetch(sessions, job_id):
@@ -96,10 +96,13 @@ def test_a_job_that_cannot_run_fails_with_its_code(sessions):
 
 
 def test_queue_position_and_recent_jobs(sessions):
-    jobs = [new_job(sessions) for _ in range(3)]
+    jobs = [new_job(sessions, owner="key:a") for _ in range(3)]
+    someone_elses = new_job(sessions, owner="key:b")
     with sessions() as session:
         claim_job(session, jobs[0].id, "w1")
         positions = [queue_position(session, fetch(sessions, j.id)) for j in jobs]
-        listed, total = recent_jobs(session, limit=2)
+        listed, total = recent_jobs(session, owner="key:a", limit=2)
+        theirs, their_total = recent_jobs(session, owner="key:b", limit=2)
     assert positions == [None, 0, 1]
     assert total == 3 and [j.id for j in listed] == [jobs[2].id, jobs[1].id]
+    assert their_total == 1 and [j.id for j in theirs] == [someone_elses.id]

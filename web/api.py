@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import selectinload
 
-from shared.jobs import queue_position, request_cancel
+from shared.jobs import queue_position, recent_jobs, request_cancel
 from shared.keys import LimiterUnavailable, LimitExceeded, hash_secret, new_job_token
 from shared.models import Job, utcnow
 from shared.retention import delete_job
@@ -112,7 +112,7 @@ def index():
     limit = _int_arg("limit", 20, 1, 100)
     offset = _int_arg("offset", 0, 0, 10**9)
     with services().sessions() as session:
-        jobs, total = jobs_of(session, key_owner(key), limit=limit, offset=offset)
+        jobs, total = recent_jobs(session, owner=key_owner(key), limit=limit, offset=offset)
         items = [job_json(job, queue_position(session, job), snapshots=False) for job in jobs]
     return jsonify({"jobs": items, "total": total, "limit": limit, "offset": offset})
 
@@ -262,14 +262,6 @@ def load_job(session, job_id: str) -> Job:
     if job is None:
         abort(404, f"no job {job_id}")
     return job
-
-
-def jobs_of(session, owner: str, *, limit: int, offset: int = 0) -> tuple[list[Job], int]:
-    """An owner's jobs ("key:ID", "browser:HASH"), newest first, and how many there are in all."""
-    mine = select(Job).where(Job.owner == owner)
-    jobs = session.scalars(mine.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
-    total = session.scalar(select(func.count()).select_from(mine.subquery())) or 0
-    return list(jobs), total
 
 
 def _refuse_unless_allowed(job: Job, action: str) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from shared.jobs import queue_position
+from shared.jobs import queue_position, recent_jobs
 from shared.keys import LimiterUnavailable, LimitExceeded
 from shared.params import StyleParams
 
 from .access import (CSRF_FIELD, browser_owner, counted, csrf_ok, csrf_token, limit_message, remember_browser,
                      submission_limit)
-from .api import job_json, jobs_of, load_job
+from .api import job_json, load_job
 from .presets import PRESETS
 from .services import services
 from .submit import QueueUnavailable, SubmissionError, submit
@@ -90,7 +90,8 @@ def jobs():
     per_page = 20
     owner = browser_owner()
     with services().sessions() as session:
-        found, total = jobs_of(session, owner, limit=per_page, offset=(page - 1) * per_page) if owner else ([], 0)
+        found, total = (recent_jobs(session, owner=owner, limit=per_page, offset=(page - 1) * per_page)
+                        if owner else ([], 0))
         items = [job_json(j, queue_position(session, j), snapshots=False) for j in found]
     return render_template("jobs.html", jobs=items, page=page, pages=max(1, -(-total // per_page)), total=total)
 
