@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .models import ApiKey, utcnow
+from .db import describe_error
 from .settings import SettingsError, load_settings
 
 KEY_PREFIX = "imp"
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run(session, args)
     except sqlalchemy.exc.OperationalError as err:
         print(f"impasto keys: error: cannot use the database (run `impasto db upgrade` first?): "
-              f"{str(err.orig).strip().splitlines()[0]}", file=sys.stderr)
+              f"{describe_error(err)}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()

@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from .db import describe_error
 from .models import FAILED, QUEUED, RUNNING, Job, utcnow
 from .settings import Settings
 from .tasks import STYLIZE
@@ -185,7 +186,7 @@ class Reconciler:
                 self.run_once()
             except Exception as err:  # the database or the broker is away: try again next time
                 self._watching_since = None  # and give workers a whole lease to renew once it is back
-                log.warning("event=reconcile-failed error=%r", str(err).splitlines()[0][:200] if str(err) else err)
+                log.warning("event=reconcile-failed error=%r", describe_error(err))
 
 
 def reconciler_for(settings: Settings, celery_app: Any) -> Reconciler:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -11,10 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request, stream_with_context, url_for
-from sqlalchemy import func, select, text
-from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+from sqlalchemy import text
 from sqlalchemy.orm import selectinload
 
+from shared.db import database_unreachable, describe_error
 from shared.jobs import queue_position, recent_jobs, request_cancel
 from shared.keys import LimiterUnavailable, LimitExceeded, hash_secret, new_job_token
 from shared.models import Job, utcnow
@@ -28,6 +30,7 @@ from .services import services
 from .submit import QueueUnavailable, SubmissionError, submit
 
 bp = Blueprint("api", __name__)
+log = logging.getLogger("impasto.web")
 
 # How often the event stream looks at the job, and how long one stream lasts before the
 # browser's EventSource reconnects (it does so by itself).
@@ -176,9 +179,19 @@ def _event_stream(job_id: str) -> Iterator[str]:
     deadline = time.monotonic() + EVENT_STREAM_S
     yield "retry: 1000\n\n"
     while time.monotonic() < deadline:
-        with services().sessions() as session:
-            job = load_job(session, job_id)
-            body = job_json(job, queue_position(session, job))
+        try:
+            with services().sessions() as session:
+                job = load_job(session, job_id)
+                body = job_json(job, queue_position(session, job))
+        except HTTPException:  # deleted meanwhile: nothing more to tell
+            return
+        except Exception as err:
+            if not database_unreachable(err):
+                raise
+            # The page falls back to polling, which answers 503 until the database is back.
+            log.warning("event=stream-ended reason=database-unavailable job=%s error=%r", job_id,
+                        describe_error(err))
+            return
         seen = {"status": body["status"], "progress": body["progress"]["iteration"],
                 "snapshot": len(body["snapshots"]), "queue_position": body["queue_position"]}
         if last is None:
@@ -236,8 +249,10 @@ def healthz():
     try:
         with services().sessions() as session:
             session.execute(text("SELECT 1"))
-    except OperationalError as err:
-        checks["database"] = f"unreachable: {str(err.orig).strip().splitlines()[0]}"
+    except Exception as err:
+        if not database_unreachable(err):
+            raise
+        checks["database"] = f"unreachable: {describe_error(err)}"
     try:
         import redis
 

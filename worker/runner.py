@@ -21,8 +21,8 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import database_unreachable
-from shared.flags import describe_error
+from shared.db import database_unreachable, describe_error
+from shared.flags import describe_error as describe_invalid
 from shared.images import ImageError, decode_image
 from shared.jobs import (JobError, add_snapshot, claim_job, finish_job, hand_back, heartbeat, latest_snapshot,
                          record_progress, record_weights)
@@ -220,8 +220,7 @@ class JobRunner:
                 wait = DB_RETRY_WAITS_S[min(attempt, len(DB_RETRY_WAITS_S) - 1)]
                 if not database_unreachable(err) or time.monotonic() + wait > deadline:
                     raise
-                log.warning("job=%s event=db-retry attempt=%d error=%r", job_id, attempt + 1,
-                            str(err).splitlines()[0][:200])
+                log.warning("job=%s event=db-retry attempt=%d error=%r", job_id, attempt + 1, describe_error(err))
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -310,7 +309,7 @@ def _params(stored: dict[str, Any]) -> StyleParams:
     try:
         return StyleParams(**stored)
     except ValidationError as err:  # stored by an older or newer version with other rules
-        raise JobFailed("bad_parameters", describe_error(err)) from None
+        raise JobFailed("bad_parameters", describe_invalid(err)) from None
 
 
 def _png(image: Any) -> bytes:
