@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import threading
+import re
 import time
 import uuid
 from datetime import timedelta
@@ -134,6 +135,14 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(web):
     health = web.get("/healthz").json()
     assert health["status"] == "unavailable" and health["database"].startswith("unreachable")
     assert web.get("/").status_code == 200  # the form needs no database
+    # The form sent during the outage comes back filled in, with the reason, rather than lost.
+    browser = requests.Session()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', browser.get(web.base + "/", timeout=30).text)[1]
+    with open(PHOTO, "rb") as photo:
+        form = browser.post(web.base + "/jobs", timeout=30, files={"content": ("photo.jpg", photo)},
+                            data={"csrf_token": token, "style_preset": "starry_night", "iterations": "37"})
+    assert form.status_code == 503 and form.headers.get("Retry-After"), form.text[:500]
+    assert "database cannot be reached" in form.text and 'value="37"' in form.text
     time.sleep(max(0.0, 3 - (time.monotonic() - cut_at)))  # a few seconds' outage in all
 
     web.proxy.restore()
@@ -153,13 +162,13 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(web):
     # database refused the row, and those folders without a row are swept once they are old.
     assert web.count_jobs() == 2
     orphans = job_folders(web.storage) - folders_before
-    assert len(orphans) == 3  # two refused, one accepted after the restore
+    assert len(orphans) == 4  # three refused (two API calls, the form), one accepted after the restore
     engine = make_engine(web.database_url)
     try:
         swept = purge_orphans(session_factory(engine), web.storage, now=utcnow() + timedelta(days=2))
     finally:
         engine.dispose()
-    assert swept == 2
+    assert swept == 3
     assert len(job_folders(web.storage) - folders_before) == 1
 
     log = web.log.read_text()  # one line for each refused request (/healthz says why itself)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from shared.db import database_unreachable
 from shared.jobs import queue_position, recent_jobs
 from shared.keys import LimiterUnavailable, LimitExceeded
 from shared.params import StyleParams
@@ -71,6 +72,13 @@ def create():
         limit = services().settings.max_upload_bytes / 2**20
         return render_template("form.html", **form_context(None, {
             "content": f"the images are over {limit:.0f} MB in all; choose smaller files"})), 413
+    except Exception as err:
+        if not database_unreachable(err):
+            raise
+        # The form comes back as it was filled in, rather than an error page that loses it.
+        page = render_template("form.html", **form_context(request.form, {
+            "form": "the service's database cannot be reached right now; submit again in a few seconds"}))
+        return page, 503, {"Retry-After": "5"}
     return redirect(url_for("pages.job", job_id=job.id), code=303)
 
 
