@@ -19,6 +19,10 @@ class ImageError(ValueError):
 # Pillow's format names for what a browser shows (MPO: a phone's multi-picture JPEG).
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "WEBP": "image/webp",
                  "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
+# The only formats Pillow may try: its other plugins (EPS runs Ghostscript; PSD, PDF, IM, ...)
+# are more code facing untrusted bytes, for files nobody uploads as a photo or a painting.
+# "JPEG" opens an MPO too.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 def decode_image(
@@ -40,11 +44,17 @@ def decode_image_and_format(
 ) -> tuple[Image.Image, str]:
     """`decode_image`, and the file's format as Pillow names it ("JPEG", "PNG", ...)."""
     label = name or ("the upload" if isinstance(source, bytes) else os.fspath(source))
+    with warnings.catch_warnings():
+        # Pillow warns of damaged metadata (EXIF, TIFF tags) that it skips, and goes on: so do
+        # we, whatever the warnings filter. And we enforce our own, lower pixel limit.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _decode(source, label, max_pixels)
+
+
+def _decode(source: str | os.PathLike[str] | bytes, label: str, max_pixels: int) -> tuple[Image.Image, str]:
     try:
-        with warnings.catch_warnings():
-            # We enforce our own, lower pixel limit just below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS)
     except FileNotFoundError:
         raise ImageError(f"{label}: no such file") from None
     except IsADirectoryError:
@@ -55,6 +65,8 @@ def decode_image_and_format(
         raise ImageError(f"{label} has too many pixels (over {max_pixels}); downscale it") from None
     except UnidentifiedImageError:
         raise ImageError(f"{label} is not an image that can be read; use a PNG, JPEG or WebP file") from None
+    except Exception as err:  # a known format with a broken header: ValueError, OSError, struct.error, ...
+        raise ImageError(f"{label} is a damaged image file ({err})") from None
     with image:  # closes the file, which matters for multi-frame images
         width, height = image.size
         if width < 1 or height < 1:
@@ -66,9 +78,10 @@ def decode_image_and_format(
             )
         try:
             image.load()
-        except (OSError, SyntaxError, ValueError) as err:
+            upright = _to_rgb(ImageOps.exif_transpose(image))
+        except Exception as err:  # decoders raise OSError, ValueError, SyntaxError, EOFError, ... for bad data
             raise ImageError(f"{label} is truncated or corrupt ({err})") from None
-        return _to_rgb(ImageOps.exif_transpose(image)), image.format or "PNG"
+        return upright, image.format or "PNG"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -50,7 +50,11 @@ def parse_params(form: MultiDict[str, str], settings: Settings) -> StyleParams:
     errors: list[FieldError] = []
     given: dict[str, Any] = {}
     for name in form:
-        if name in FILE_FIELDS or name in OTHER_FIELDS:
+        if name in FILE_FIELDS:  # a part with no filename is text, not a file
+            errors.append(FieldError(name, f"send the {name} image as a file (a part with a filename), "
+                                           f"not as a text field", "invalid_image"))
+            continue
+        if name in OTHER_FIELDS:
             continue
         if name not in StyleParams.model_fields:
             errors.append(FieldError(name, f"unknown parameter {name!r}"))
