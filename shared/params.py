@@ -46,6 +46,15 @@ DEFAULT_LEARNING_RATES = {"lbfgs": 1.0, "adam": 0.02}
 
 WEIGHT_CHOICES = ("auto", "imagenet", "random")
 
+# Relative weights (per style layer, per style image) are normalised or multiplied by the
+# absolute ones; the cap keeps their sum finite.
+MAX_RELATIVE_WEIGHT = 1e6
+
+# What the validators below check, said in the model's JSON schema too (the API's OpenAPI
+# document is built from it). Tuple elements stay plain so the command line can parse them.
+_LAYER_LIST_SCHEMA = {"items": {"type": "string", "enum": list(VGG19_LAYERS)}, "uniqueItems": True}
+_WEIGHT_LIST_SCHEMA = {"items": {"type": "number", "minimum": 0, "maximum": MAX_RELATIVE_WEIGHT}, "minItems": 1}
+
 
 class StyleParams(BaseModel):
     """Everything that shapes one stylization, with defaults that work without tuning."""
@@ -75,19 +84,28 @@ class StyleParams(BaseModel):
     # leaves, about as strong as the other terms at their optimum.
     tv_weight: float = Field(1.0, ge=0, le=1e12, description="weight of the total-variation smoothing")
     content_layers: tuple[str, ...] = Field(
-        ("conv4_2",), min_length=1, max_length=8, description="layers that carry the content"
+        ("conv4_2",),
+        min_length=1,
+        max_length=8,
+        description="layers that carry the content",
+        json_schema_extra=_LAYER_LIST_SCHEMA,
     )
     style_layers: tuple[str, ...] = Field(
         ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"),
         min_length=1,
         max_length=16,
         description="layers whose Gram matrices carry the style",
+        json_schema_extra=_LAYER_LIST_SCHEMA,
     )
     style_layer_weights: tuple[float, ...] | None = Field(
-        None, description="one weight per style layer (default: 1 each)"
+        None,
+        description="one weight per style layer, as many as style_layers (default: 1 each)",
+        json_schema_extra={**_WEIGHT_LIST_SCHEMA, "maxItems": 16},
     )
     style_blend: tuple[float, ...] | None = Field(
-        None, description="one weight per style image (default: equal)"
+        None,
+        description="one weight per style image, as many as there are style images (default: equal)",
+        json_schema_extra=_WEIGHT_LIST_SCHEMA,
     )
     style_scale: float = Field(
         1.0, ge=0.1, le=4.0, description="size of the style image relative to the output"
@@ -137,8 +155,8 @@ class StyleParams(BaseModel):
             return None
         if not values:
             raise ValueError("give at least one number")
-        if any(not math.isfinite(v) or v < 0 for v in values):
-            raise ValueError("every weight must be a finite number >= 0")
+        if any(not math.isfinite(v) or not 0 <= v <= MAX_RELATIVE_WEIGHT for v in values):
+            raise ValueError(f"every weight must be a finite number >= 0 and at most {MAX_RELATIVE_WEIGHT:,.0f}")
         if sum(values) <= 0:
             raise ValueError("at least one weight must be positive")
         return values

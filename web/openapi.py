@@ -11,6 +11,11 @@ from shared.settings import Settings
 from .presets import PRESETS
 
 STATUSES = ["queued", "running", "succeeded", "failed", "canceled"]
+EVENTS = ["status", "progress", "snapshot"]
+# The formats an upload is known by; the file's own bytes decide, not the part's Content-Type.
+IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/gif, image/bmp, image/tiff"
+# A file in a multipart body, as OpenAPI 3.1 spells it (3.0's `format: binary`).
+FILE = {"type": "string", "contentMediaType": "application/octet-stream"}
 
 
 def _param_schemas(settings: Settings) -> dict[str, Any]:
@@ -23,12 +28,14 @@ def _param_schemas(settings: Settings) -> dict[str, Any]:
         prop.pop("title", None)
         options = prop.pop("anyOf", None)
         if options:  # `X | None`: None means "the default", which is the field left out
-            prop.update(next(o for o in options if o.get("type") != "null"))
+            # The field's own keywords (its items' limits, ...) refine the option's.
+            prop = {**next(o for o in options if o.get("type") != "null"), **prop}
         if prop.get("default") is None:
             prop.pop("default", None)
         fields[name] = prop
     fields["size"]["maximum"] = settings.max_size
     fields["iterations"]["maximum"] = settings.max_iterations
+    fields["style_blend"]["maxItems"] = settings.max_styles
     fields["style_scale"]["description"] += f"; style_scale x size is at most {settings.max_size}"
     fields["snapshot_every"]["description"] += f"; at most {settings.max_snapshots} snapshots per job"
     fields["weights"] = {"type": "string", "enum": list(WEIGHT_CHOICES), "default": "auto",
@@ -101,14 +108,30 @@ def _error_schema() -> dict[str, Any]:
     }
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
+def _event_schema() -> dict[str, Any]:
+    """One server-sent event (OpenAPI 3.1 has no `itemSchema`; as in 3.2, this describes each
+    event, not the stream)."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": EVENTS},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": {"$ref": "#/components/schemas/Job"}, "description": "the Job, as JSON"},
+        },
+    }
+
+
+def _errors(*statuses: int, **descriptions: str) -> dict[str, Any]:
+    """Error responses; `descriptions` (as `e503="..."`) replace the usual words for a status."""
     text = {400: "bad request", 401: "no API key where one is needed, or an unknown or revoked one",
             403: "neither the job's token, nor the key or browser that submitted it",
             404: "no such job", 409: "the job is already over", 413: "upload too large",
             422: "a field is invalid; `field` names it",
             429: "over the key's daily quota, or the address's hourly limit without a key; Retry-After says "
                  "when to try again",
-            503: "the database or queue is unreachable"}
+            503: "the database or queue is unreachable (Retry-After says when to try again)"}
+    text.update({int(key.removeprefix("e")): value for key, value in descriptions.items()})
     return {str(s): {"description": text[s], "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Error"}}}} for s in statuses}
 
@@ -116,6 +139,24 @@ def _errors(*statuses: int) -> dict[str, Any]:
 def _job_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Job"}}}}
+
+
+def _file_part(field: str, filename: str) -> dict[str, Any]:
+    """A multipart file: a part with no filename is a text field, not an upload."""
+    return {"contentType": IMAGE_TYPES, "headers": {"Content-Disposition": {
+        "description": "a filename is required (only its last component is kept)",
+        "schema": {"type": "string", "example": f'form-data; name="{field}"; filename="{filename}"'}}}}
+
+
+def _job_links() -> dict[str, Any]:
+    job_id = {"job_id": "$response.body#/id"}
+    return {"getJob": {"operationId": "getJob", "parameters": job_id},
+            "cancelJob": {"operationId": "cancelJob",
+                          "parameters": {**job_id, "header.X-Job-Token": "$response.body#/token"}},
+            "deleteJob": {"operationId": "deleteJob",
+                          "parameters": {**job_id, "header.X-Job-Token": "$response.body#/token"}},
+            "jobEvents": {"operationId": "jobEvents", "parameters": job_id},
+            "getContent": {"operationId": "getInput", "parameters": {**job_id, "index": 0}}}
 
 
 def _png(description: str) -> dict[str, Any]:
@@ -132,12 +173,15 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     form = {
         "type": "object",
         "required": ["content"],
-        # A painting: uploaded, or a built-in one, not both.
-        "oneOf": [{"required": ["style"], "not": {"required": ["style_preset"]}},
-                  {"required": ["style_preset"], "not": {"required": ["style"]}}],
+        # JSON Schema cannot say this of a number without letting every string through.
+        "description": "A parameter left blank (or a blank item of a list) takes its default, as if left out.",
+        # A painting: uploaded, or a built-in one, not both. (The branches exclude each other, so
+        # `anyOf` says `oneOf` without a generator having to test each value against both.)
+        "anyOf": [{"required": ["style"], "properties": {"style_preset": False}},
+                  {"required": ["style_preset"], "properties": {"style": False}}],
         "properties": {
-            "content": {"type": "string", "format": "binary", "description": "the photo"},
-            "style": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
+            "content": {**FILE, "description": "the photo (PNG, JPEG, WebP, ...)"},
+            "style": {"type": "array", "items": FILE, "minItems": 1,
                       "maxItems": settings.max_styles, "description": "one or more paintings"},
             "style_preset": {"type": "string", "enum": list(PRESETS), "description": "a built-in painting"},
             **_param_schemas(settings),
@@ -159,11 +203,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                    "`token` (given this once) cancels or deletes the job.",
                     "security": key_optional,
                     "requestBody": {"required": True, "content": {"multipart/form-data": {
-                        "schema": form, "encoding": {"style": {"contentType": "image/*"}}}}},
+                        "schema": form, "encoding": {"content": _file_part("content", "photo.jpg"),
+                                                     "style": _file_part("style", "painting.jpg")}}}},
                     "responses": {"202": {"description": "queued; Location is the job's URL",
                                           "content": {"application/json": {"schema": {
                                               "$ref": "#/components/schemas/CreatedJob"}}},
-                                          "headers": {"Location": {"schema": {"type": "string"}}}},
+                                          "headers": {"Location": {"schema": {"type": "string"}}},
+                                          "links": _job_links()},
                                   **_errors(401, 413, 422, 429, 503)},
                 },
                 "get": {
@@ -182,47 +228,48 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                                            "items": {"$ref": "#/components/schemas/Job"}},
                                                   "total": {"type": "integer"}, "limit": {"type": "integer"},
                                                   "offset": {"type": "integer"}}}}}},
-                                  **_errors(400, 401)},
+                                  **_errors(400, 401, 503)},
                 },
             },
             "/api/v1/jobs/{job_id}": {"get": {
                 "operationId": "getJob", "summary": "A job's status, progress, snapshots and output",
-                "parameters": [job_id], "responses": {"200": _job_response("the job"), **_errors(404)}},
+                "parameters": [job_id], "responses": {"200": _job_response("the job"), **_errors(404, 503)}},
                 "delete": {
                     "operationId": "deleteJob", "summary": "Delete a finished job with its images",
                     "security": key_optional, "parameters": [job_id, job_token],
-                    "responses": {"204": {"description": "deleted"}, **_errors(401, 403, 404),
-                                  "409": {**_errors(409)["409"],
-                                          "description": "the job is queued or running: cancel it first"}}}},
+                    "responses": {"204": {"description": "deleted"},
+                                  **_errors(401, 403, 404, 409, 503,
+                                            e409="the job is queued or running: cancel it first")}}},
             "/api/v1/jobs/{job_id}/cancel": {"post": {
                 "operationId": "cancelJob", "summary": "Cancel a job (a running one stops at its next iteration)",
                 "security": key_optional, "parameters": [job_id, job_token],
                 "responses": {"200": _job_response("canceled"), "202": _job_response("cancel requested"),
-                              **_errors(401, 403, 404, 409)}}},
+                              **_errors(401, 403, 404, 409, 503)}}},
             "/api/v1/jobs/{job_id}/events": {"get": {
                 "operationId": "jobEvents",
                 "summary": "Server-sent events `status`, `progress` and `snapshot`, each carrying the Job",
                 "parameters": [job_id],
                 "responses": {"200": {"description": "an event stream",
-                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                              **_errors(404)}}},
+                                      "content": {"text/event-stream": {"schema": _event_schema()}}},
+                              **_errors(404, 503, e503="the database is unreachable, or too many live pages "
+                                                       "on this server: poll the job")}}},
             "/api/v1/jobs/{job_id}/output.png": {"get": {
                 "operationId": "getOutput", "summary": "The output image (`?download=1` to save it)",
                 "parameters": [job_id, {"name": "download", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": _png("the output"), **_errors(404)}}},
+                "responses": {"200": _png("the output"), **_errors(404, 503)}}},
             "/api/v1/jobs/{job_id}/snapshots/{iteration}.png": {"get": {
                 "operationId": "getSnapshot", "summary": "A snapshot image",
                 "parameters": [job_id, {"name": "iteration", "in": "path", "required": True,
                                         "schema": {"type": "integer", "minimum": 0}},
                                {"name": "download", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": _png("the snapshot"), **_errors(404)}}},
+                "responses": {"200": _png("the snapshot"), **_errors(404, 503)}}},
             "/api/v1/jobs/{job_id}/inputs/{index}": {"get": {
                 "operationId": "getInput", "summary": "An input image: 0 is the content, then the styles",
                 "parameters": [job_id, {"name": "index", "in": "path", "required": True,
                                         "schema": {"type": "integer", "minimum": 0}}],
                 "responses": {"200": {"description": "the image as uploaded",
                                       "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}},
-                              **_errors(404)}}},
+                              **_errors(404, 503)}}},
             "/api/v1/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This document",
                 "responses": {"200": {"description": "the OpenAPI document",
