@@ -172,8 +172,9 @@ def test_unknown_jobs_and_images_are_404_json(client):
 def test_bad_paging_is_400(client, app):
     with app.extensions["impasto"].sessions() as session:
         _, key = create_key(session, "pager")
-    response = client.get("/api/v1/jobs?limit=0", headers={"Authorization": f"Bearer {key}"})
-    assert response.status_code == 400 and response.get_json()["error"]["field"] == "limit"
+    for query in ("limit=0", "limit=x", "limit=5&limit=x", "limit=5&limit=6"):
+        response = client.get(f"/api/v1/jobs?{query}", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 400 and response.get_json()["error"]["field"] == "limit", query
 
 
 def test_cancel_a_queued_job_then_a_second_cancel_is_harmless(client, queued):

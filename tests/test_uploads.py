@@ -282,7 +282,19 @@ def test_too_many_parts_is_413(client, queued, settings):
     response = client.post("/api/v1/jobs", data={**fields, "content": (io.BytesIO(PHOTO.read_bytes()), "p.jpg"),
                                                  "style_preset": "starry_night"},
                            content_type="multipart/form-data")
-    assert response.status_code == 413 and response.get_json()["error"]["code"] == "too_large"
+    error = response.get_json()["error"]
+    assert response.status_code == 413 and error["code"] == "too_large"
+    assert "MB in all" in error["message"] and "form fields" in error["message"]  # which limits, and how much
+    assert_nothing_kept(client, queued, settings)
+
+
+def test_a_file_under_an_unknown_name_is_refused(client, queued, settings):
+    response = client.post("/api/v1/jobs", data={"content": (io.BytesIO(PHOTO.read_bytes()), "p.jpg"),
+                                                 "mask": (io.BytesIO(PHOTO.read_bytes()), "m.jpg"),
+                                                 "style_preset": "starry_night"},
+                           content_type="multipart/form-data")
+    error = response.get_json()["error"]
+    assert response.status_code == 422 and error["field"] == "mask" and "unknown file field" in error["message"]
     assert_nothing_kept(client, queued, settings)
 
 

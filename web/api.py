@@ -340,11 +340,11 @@ def _image(key: str, download_name: str | None, content_type: str = "image/png")
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
+    given = request.args.getlist(name)
+    if not given:
         return default
     try:
-        value = int(raw)
+        value = int(given[0]) if len(given) == 1 else None
     except ValueError:
         value = None
     if value is None or not low <= value <= high:

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, request
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge, ServiceUnavailable
 
 from shared.db import database_unreachable, describe_error
 from shared.settings import Settings, load_settings
@@ -55,6 +55,10 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
             return err.response
         # Keep the headers an error carries (Allow for a 405, ...), not its HTML body.
         headers = {k: v for k, v in err.get_headers() if k.lower() != "content-type"}
+        if isinstance(err, RequestEntityTooLarge):  # werkzeug says neither which limit nor how much
+            err.description = (f"the request is too large: this service takes at most "
+                               f"{settings.max_upload_bytes / 2**20:.0f} MB in all, in at most "
+                               f"{app.config['MAX_FORM_PARTS']} form fields; send smaller images")
         if wants_json():
             return api.error_response(err.code or 500, _code(err.code), err.description or err.name,
                                       headers=headers)

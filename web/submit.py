@@ -124,6 +124,10 @@ def submit(services: Services, form: MultiDict[str, str], files: MultiDict[str, 
     except SubmissionError as err:
         errors += err.errors
 
+    for name in files:
+        if name not in FILE_FIELDS:
+            errors.append(FieldError(name, f"unknown file field {name!r}; send the photo as 'content' and "
+                                           f"each painting as 'style'"))
     content = files.get("content")
     styles = [f for f in files.getlist("style") if f and f.filename]
     preset = form.get("style_preset", "").strip()
