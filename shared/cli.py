@@ -11,16 +11,10 @@ import sys
 from importlib.metadata import EntryPoint, entry_points
 
 GROUP = "impasto.commands"
-# shared/'s own commands that the installed metadata may not list yet (an entry point of the
-# same name in pyproject.toml wins): they need no reinstall of an existing checkout.
-SHARED_COMMANDS = {"keys": "shared.keys:main", "reconcile": "shared.reconcile:main", "cleanup": "shared.retention:main"}
 
 
 def commands() -> dict[str, EntryPoint]:
-    found = {entry.name: entry for entry in entry_points(group=GROUP)}
-    for name, target in SHARED_COMMANDS.items():
-        found.setdefault(name, EntryPoint(name=name, value=target, group=GROUP))
-    return found
+    return {entry.name: entry for entry in entry_points(group=GROUP)}
 
 
 def usage(available: dict[str, EntryPoint]) -> str:

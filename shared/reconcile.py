@@ -213,8 +213,10 @@ def reconciler_for(settings: Settings, celery_app: Any) -> Reconciler:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Re-send jobs whose worker or message was lost, and delete expired jobs (once, or every
-    IMPASTO_RECONCILE_INTERVAL seconds). Every worker already does this; this is for operators."""
+    """Re-send jobs whose worker or message was lost, and delete expired jobs.
+
+    One pass, or one every IMPASTO_RECONCILE_INTERVAL seconds with --forever. Every worker
+    already does this; the command is for operators."""
     import argparse
     import sys
 
