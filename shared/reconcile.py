@@ -100,14 +100,21 @@ def reconcile(session: Session, settings: Settings, send: Callable[[str], None],
     return report
 
 
-def redis_job_ids(client: Any, queue: str) -> set[str]:
-    """The jobs a Celery Redis broker holds a stylize message for, in `queue` (waiting, at any
-    priority) or delivered to a worker and not yet acknowledged (any queue)."""
+def redis_job_ids(client: Any, queue: str, delivered_since: float | None = None) -> set[str]:
+    """The jobs a Celery Redis broker holds a stylize message for: waiting in `queue` (at any
+    priority), or delivered to a worker and not yet acknowledged (any queue) at or after the
+    Unix time `delivered_since` (None: whenever). A queued job whose message a worker took
+    long ago but never claimed was taken by a worker that died: it counts as not held."""
     ids: set[str] = set()
     keys = [queue, *client.scan_iter(match=f"{queue}\x06\x16*")]  # kombu's priority sub-queues
     for key in keys:
         ids.update(_job_ids(client.lrange(key, 0, -1)))
-    ids.update(_job_ids(json.loads(raw)[0] for raw in client.hvals("unacked")))
+    unacked = client.hgetall("unacked")
+    if delivered_since is not None:
+        recent = {tag for tag, when in client.zrange("unacked_index", 0, -1, withscores=True)
+                  if when >= delivered_since}
+        unacked = {tag: raw for tag, raw in unacked.items() if tag in recent}
+    ids.update(_job_ids(json.loads(raw)[0] for raw in unacked.values()))
     return ids
 
 
@@ -207,7 +214,10 @@ def reconciler_for(settings: Settings, celery_app: Any) -> Reconciler:
     return Reconciler(
         settings, session_factory(engine),
         send=lambda job_id: enqueue_stylize(celery_app, job_id, settings.queue),
-        broker_job_ids=lambda: redis_job_ids(client, settings.queue),
+        # A message a worker took more than a lease ago and whose job is still queued was taken
+        # by a worker that died before it could claim the job.
+        broker_job_ids=lambda: redis_job_ids(client, settings.queue,
+                                             delivered_since=time.time() - settings.job_lease),
         storage=open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url),
     )
 

@@ -4,6 +4,7 @@ each exactly once however many reconcilers run."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -132,6 +133,10 @@ def test_redis_job_ids_reads_waiting_and_unacknowledged_messages(make_settings, 
             taken = queue.get(timeout=5)  # delivered, as to a worker, and not yet acknowledged
             assert client.llen(queue_name) == 1
             assert {"first-job", "second-job"} <= redis_job_ids(client, queue_name)
+            assert {"first-job", "second-job"} <= redis_job_ids(client, queue_name, delivered_since=time.time() - 60)
+            # Taken longer ago than asked for: as if by a worker that died before claiming it.
+            later = redis_job_ids(client, queue_name, delivered_since=time.time() + 60)
+            assert len({"first-job", "second-job"} & later) == 1
             taken.ack()
             assert len({"first-job", "second-job"} & redis_job_ids(client, queue_name)) == 1
             queue.get(timeout=5).ack()
