@@ -65,6 +65,8 @@ def _decode(source: str | os.PathLike[str] | bytes, label: str, max_pixels: int)
         raise ImageError(f"{label} has too many pixels (over {max_pixels}); downscale it") from None
     except UnidentifiedImageError:
         raise ImageError(f"{label} is not an image that can be read; use a PNG, JPEG or WebP file") from None
+    except MemoryError:  # this process is short of memory: not the file's fault
+        raise
     except Exception as err:  # a known format with a broken header: ValueError, OSError, struct.error, ...
         raise ImageError(f"{label} is a damaged image file ({err})") from None
     with image:  # closes the file, which matters for multi-frame images
@@ -79,6 +81,8 @@ def _decode(source: str | os.PathLike[str] | bytes, label: str, max_pixels: int)
         try:
             image.load()
             upright = _to_rgb(ImageOps.exif_transpose(image))
+        except MemoryError:
+            raise
         except Exception as err:  # decoders raise OSError, ValueError, SyntaxError, EOFError, ... for bad data
             raise ImageError(f"{label} is truncated or corrupt ({err})") from None
         return upright, image.format or "PNG"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from .models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, Snapshot, new_job_id, utcnow
@@ -120,14 +120,19 @@ def record_weights(session: Session, job_id: str, worker: str, weights: str, war
     session.commit()
 
 
-def hand_back(session: Session, job_id: str, worker: str) -> bool:
-    """running -> queued, for a worker that is shutting down: another worker takes it next."""
-    result = session.execute(
+def hand_back(session: Session, job_id: str, worker: str) -> str | None:
+    """running -> queued, for a worker that is shutting down: another worker takes it next
+    (canceled instead, if its owner asked for that meanwhile). Returns the new status, or None
+    when the job was not this worker's."""
+    now = utcnow()
+    row = session.execute(
         update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
-        .values(status=QUEUED, worker=None, heartbeat_at=None, enqueued_at=utcnow())
-    )
+        .values(status=case((Job.cancel_requested, CANCELED), else_=QUEUED), worker=None, heartbeat_at=None,
+                enqueued_at=now, finished_at=case((Job.cancel_requested, now), else_=None))
+        .returning(Job.status)
+    ).first()
     session.commit()
-    return result.rowcount == 1
+    return None if row is None else row[0]
 
 
 def fail_unclaimed(session: Session, job_id: str, error: JobError) -> bool:

@@ -64,7 +64,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     # Written with each progress update; a running job whose heartbeat is old has lost its worker.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # starts, hand-backs on shutdown included
+    # Attempts that ended with their worker lost (killed, its machine gone): the reconciler
+    # fails the job with `worker_lost` once this reaches the service's max_attempts.
+    workers_lost: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -4,8 +4,9 @@ Two things can leave a job stranded:
 
 - its worker died (SIGKILL, the kernel's OOM killer, a machine gone): the job stays `running`
   but its heartbeat stops. Once the heartbeat is older than the lease, the job goes back to
-  `queued` and is sent again (it goes on from its latest snapshot), or, after
-  `max_attempts` starts, ends `failed` with the code `worker_lost`;
+  `queued` and is sent again (it goes on from its latest snapshot), or, the
+  `max_attempts`-th time its worker is lost, ends `failed` with the code `worker_lost`
+  (a hand-back on shutdown is not a loss);
 - its message was lost (Redis restarted without persistence, a send that never arrived): the
   job stays `queued` but no worker will ever be told. A queued job that the broker does not
   hold, and that was last sent longer ago than the grace period, is sent again.
@@ -28,11 +29,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .db import describe_error
-from .models import FAILED, QUEUED, RUNNING, Job, utcnow
+from .db import database_unreachable, describe_error
+from .models import CANCELED, FAILED, QUEUED, RUNNING, Job, utcnow
 from .settings import Settings
 from .tasks import STYLIZE
 
@@ -64,24 +65,30 @@ def reconcile(session: Session, settings: Settings, send: Callable[[str], None],
     expired = now - timedelta(seconds=settings.job_lease)
     last_sign = func.coalesce(Job.heartbeat_at, Job.started_at, Job.created_at)
     stale = session.execute(
-        select(Job.id, Job.attempts).where(Job.status == RUNNING, last_sign < expired)
+        select(Job.id, Job.workers_lost).where(Job.status == RUNNING, last_sign < expired)
     ).all() if judge_leases else []
-    for job_id, attempts in stale:
+    for job_id, workers_lost in stale:
         guard = update(Job).where(Job.id == job_id, Job.status == RUNNING, last_sign < expired)
-        if attempts >= settings.max_attempts:
+        lost = workers_lost + 1
+        if lost >= settings.max_attempts:
             if session.execute(guard.values(
-                status=FAILED, finished_at=now, worker=None, error_code=WORKER_LOST,
-                error_message=f"the worker running this job stopped answering, {attempts} times; the job may be "
-                              f"too large for the workers' memory: submit it again with a smaller size",
+                status=FAILED, finished_at=now, worker=None, workers_lost=lost, error_code=WORKER_LOST,
+                error_message=f"the worker running this job was lost {lost} times (killed, or its machine gone); "
+                              f"the job may be too large for the workers' memory: submit it again with a "
+                              f"smaller size",
             )).rowcount:
                 report.lost.append(job_id)
             session.commit()
-        elif session.execute(guard.values(status=QUEUED, worker=None, heartbeat_at=None, enqueued_at=now)).rowcount:
-            session.commit()  # queued in SQL before its message exists: a worker can claim it
+            continue
+        # Back to the queue, or to `canceled` if its owner asked for that while it ran.
+        status = session.execute(guard.values(
+            status=case((Job.cancel_requested, CANCELED), else_=QUEUED), worker=None, heartbeat_at=None,
+            workers_lost=lost, enqueued_at=now, finished_at=case((Job.cancel_requested, now), else_=None),
+        ).returning(Job.status)).scalar()
+        session.commit()  # queued in SQL before its message exists: a worker can claim it
+        if status == QUEUED:
             send(job_id)
             report.requeued.append(job_id)
-        else:
-            session.commit()
 
     unsent_before = now - timedelta(seconds=settings.enqueue_grace)
     last_sent = func.coalesce(Job.enqueued_at, Job.created_at)
@@ -165,13 +172,21 @@ class Reconciler:
         for job_id in report.resent:
             log.warning("job=%s event=resent reason=missing-from-broker", job_id)
         if self.storage is not None:
-            from .retention import purge_expired, purge_orphans
+            self._clean_up(now)
+        return report
 
+    def _clean_up(self, now: float) -> None:
+        """Retention's passes; a failure here (storage refusing a delete, say) is logged and
+        never stops the reconciling above."""
+        from .retention import purge_expired, purge_orphans
+
+        try:
             purge_expired(self.sessions, self.storage, self.settings.retention)
             if self._orphans_swept is None or now - self._orphans_swept >= ORPHAN_SWEEP_EVERY_S:
                 self._orphans_swept = now
                 purge_orphans(self.sessions, self.storage)
-        return report
+        except Exception as err:
+            log.warning("event=cleanup-failed error=%r", describe_error(err), exc_info=not database_unreachable(err))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="impasto-reconciler", daemon=True)
@@ -192,7 +207,8 @@ class Reconciler:
             try:
                 self.run_once()
             except Exception as err:  # the database or the broker is away: try again next time
-                self._watching_since = None  # and give workers a whole lease to renew once it is back
+                if database_unreachable(err):
+                    self._watching_since = None  # and give workers a whole lease to renew once it is back
                 log.warning("event=reconcile-failed error=%r", describe_error(err))
 
 

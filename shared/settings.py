@@ -37,7 +37,7 @@ class Settings:
     s3_endpoint_url: str | None  # for S3-compatible servers (MinIO, Ceph, moto)
     # Reliability: a running job whose heartbeat is older than the lease has lost its worker.
     job_lease: int  # seconds
-    max_attempts: int  # starts of one job; past it a lost job ends failed with `worker_lost`
+    max_attempts: int  # the times a job's worker may be lost; the last ends it failed with `worker_lost`
     reconcile_interval: int  # seconds between reconciler (and cleanup) passes
     enqueue_grace: int  # seconds a queued job may be missing from the broker before it is re-sent
     db_retry: int  # seconds a worker keeps retrying a database write before it gives up

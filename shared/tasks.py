@@ -27,11 +27,12 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
-        task_soft_time_limit=settings.job_time_limit + BACKSTOP_MARGIN,
-        task_time_limit=settings.job_time_limit + 2 * BACKSTOP_MARGIN,
+        # The margin also covers the database retries a job may make while it finishes.
+        task_soft_time_limit=settings.job_time_limit + settings.db_retry + BACKSTOP_MARGIN,
+        task_time_limit=settings.job_time_limit + settings.db_retry + 2 * BACKSTOP_MARGIN,
         # Redis re-delivers an unacknowledged message after this long: it must exceed the
         # longest job, or a running job would be handed to a second worker.
-        broker_transport_options={"visibility_timeout": 2 * settings.job_time_limit + 600},
+        broker_transport_options={"visibility_timeout": 2 * (settings.job_time_limit + settings.db_retry) + 600},
         broker_connection_retry_on_startup=True,
         # A broker blip must not kill a running job: after a reconnect its message is
         # delivered again, and the atomic claim makes that second delivery a no-op.

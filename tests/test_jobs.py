@@ -106,3 +106,17 @@ def test_queue_position_and_recent_jobs(sessions):
     assert positions == [None, 0, 1]
     assert total == 3 and [j.id for j in listed] == [jobs[2].id, jobs[1].id]
     assert their_total == 1 and [j.id for j in theirs] == [someone_elses.id]
+
+
+def test_a_job_handed_back_goes_to_the_queue_or_to_canceled_if_its_owner_asked(sessions):
+    from shared.jobs import hand_back
+
+    kept, canceled = new_job(sessions), new_job(sessions)
+    with sessions() as session:
+        for job in (kept, canceled):
+            claim_job(session, job.id, "w1")
+        request_cancel(session, canceled.id)
+        assert hand_back(session, kept.id, "someone-else") is None  # not theirs to hand back
+        assert hand_back(session, kept.id, "w1") == "queued"
+        assert hand_back(session, canceled.id, "w1") == "canceled"
+    assert fetch(sessions, kept.id).worker is None and fetch(sessions, canceled.id).finished_at is not None

@@ -36,13 +36,15 @@ def sessions(request, make_settings):
     engine.dispose()
 
 
-def new_job(sessions, *, running_for: float | None = None, attempts: int = 1, queued_for: float = 0) -> str:
+def new_job(sessions, *, running_for: float | None = None, workers_lost: int = 0, queued_for: float = 0,
+            cancel_requested: bool = False) -> str:
     with sessions() as session:
         job_id = create_job(session, params=PARAMS, inputs=INPUTS).id
         if running_for is not None:
             claim_job(session, job_id, "gone:1")
             then = utcnow() - timedelta(seconds=running_for)
-            session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=then, attempts=attempts))
+            session.execute(update(Job).where(Job.id == job_id).values(
+                heartbeat_at=then, attempts=3, workers_lost=workers_lost, cancel_requested=cancel_requested))
         else:
             session.execute(update(Job).where(Job.id == job_id)
                             .values(enqueued_at=utcnow() - timedelta(seconds=queued_for)))
@@ -66,14 +68,27 @@ def test_running_jobs_whose_lease_expired_go_back_to_the_queue(sessions):
     assert get(sessions, fresh).status == "running"
 
 
-def test_a_job_out_of_attempts_ends_failed_with_worker_lost(sessions):
-    job_id = new_job(sessions, running_for=60, attempts=2)
+def test_a_job_whose_worker_is_lost_too_often_ends_failed_with_worker_lost(sessions):
+    # Three starts, but only one ended with its worker lost (the others were hand-backs): requeued.
+    once, twice = new_job(sessions, running_for=60), new_job(sessions, running_for=60, workers_lost=1)
     sent = []
     with sessions() as session:
         report = reconcile(session, sessions.settings, sent.append, set)
-    assert report.lost == [job_id] and sent == []
+    assert report.requeued == [once] and report.lost == [twice] and sent == [once]
+    assert get(sessions, once).workers_lost == 1
+    job = get(sessions, twice)
+    assert (job.status, job.error_code, job.workers_lost) == ("failed", "worker_lost", 2)
+    assert "lost 2 times" in job.error_message and "smaller size" in job.error_message
+
+
+def test_a_lost_job_whose_owner_canceled_it_ends_canceled(sessions):
+    job_id = new_job(sessions, running_for=60, cancel_requested=True)
+    sent = []
+    with sessions() as session:
+        report = reconcile(session, sessions.settings, sent.append, set)
+    assert sent == [] and report.requeued == []
     job = get(sessions, job_id)
-    assert (job.status, job.error_code) == ("failed", "worker_lost") and "smaller size" in job.error_message
+    assert job.status == "canceled" and job.finished_at is not None
 
 
 def test_queued_jobs_the_broker_lost_are_sent_again_once(sessions):

@@ -362,12 +362,13 @@ def test_behind_a_trusted_https_proxy_the_cookie_is_secure(make_app, trusted, se
     assert ("Secure" in {part.strip() for part in cookie.split(";")}) == secure
 
 
-@pytest.mark.parametrize("case", ["no token", "a wrong token", "another browser's token", "no cookie"])
+@pytest.mark.parametrize("case", ["no token", "a wrong token", "a token that is not ASCII", "another browser's token",
+                                  "no cookie"])
 def test_the_form_without_its_csrf_token_is_403(app, client, sessions, case):
     token = form_token(client)
     stranger = app.test_client()
-    sent = {"no token": None, "a wrong token": "0" * 64, "another browser's token": form_token(stranger),
-            "no cookie": token}[case]
+    sent = {"no token": None, "a wrong token": "0" * 64, "a token that is not ASCII": "é" * 43,
+            "another browser's token": form_token(stranger), "no cookie": token}[case]
     sender = app.test_client() if case == "no cookie" else client
     answer = form_submit(sender, sent)
     assert answer.status_code == 403 and "reload the page" in answer.get_data(as_text=True)

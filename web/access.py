@@ -110,7 +110,7 @@ def csrf_token() -> str:
 
 def csrf_ok(sent: str | None) -> bool:
     """Whether `sent` is this browser's CSRF token (the cookie must have come with the request)."""
-    return bool(sent) and browser_owner() is not None and hmac.compare_digest(sent, csrf_token())
+    return bool(sent) and browser_owner() is not None and hmac.compare_digest(sent.encode(), csrf_token().encode())
 
 
 def _owner_of(secret: str) -> str:

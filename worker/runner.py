@@ -87,10 +87,13 @@ class JobRunner:
             return None
         log.info("job=%s event=started worker=%s attempt=%d", job_id, worker, job.attempts)
         started = time.perf_counter()
+        # The time limit counts from the claim, as Celery's backstop limits do from the task's start.
+        deadline = time.monotonic() + self.settings.job_time_limit
         lease = _Lease(self, job_id, worker)
+        lease.start()
         failed: JobError | None = None
         try:
-            status = self._run(job_id, worker, _params(job.params), job.inputs, should_abort, lease)
+            status = self._run(job_id, worker, _params(job.params), job.inputs, should_abort, lease, deadline)
         except JobFailed as failure:
             self._finish(job_id, worker, FAILED, error=failure.error)
             log.warning("job=%s event=failed code=%s message=%r", job_id, failure.error.code, str(failure))
@@ -99,6 +102,10 @@ class JobRunner:
             self._hand_back(job_id, worker)
             raise
         except BaseException as err:
+            if database_unreachable(err):  # for longer than settings.db_retry: nothing can be recorded
+                log.error("job=%s event=abandoned reason=database-unreachable error=%r; the job goes on from its "
+                          "latest snapshot once its lease expires", job_id, describe_error(err))
+                return None
             code, message = _classify(err)
             self._finish(job_id, worker, FAILED, error=JobError(code, message))
             log.exception("job=%s event=failed code=%s", job_id, code)
@@ -128,14 +135,13 @@ class JobRunner:
         return job
 
     def _run(self, job_id: str, worker: str, params: StyleParams, inputs: dict[str, Any],
-             should_abort: Callable[[], bool], lease: _Lease) -> str:
+             should_abort: Callable[[], bool], lease: _Lease, deadline: float) -> str:
         content = self._image(inputs["content"])
         styles = [self._image(style) for style in inputs["styles"]]
 
         import torch
 
-        from worker.engine import (EngineError, Progress, Result, Resume, Snapshot, WeightsError, resolve_device,
-                                   stylize)
+        from worker.engine import EngineError, Progress, Result, Snapshot, WeightsError, resolve_device, stylize
 
         try:
             device = resolve_device(self.device)
@@ -146,10 +152,8 @@ class JobRunner:
             raise JobFailed("bad_parameters", str(err)) from None
         self._db(lambda session: record_weights(session, job_id, worker, weights.source, weights.warning), job_id)
         resume = self._resume_point(job_id, params)
-        lease.start()
         progress = _Throttle(self.sessions, job_id, worker, lease)
         # The time limit is kept here, between iterations; Celery's limits only back it up.
-        deadline = time.monotonic() + self.settings.job_time_limit
         timed_out = lambda: time.monotonic() > deadline  # noqa: E731
         result = None
         try:
@@ -237,9 +241,9 @@ class JobRunner:
 
     def _hand_back(self, job_id: str, worker: str) -> None:
         """The worker is stopping: the job goes back to the queue for another worker."""
-        handed = self._db(lambda session: hand_back(session, job_id, worker), job_id)
-        log.warning("job=%s event=handed-back worker=%s", job_id, worker)
-        if handed and self.requeue is not None:
+        status = self._db(lambda session: hand_back(session, job_id, worker), job_id)
+        log.warning("job=%s event=handed-back worker=%s status=%s", job_id, worker, status)
+        if status == QUEUED and self.requeue is not None:
             self.requeue(job_id)
 
     def _finish(self, job_id: str, worker: str, status: str, **fields: Any) -> None:

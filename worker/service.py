@@ -114,8 +114,9 @@ def _bytes(text: str) -> int:
         value = int(float(number) * units.get(unit, 1))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; use a number with K, M or G, as 6G") from None
-    if value < 2**28:
-        raise argparse.ArgumentTypeError(f"{text!r} is too little to run a job; give at least 256M")
+    if value < 2**30:
+        raise argparse.ArgumentTypeError(f"{text!r} is too little: torch and VGG-19 alone take about 1 GB; "
+                                         f"give at least 1G")
     return value
 
 

@@ -1,4 +1,4 @@
-"""Reliability and security: enqueue time, job tokens and owners, API keys.
+"""Reliability and security: enqueue time, lost workers, job tokens and owners, API keys.
 
 Revision ID: 0002
 Revises: 0001
@@ -21,6 +21,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("enqueued_at", UTCDateTime(), nullable=True))
+        batch.add_column(sa.Column("workers_lost", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("token_hash", sa.String(64), nullable=True))
         batch.add_column(sa.Column("owner", sa.String(80), nullable=True))
     op.create_index("ix_jobs_owner", "jobs", ["owner"])
@@ -44,3 +45,4 @@ def downgrade() -> None:
         batch.drop_column("owner")
         batch.drop_column("token_hash")
         batch.drop_column("enqueued_at")
+        batch.drop_column("workers_lost")
