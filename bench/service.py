@@ -1,0 +1,320 @@
+"""Benchmark the service around the engine, with every part real: a scratch PostgreSQL
+database, this machine's Redis (a queue of its own), `impasto web` (gunicorn, as
+web/serve.py configures it) and `impasto worker` (Celery), started here as processes.
+
+    python bench/service.py latency  [--jobs 40]           # submit -> running, idle worker
+    python bench/service.py polling  [--clients 50 --seconds 15 --interval 0.5]  # GET a job
+    python bench/service.py overhead [--size 256 --iterations 30]  # service vs `impasto stylize`
+    python bench/service.py all                             # the three, one service
+
+Each prints its figures as a table, and one JSON line with --json. Needs PostgreSQL
+(--postgres, default postgresql://postgres@127.0.0.1:5432/test; a database is created and
+dropped) and Redis (--redis, default redis://127.0.0.1:6379/0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+# bench/ is not a package: make `shared` and `tests` importable when run as a script.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from shared.db import make_engine, session_factory  # noqa: E402
+from shared.launcher import free_port  # noqa: E402
+from shared.models import Job  # noqa: E402
+from tests.servers import (service_env, start, stop, temporary_postgres_database, wait_for_http,  # noqa: E402
+                           wait_for_log)
+
+CONTENT = REPO_ROOT / "tests" / "data" / "tubingen.jpg"
+STYLE = REPO_ROOT / "tests" / "data" / "starry_night.jpg"
+FINAL = {"succeeded", "failed", "canceled"}
+
+
+@dataclass
+class Service:
+    base: str
+    database_url: str
+    env: dict[str, str]
+    folder: Path
+
+    def submit(self, http: requests.Session, **fields: object) -> str:
+        return self.submit_with_token(http, **fields)[0]
+
+    def submit_with_token(self, http: requests.Session, **fields: object) -> tuple[str, str]:
+        with open(CONTENT, "rb") as content, open(STYLE, "rb") as style:
+            answer = http.post(f"{self.base}/api/v1/jobs", files={"content": content, "style": style},
+                               data={"weights": "random", **{k: str(v) for k, v in fields.items()}}, timeout=30)
+        if answer.status_code != 202:
+            raise SystemExit(f"submission refused: {answer.status_code} {answer.text[:500]}")
+        return answer.json()["id"], answer.json()["token"]
+
+    def wait(self, http: requests.Session, job_id: str, statuses: set[str], every: float = 0.01,
+             timeout: float = 600) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = http.get(f"{self.base}/api/v1/jobs/{job_id}", timeout=10).json()
+            if job["status"] in statuses:
+                return job
+            time.sleep(every)
+        raise SystemExit(f"job {job_id} not {statuses} after {timeout} s")
+
+    def rows(self, ids: list[str]) -> dict[str, Job]:
+        engine = make_engine(self.database_url)
+        try:
+            with session_factory(engine)() as session:
+                return {job.id: job for job in session.query(Job).filter(Job.id.in_(ids))}
+        finally:
+            engine.dispose()
+
+
+@contextlib.contextmanager
+def running_service(postgres: str, redis: str) -> Iterator[Service]:
+    folder = Path(tempfile.mkdtemp(prefix="impasto-bench-"))
+    with temporary_postgres_database(postgres) as database_url:
+        env = service_env({"IMPASTO_DATA_DIR": str(folder / "data"), "IMPASTO_DATABASE_URL": database_url,
+                           "IMPASTO_BROKER_URL": redis, "IMPASTO_QUEUE": f"impasto-bench-{uuid.uuid4().hex[:8]}",
+                           "IMPASTO_ANONYMOUS_JOBS_PER_HOUR": "0"})
+        migrate = start(["db", "upgrade"], env, folder / "migrate.log")
+        if migrate.wait(timeout=120) != 0:
+            raise SystemExit((folder / "migrate.log").read_text())
+        port = free_port()
+        worker = start(["worker"], env, folder / "worker.log")
+        web = start(["web", "--port", str(port)], env, folder / "web.log")
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/healthz", web, folder / "web.log")
+            wait_for_log(folder / "worker.log", "ready.", worker, timeout=180)
+            print(f"# service up: web {port}, logs in {folder}", file=sys.stderr)
+            yield Service(f"http://127.0.0.1:{port}", database_url, env, folder)
+        finally:
+            stop(web)
+            stop(worker)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "median": statistics.median(values), "p90": percentile(values, 90),
+            "p99": percentile(values, 99), "min": min(values), "max": max(values)}
+
+
+def table(title: str, unit: str, rows: dict[str, dict[str, float]]) -> None:
+    print(f"\n{title}")
+    print(f"{'':34} {'n':>4} {'median':>9} {'p90':>9} {'p99':>9} {'min':>9} {'max':>9}  ({unit})")
+    for name, s in rows.items():
+        print(f"{name:34} {s['n']:>4} " + " ".join(f"{s[k]:>9.1f}" for k in ("median", "p90", "p99", "min", "max")))
+
+
+# -- 6. submit -> running -------------------------------------------------------------------
+
+def latency(service: Service, jobs: int, size: int, iterations: int) -> dict:
+    """Tiny jobs one after another, each submitted to an idle worker once the last is over."""
+    http = requests.Session()
+    first = service.submit(http, size=size, iterations=iterations)  # the worker's first job, not counted
+    service.wait(http, first, FINAL)
+    ids, posted, observed = [], {}, {}
+    for _ in range(jobs):
+        time.sleep(0.3)  # the worker is back at its queue, idle
+        before = time.time()
+        job_id = service.submit(http, size=size, iterations=iterations)
+        posted[job_id] = (before, time.time())
+        service.wait(http, job_id, {"running"} | FINAL, every=0.005)
+        observed[job_id] = time.time() - before
+        service.wait(http, job_id, FINAL)
+        ids.append(job_id)
+    rows = service.rows(ids + [first])
+    first_ms = (rows[first].started_at - rows[first].created_at).total_seconds() * 1000
+    queue_ms = [(rows[i].started_at - rows[i].created_at).total_seconds() * 1000 for i in ids]
+    post_ms = [(posted[i][1] - posted[i][0]) * 1000 for i in ids]
+    observed_ms = [observed[i] * 1000 for i in ids]
+    result = {"first_job_queue_ms": first_ms, "queue_ms": summary(queue_ms), "post_ms": summary(post_ms), "client_running_ms": summary(observed_ms)}
+    table(f"6. submit -> running, idle worker ({jobs} jobs, {size} px, {iterations} iterations)", "ms", {
+        "row started_at - created_at": result["queue_ms"],
+        "client POST round trip": result["post_ms"],
+        "client POST -> sees running (5ms)": result["client_running_ms"],
+    })
+    print(f"the worker's first job (not counted above): started_at - created_at {first_ms:.1f} ms")
+    met = result["queue_ms"]["median"] < 100
+    print(f"target: median queue overhead < 100 ms: {'met' if met else 'MISSED'} "
+          f"({result['queue_ms']['median']:.1f} ms)")
+    return result
+
+
+# -- 7. status polling ------------------------------------------------------------------------
+
+def poll_phase(url: str, clients: int, seconds: float, interval: float) -> dict:
+    """`clients` threads, each with its own connection, GET `url` for `seconds`: back to back
+    (interval 0), or each once every `interval` seconds (an open loop, as browsers poll)."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    go, stop_at = threading.Event(), [0.0]
+
+    def client(index: int) -> None:
+        session = requests.Session()
+        go.wait()
+        next_at = time.monotonic() + interval * index / clients  # spread the clients over one interval
+        while True:
+            if interval:
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                next_at += interval
+            if time.monotonic() >= stop_at[0]:
+                return
+            began = time.perf_counter()
+            try:
+                ok = session.get(url, timeout=10).status_code == 200
+            except requests.RequestException:
+                ok = False
+            if ok:
+                latencies[index].append((time.perf_counter() - began) * 1000)
+            else:
+                errors[index] += 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    cpu_before = os.times()
+    stop_at[0] = time.monotonic() + seconds
+    began = time.monotonic()
+    go.set()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - began
+    cpu = os.times()
+    values = [v for per in latencies for v in per]
+    return {"clients": clients, "interval": interval, "seconds": round(elapsed, 1), "requests": len(values),
+            "errors": sum(errors), "rps": len(values) / elapsed, "latency_ms": summary(values),
+            "client_cpu_cores": (cpu.user - cpu_before.user + cpu.system - cpu_before.system) / elapsed}
+
+
+def polling(service: Service, clients: int, seconds: float, interval: float) -> dict:
+    """Poll one job's JSON while the worker runs that job: one client back to back (the cost of
+    one request), `clients` each every `interval` s, and `clients` back to back (saturation)."""
+    http = requests.Session()
+    job_id, token = service.submit_with_token(http, size=256, iterations=5000)
+    service.wait(http, job_id, {"running"}, every=0.05)
+    url = f"{service.base}/api/v1/jobs/{job_id}"
+    phases = {"1 client, back to back": poll_phase(url, 1, seconds / 2, 0),
+              f"{clients} clients, each every {interval:g} s": poll_phase(url, clients, seconds, interval),
+              f"{clients} clients, back to back": poll_phase(url, clients, seconds, 0)}
+    progress = http.get(url, timeout=10).json()
+    http.post(f"{url}/cancel", headers={"X-Job-Token": token}, timeout=10)
+    service.wait(http, job_id, FINAL, every=0.1)
+    table(f"7. polling GET /api/v1/jobs/{{id}} while the worker runs that job", "ms",
+          {name: phase["latency_ms"] for name, phase in phases.items()})
+    for name, phase in phases.items():
+        print(f"{name:34} {phase['rps']:>6.0f} requests/s, {phase['errors']} errors, "
+              f"client used {phase['client_cpu_cores']:.2f} CPU cores")
+    print(f"the job was {progress['status']} at iteration {progress['progress']['iteration']} afterwards")
+    for name, phase in list(phases.items())[1:]:
+        p99 = phase["latency_ms"]["p99"]
+        print(f"target p99 < 50 ms, {name}: {'met' if p99 < 50 else 'MISSED'} ({p99:.1f} ms)")
+    return phases
+
+
+# -- 8. overhead around the engine -------------------------------------------------------------
+
+def overhead(service: Service, size: int, iterations: int, repeats: int) -> dict:
+    """The same job through the service and through `impasto stylize`, alternately."""
+    http = requests.Session()
+    snapshot_every = max(1, round(iterations / 10))  # the service's default, given to both
+    cli, row, client = [], [], []
+    cli_wall = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as out:
+            began = time.perf_counter()
+            run = subprocess.run([sys.executable, "-m", "shared.cli", "stylize", str(CONTENT), str(STYLE),
+                                  "-o", f"{out}/out.png", "--size", str(size), "--iterations", str(iterations),
+                                  "--weights", "random", "--snapshot-every", str(snapshot_every),
+                                  "--snapshot-dir", f"{out}/snapshots", "--json"],
+                                 env=service.env, cwd=REPO_ROOT, capture_output=True, text=True)
+            cli_wall.append(time.perf_counter() - began)
+            if run.returncode != 0:
+                raise SystemExit(f"impasto stylize failed:\n{run.stderr[-3000:]}")
+            cli.append(json.loads(run.stdout.strip().splitlines()[-1])["seconds"])
+        time.sleep(0.3)
+        began = time.time()
+        job_id = service.submit(http, size=size, iterations=iterations, snapshot_every=snapshot_every)
+        job = service.wait(http, job_id, FINAL, every=0.05)
+        client.append(time.time() - began)
+        if job["status"] != "succeeded":
+            raise SystemExit(f"job {job_id} {job['status']}: {job}")
+        r = service.rows([job_id])[job_id]
+        row.append((r.finished_at - r.started_at).total_seconds())
+    # `impasto stylize` counts loading the weights in its `seconds`; a worker has them already.
+    load = subprocess.run([sys.executable, "-c", "import time\nfrom worker.engine import load_weights\n"
+                           "t = time.perf_counter(); load_weights('random'); print(time.perf_counter() - t)"],
+                          env=service.env, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    load_s = float(load.stdout.strip().splitlines()[-1])
+    rows = {"impasto stylize: engine `seconds`": summary(cli),
+            "impasto stylize: process wall": summary(cli_wall),
+            "service: row finished - started": summary(row),
+            "service: client submit -> final": summary(client)}
+    table(f"8. one job, {size} px, {iterations} iterations, {repeats} runs each, alternating", "s", rows)
+    print(f"load_weights('random') alone: {load_s:.2f} s (inside `seconds`; the worker loaded them before)")
+    base = statistics.median(cli)
+    for name, key in (("row started -> finished", row), ("client submit -> final", client)):
+        extra = statistics.median(key) / base - 1
+        print(f"service {name} vs engine seconds: {extra * 100:+.1f}%  "
+              f"(target < 5%: {'met' if extra < 0.05 else 'MISSED'})")
+    return {**rows, "load_weights_random_s": load_s}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["latency", "polling", "overhead", "all"])
+    parser.add_argument("--postgres", default=os.environ.get("IMPASTO_BENCH_POSTGRES",
+                                                             "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--redis", default=os.environ.get("IMPASTO_BENCH_REDIS", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--jobs", type=int, default=40, help="latency: tiny jobs (default 40)")
+    parser.add_argument("--clients", type=int, default=50, help="polling: concurrent clients (default 50)")
+    parser.add_argument("--seconds", type=float, default=15, help="polling: how long each phase (default 15)")
+    parser.add_argument("--interval", type=float, default=0.5,
+                        help="polling: seconds between one client's requests in the paced phase (default 0.5)")
+    parser.add_argument("--size", type=int, default=256, help="overhead: image size (default 256)")
+    parser.add_argument("--iterations", type=int, default=30, help="overhead: iterations (default 30)")
+    parser.add_argument("--repeats", type=int, default=3, help="overhead: runs of each (default 3)")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line of the figures")
+    args = parser.parse_args(argv)
+    # A SIGTERM (timeout, Ctrl-C from a supervisor) still stops the processes and drops the database.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    sys.stdout.reconfigure(line_buffering=True)  # figures show as they come, even if it is stopped
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} {platform.node()} "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    figures: dict[str, dict] = {}
+    with running_service(args.postgres, args.redis) as service:
+        if args.what in ("latency", "all"):
+            figures["latency"] = latency(service, args.jobs, size=64, iterations=2)
+        if args.what in ("polling", "all"):
+            figures["polling"] = polling(service, args.clients, args.seconds, args.interval)
+        if args.what in ("overhead", "all"):
+            figures["overhead"] = overhead(service, args.size, args.iterations, args.repeats)
+    print(f"# load average after: {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
