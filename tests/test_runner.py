@@ -193,3 +193,11 @@ def test_the_lease_is_renewed_while_an_iteration_runs(runner):
     assert lease.renew()  # canceled but still running here: the worker finishes the cancel
     lease_of_another = _Lease(runner, job_id, "someone-else")
     assert not lease_of_another.renew() and lease_of_another.lost
+
+
+def test_the_next_job_with_the_same_style_reuses_its_targets(runner):
+    assert runner.run(queue(runner)) == "succeeded"
+    cache = runner.targets_cache()
+    assert cache.hits == 0 and len(cache) > 0
+    assert runner.run(queue(runner, iterations=4)) == "succeeded"
+    assert cache.hits == len(cache)

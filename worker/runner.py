@@ -61,6 +61,8 @@ class JobRunner:
     requeue: Callable[[str], None] | None = None
     # Loaded weights by spec, kept for the life of the process.
     _weights: dict[str, Any] = field(default_factory=dict)
+    # Style Gram matrices of recent jobs (worker.engine.targets.TargetCache), made on first use.
+    _targets: Any = None
 
     def weights(self, spec: str) -> Any:
         from worker.engine import load_weights
@@ -72,6 +74,14 @@ class JobRunner:
         if spec not in self._weights:
             self._weights[spec] = load_weights(spec)
         return self._weights[spec]
+
+    def targets_cache(self) -> Any:
+        """The process's cache of style targets: the next job with a preset style skips that work."""
+        from worker.engine.targets import TargetCache
+
+        if self._targets is None:
+            self._targets = TargetCache()
+        return self._targets
 
     def run(self, job_id: str, should_abort: Callable[[], bool] = lambda: False) -> str | None:
         """Run the job if it is still queued; returns its final status, or None if someone
@@ -158,6 +168,7 @@ class JobRunner:
         result = None
         try:
             for event in stylize(content, styles, params, device=device, weights=weights, resume=resume,
+                                 targets_cache=self.targets_cache(),
                                  should_stop=lambda: (progress.cancel_requested or lease.lost or should_abort()
                                                       or timed_out())):
                 if isinstance(event, Progress):

@@ -20,7 +20,8 @@ from PIL import Image
 from .color import match_color, match_luminance, rgb_to_yiq, yiq_to_rgb
 from .errors import EngineError
 from .images import fit_long_side, to_pil, to_tensor
-from .losses import content_loss, gram_matrix, style_loss, tv_loss
+from .losses import content_loss, style_loss, tv_loss
+from .targets import NetworkKey, TargetCache, style_grams
 from .vgg import LAYER_NAMES, LoadedWeights, VGGFeatures, load_weights
 
 # Coarse scales are never smaller than this on the long side: below it VGG's deep layers
@@ -151,7 +152,9 @@ class StyleObjective:
     """The weighted losses of an image against one scale's content and style targets."""
 
     def __init__(self, net: VGGFeatures, params: Any, content: torch.Tensor,
-                 styles: Sequence[torch.Tensor], blend: Sequence[float]):
+                 styles: Sequence[torch.Tensor], blend: Sequence[float], *,
+                 targets_cache: TargetCache | None = None, network: NetworkKey | None = None):
+        """`targets_cache` with `network` (what `net` was built from) reuses style Gram matrices."""
         self.net = net
         self.content_weight = params.content_weight
         self.style_weight = params.style_weight
@@ -162,9 +165,9 @@ class StyleObjective:
             self.content_targets = {name: features[name] for name in params.content_layers}
             self.style_targets = {name: 0.0 for name in params.style_layers}
             for style, weight in zip(styles, blend):
-                features = net(style)
+                grams = style_grams(net, style, params.style_layers, targets_cache, network)
                 for name in params.style_layers:
-                    self.style_targets[name] = self.style_targets[name] + weight * gram_matrix(features[name])
+                    self.style_targets[name] = self.style_targets[name] + weight * grams[name]
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(1, 3, H, W) -> weighted (content, style, tv) losses, float32 scalars."""
@@ -260,12 +263,14 @@ def stylize(
     weights: LoadedWeights | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: Resume | None = None,
+    targets_cache: TargetCache | None = None,
 ) -> Iterator[Event]:
     """Paint `content` in the style of `styles` as `params` (a shared.params.StyleParams) say.
 
     `weights` lets a caller that runs many jobs load VGG-19 once; `should_stop` is polled
     between iterations, and a stop still ends in a Result holding the current best image.
-    `resume` continues an interrupted run from its latest snapshot.
+    `resume` continues an interrupted run from its latest snapshot. `targets_cache` keeps
+    style targets for the next run with the same style (a worker keeps one per process).
     """
     styles = list(styles)
     if not styles:
@@ -287,6 +292,7 @@ def stylize(
         )
     weights = weights if weights is not None else load_weights(params.weights)
     net = VGGFeatures(weights, layers, params.pooling).to(dev)
+    network = NetworkKey(weights.state, params.pooling, str(dev))
     luminance_only = params.preserve_colors == "luminance"
     if params.preserve_colors == "histogram":
         # Gatys et al. 2017, section 3.1: recolour the style images to the content's
@@ -336,7 +342,8 @@ def stylize(
             content_t = content_yiq[:, :1]
             style_ts = [match_luminance(rgb_to_yiq(s)[:, :1], content_t) for s in style_ts]
         render = (lambda y: y.expand(-1, 3, -1, -1)) if luminance_only else (lambda x: x)
-        objective = StyleObjective(net, params, render(content_t), [render(s) for s in style_ts], blend)
+        objective = StyleObjective(net, params, render(content_t), [render(s) for s in style_ts], blend,
+                                   targets_cache=targets_cache, network=network)
 
         if resumed_here:
             assert resume is not None
