@@ -3,12 +3,14 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import make_content, make_style
 from shared.params import StyleParams
 from worker.engine import EngineError, Progress, Result, Resume, Snapshot, StyleObjective, VGGFeatures, stylize
 from worker.engine.color import rgb_to_yiq
 from worker.engine.images import to_tensor
+from worker.engine.losses import gram_matrix, tv_loss
 from worker.engine.optimize import scale_sizes, split_iterations
 
 
@@ -310,3 +312,47 @@ def test_a_run_interrupted_after_its_last_iteration_only_makes_the_output(conten
 def test_resuming_past_the_end_is_an_error(content_image, style_image, run_engine):
     with pytest.raises(EngineError, match="cannot resume at iteration 7 of 6"):
         run_engine(content_image, [style_image], iterations=6, resume=Resume(7, content_image))
+
+
+def test_gram_matrix_of_channels_last_features_equals_the_nchw_one():
+    features = torch.randn(2, 5, 6, 7)
+    channels_last = features.contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(gram_matrix(channels_last), gram_matrix(features), rtol=1e-5, atol=1e-6)
+
+
+def test_objective_agrees_with_a_textbook_nchw_computation(random_weights):
+    """The engine's fast path (channels-last, in-place ReLUs) changes neither losses nor gradient."""
+    params = StyleParams(weights="random")
+    content, style = torch.rand(1, 3, 48, 64), torch.rand(1, 3, 64, 64)
+    net = VGGFeatures(random_weights, (*params.content_layers, *params.style_layers), params.pooling)
+    objective = StyleObjective(net, params, content, [style], params.style_blend_for(1))
+    image = (content + 0.05 * torch.randn(content.shape)).clamp(0, 1)
+
+    def plain(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, out = (x - net.mean) / net.std, {}
+        for name, layer in zip(net.names, net.layers):
+            if isinstance(layer, torch.nn.Conv2d):  # NCHW input and weights
+                x = F.conv2d(x.contiguous(), layer.weight.contiguous(), layer.bias, padding=1)
+            else:
+                x = torch.relu(x) if isinstance(layer, torch.nn.ReLU) else layer(x)
+            out[name] = x
+        return out
+
+    def gram(f: torch.Tensor) -> torch.Tensor:
+        flat = f.contiguous().flatten(2)
+        return flat @ flat.transpose(1, 2) / flat[0].numel()
+
+    ours, theirs = image.clone().requires_grad_(True), image.clone().requires_grad_(True)
+    terms = objective(ours)
+    with torch.no_grad():
+        c_target, s_feats = plain(content)["conv4_2"], plain(style)
+    feats = plain(theirs)
+    expected = (params.content_weight * F.mse_loss(feats["conv4_2"], c_target),
+                params.style_weight * sum(F.mse_loss(gram(feats[n]), gram(s_feats[n]))
+                                          for n in params.style_layers),
+                params.tv_weight * tv_loss(theirs))
+    for got, want in zip(terms, expected):
+        assert got.item() == pytest.approx(want.item(), rel=1e-4)
+    sum(terms).backward()
+    sum(expected).backward()
+    assert float((ours.grad - theirs.grad).norm() / theirs.grad.norm()) < 1e-4

@@ -43,9 +43,11 @@ def test_features_match_torchvision_and_conv_outputs_survive_relu(random_weights
     features = net(image)
     with torch.no_grad():
         expected_conv = reference[: LAYER_NAMES.index("conv4_2") + 1](normalised.clone())
-    assert torch.allclose(features["conv4_2"], expected_conv, atol=1e-5)
+    # Features reach ~10 here; channels-last convolutions round differently from NCHW ones
+    # (~2e-5 absolute, float32 rounding), so the tolerance is relative to that scale.
+    assert torch.allclose(features["conv4_2"], expected_conv, atol=1e-4)
     assert (features["conv4_2"] < 0).any(), "conv4_2 lost its negative values to a ReLU"
-    assert torch.allclose(features["relu4_2"], expected_conv.clamp_min(0), atol=1e-5)
+    assert torch.allclose(features["relu4_2"], expected_conv.clamp_min(0), atol=1e-4)
 
 
 def test_unknown_layer_is_an_engine_error(random_weights):
@@ -173,3 +175,29 @@ def test_wrong_shapes_and_missing_tensors_are_clear_errors(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(WeightsError, match="does not exist"):
         load_weights(str(tmp_path / "nope.pth"))
+
+
+def test_channels_last_features_and_pixel_gradients_match_torchvision(random_weights):
+    """The network runs channels-last (faster convolutions); values and gradients are NCHW's."""
+    layers = ["conv1_1", "conv3_1", "conv4_2"]
+    net = VGGFeatures(random_weights, layers, pooling="avg")
+    reference = make_layers(cfgs["E"])[: LAYER_NAMES.index("conv4_2") + 1]
+    reference.load_state_dict({k: v for k, v in random_weights.state.items()
+                               if int(k.split(".")[0]) < len(reference)})
+    reference = nn.Sequential(*(nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) else
+                                nn.ReLU() if isinstance(m, nn.ReLU) else m for m in reference))
+    reference.requires_grad_(False)
+    image = torch.rand(1, 3, 48, 40)
+    ours, theirs = image.clone().requires_grad_(True), image.clone().requires_grad_(True)
+    features = net(ours)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in features.values())
+    x, expected = (theirs - net.mean) / net.std, {}
+    for name, layer in zip(LAYER_NAMES, reference):
+        x = layer(x)
+        if name in layers:
+            expected[name] = x
+    for name in layers:
+        assert torch.allclose(features[name], expected[name], rtol=1e-4, atol=1e-4), name
+    sum(f.square().mean() for f in features.values()).backward()
+    sum(f.square().mean() for f in expected.values()).backward()
+    assert torch.allclose(ours.grad, theirs.grad, rtol=1e-4, atol=1e-6 * theirs.grad.abs().max())

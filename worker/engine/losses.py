@@ -12,7 +12,12 @@ import torch.nn.functional as F
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, C): feature correlations, divided by C*H*W."""
     b, c, h, w = features.shape
-    flat = features.reshape(b, c, h * w).float()
+    features = features.float()
+    if features.is_contiguous(memory_format=torch.channels_last) and c > 1:
+        # VGGFeatures' channels-last features are (B, H*W, C) in memory: a view, no copy.
+        flat = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        return flat.transpose(1, 2) @ flat / (c * h * w)
+    flat = features.reshape(b, c, h * w)
     return flat @ flat.transpose(1, 2) / (c * h * w)
 
 

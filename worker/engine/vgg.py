@@ -217,15 +217,20 @@ class VGGFeatures(nn.Module):
                 # feature: an in-place ReLU would overwrite it.
                 module = nn.ReLU(inplace=self.names[len(modules) - 1] not in self.wanted)
             modules.append(module)
-        self.layers = nn.Sequential(*modules)
+        # Channels-last (NHWC) weights and activations: oneDNN's convolutions on CPU, and
+        # cuDNN's on recent GPUs, run faster in it than in NCHW (bench/engine.py).
+        self.layers = nn.Sequential(*modules).to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.eval()
         self.requires_grad_(False)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 3, H, W) in [0, 1] -> {layer name: (B, C, H', W')} for the wanted layers."""
-        x = (image - self.mean) / self.std
+        """(B, 3, H, W) in [0, 1] -> {layer name: (B, C, H', W')} for the wanted layers.
+
+        The features are channels-last in memory (same shape and values, other strides).
+        """
+        x = ((image - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         features = {}
         for name, layer in zip(self.names, self.layers):
             x = layer(x)
