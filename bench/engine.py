@@ -44,6 +44,7 @@ if str(REPO_ROOT) not in sys.path:
 from shared.params import StyleParams, vgg19_layer_names  # noqa: E402
 from worker.engine import StyleObjective, VGGFeatures, load_weights  # noqa: E402
 from worker.engine.images import to_tensor  # noqa: E402
+from worker.engine.losses import content_loss, style_loss, tv_loss  # noqa: E402
 
 # The sample images live beside the repository (../shared/images) in the project's
 # workspace; a user's clone may not have them, and then seeded random images stand in.
@@ -55,6 +56,10 @@ SEED = 0
 ROUNDS = 3  # engine and reference alternate this many times, so drift hits both alike
 DEFAULT_REPEATS = {"cpu": 20, "cuda": 100}  # timed evaluations per variant, over all rounds
 WARMUP = {"cpu": 2, "cuda": 10}
+# The matmul whose speed stands for the device's float32 peak: square, large enough to run
+# at full speed, small enough to time in well under a second on a 2-core CPU.
+PEAK_MATMUL_N = {"cpu": 2048, "cuda": 8192}
+PEAK_MATMUL_REPEATS = 5
 
 Evaluation = Callable[[], torch.Tensor]
 
@@ -205,6 +210,28 @@ def check_agreement(setup: dict) -> dict[str, float]:
     return rel
 
 
+def matmul_peak_gflops(device: torch.device) -> float:
+    """The measured float32 peak: the best of a few large torch.mm, in GFLOP/s.
+
+    Best rather than median: the question is what the device can do, and other load only
+    ever slows it down. TF32 stays at torch's default (off for matmul), so on a GPU this is
+    the true float32 rate.
+    """
+    n = PEAK_MATMUL_N.get(device.type, PEAK_MATMUL_N["cpu"])
+    generator = torch.Generator().manual_seed(SEED)
+    a = torch.randn(n, n, generator=generator).to(device)
+    b = torch.randn(n, n, generator=generator).to(device)
+    torch.mm(a, b)  # warm-up: library initialisation, first-touch of the output
+    best = float("inf")
+    for _ in range(PEAK_MATMUL_REPEATS):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def count_flops(run: Evaluation) -> int:
     """FLOPs of one forward + backward, as torch's flop counter sees them (convs, matmuls)."""
     with FlopCounterMode(display=False) as counter:
@@ -258,7 +285,9 @@ def measure(size: int, device: torch.device, repeats: int, images: Path) -> dict
     round_medians: dict[str, list[float]] = {name: [] for name in runs}
     peak: dict[str, int] = {name: 0 for name in runs}
     per_round = [repeats // ROUNDS + (1 if i < repeats % ROUNDS else 0) for i in range(ROUNDS)]
+    peaks: list[float] = []
     for count in per_round:
+        peaks.append(matmul_peak_gflops(device))  # once per round: same load as the timings
         for name, run in runs.items():
             if count == 0:
                 continue
@@ -271,6 +300,7 @@ def measure(size: int, device: torch.device, repeats: int, images: Path) -> dict
     engine_ms = statistics.median(samples["engine"])
     reference_ms = statistics.median(samples["reference"])
     height, width = setup["shape"]
+    peak_gflops = max(peaks)
     result = {
         "size": size,
         "width": width,
@@ -283,6 +313,10 @@ def measure(size: int, device: torch.device, repeats: int, images: Path) -> dict
         "gflop_per_eval": round(flops / 1e9, 3),
         "engine_gflops": round(flops / engine_ms / 1e6, 2),
         "reference_gflops": round(flops / reference_ms / 1e6, 2),
+        "matmul_peak_gflops": round(peak_gflops, 2),
+        "matmul_round_gflops": [round(g, 1) for g in peaks],
+        "engine_peak_fraction": round(flops / engine_ms / 1e6 / peak_gflops, 3),
+        "reference_peak_fraction": round(flops / reference_ms / 1e6 / peak_gflops, 3),
         "engine_min_ms": round(min(samples["engine"]), 3),
         "reference_min_ms": round(min(samples["reference"]), 3),
         "engine_max_ms": round(max(samples["engine"]), 3),
@@ -307,6 +341,62 @@ def measure(size: int, device: torch.device, repeats: int, images: Path) -> dict
         result["process_peak_rss_mib"] = round(peak_rss_mib(), 1)
         result["process_peak_rss_before_mib"] = round(rss_before, 1)
     return result
+
+
+def measure_batch(size: int, device: torch.device, repeats: int, images: Path, batch: int) -> dict:
+    """Per-image cost of `batch` images through VGG as one batch against one at a time.
+
+    The engine optimises one image per job; this asks whether evaluating several jobs'
+    images together would pay. Same objective (the engine's VGGFeatures and losses, each
+    image against the same targets), run as one (N, 3, H, W) evaluation or N (1, 3, H, W) ones.
+    """
+    torch.manual_seed(SEED)
+    setup = build(size, device, images)
+    objective = setup["engine"]
+    generator = torch.Generator().manual_seed(SEED + 3)
+    start = setup["image"].detach().cpu()
+    noise = 0.05 * torch.randn((batch, *start.shape[1:]), generator=generator)
+    batched = (start + noise).clamp(0, 1).to(device).requires_grad_(True)
+    singles = [batched[i:i + 1].detach().clone().requires_grad_(True) for i in range(batch)]
+
+    def batched_objective(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # The targets broadcast over the batch; mean over the images keeps the scale.
+        features = objective.net(image)
+        n = image.shape[0]
+        content = sum(content_loss(features[k], t.expand(n, *t.shape[1:]))
+                      for k, t in objective.content_targets.items())
+        style = sum(objective.layer_weights[k] * style_loss(features[k], t.expand(n, *t.shape[1:]))
+                    for k, t in objective.style_targets.items())
+        return (objective.content_weight * content, objective.style_weight * style,
+                objective.tv_weight * tv_loss(image))
+
+    one_batch = evaluation(batched_objective, batched)
+    one_each = [evaluation(objective, image) for image in singles]
+
+    # The same images give the same gradients either way (up to the 1/N of the batch mean).
+    one_batch()
+    for run in one_each:
+        run()
+    single_grads = torch.cat([image.grad for image in singles])
+    rel_grad = float((batched.grad * batch - single_grads).norm() / single_grads.norm())
+
+    runs = {"batch": one_batch, "separate": lambda: [run() for run in one_each][-1]}
+    for _ in range(WARMUP[device.type]):
+        for run in runs.values():
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    per_round = [repeats // ROUNDS + (1 if i < repeats % ROUNDS else 0) for i in range(ROUNDS)]
+    for count in per_round:
+        for name, run in runs.items():
+            if count:
+                samples[name] += time_block(run, count, device)[0]
+    batch_ms = statistics.median(samples["batch"]) / batch
+    separate_ms = statistics.median(samples["separate"]) / batch
+    height, width = setup["shape"]
+    return {"size": size, "width": width, "height": height, "device": device.type, "batch": batch,
+            "repeats": repeats, "batch_ms_per_image": round(batch_ms, 3),
+            "separate_ms_per_image": round(separate_ms, 3),
+            "batch_speedup": round(separate_ms / batch_ms, 3), "rel_diff_grad": rel_grad}
 
 
 # --------------------------------------------------------------------------- output
@@ -348,10 +438,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
                         help=f"folder with {CONTENT_FILE} and {STYLE_FILE} (default: ../shared/images)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line per size")
+    parser.add_argument("--batch", type=int, default=None, metavar="N",
+                        help="instead: time N images as one batch against N separate evaluations")
     args = parser.parse_args(argv)
     args.size = args.size or [256]
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.batch is not None and args.batch < 2:
+        parser.error("--batch must be at least 2")
     return args
 
 
@@ -364,6 +458,9 @@ def main(argv: list[str] | None = None) -> None:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda was asked for but no CUDA GPU is available")
     repeats = args.repeats or DEFAULT_REPEATS.get(device.type, DEFAULT_REPEATS["cpu"])
+    if args.batch:
+        main_batch(args, device, repeats)
+        return
 
     print(f"torch {torch.__version__}, device {device} ({device_name(device)}), "
           f"{torch.get_num_threads()} threads, {repeats} timed evaluations per variant in "
@@ -386,6 +483,9 @@ def main(argv: list[str] | None = None) -> None:
               f"(rounds {', '.join(f'{m:.1f}' for m in r['engine_round_median_ms'])}), reference "
               f"{r['reference_min_ms']:.1f}..{r['reference_max_ms']:.1f} ms "
               f"(rounds {', '.join(f'{m:.1f}' for m in r['reference_round_median_ms'])})")
+        print(f"{'':>{widths[0]}}  peak: float32 torch.mm {r['matmul_peak_gflops']:.1f} GFLOP/s "
+              f"(best of rounds {', '.join(f'{g:.1f}' for g in r['matmul_round_gflops'])}); engine "
+              f"{100 * r['engine_peak_fraction']:.0f}%, reference {100 * r['reference_peak_fraction']:.0f}% of it")
         if max(r["engine_max_ms"] / r["engine_min_ms"], r["reference_max_ms"] / r["reference_min_ms"]) > 1.5:
             print(f"{'':>{widths[0]}}  warning: evaluations vary by more than 1.5x; the machine is "
                   f"probably busy, and the medians are not to be trusted")
@@ -400,6 +500,20 @@ def main(argv: list[str] | None = None) -> None:
               "up); both variants run in one process, so CPU memory cannot be split per variant.")
     if args.json:
         for r in lines:
+            print(json.dumps(r))
+
+
+def main_batch(args: argparse.Namespace, device: torch.device, repeats: int) -> None:
+    print(f"torch {torch.__version__}, device {device} ({device_name(device)}), "
+          f"{torch.get_num_threads()} threads; {args.batch} images as one batch against "
+          f"{args.batch} separate evaluations, {repeats} timed per variant in {ROUNDS} "
+          f"interleaved rounds, median per image reported")
+    for size in args.size:
+        r = measure_batch(size, device, repeats, args.images, args.batch)
+        print(f"{r['width']}x{r['height']}: batch {r['batch_ms_per_image']:.1f} ms/image, separate "
+              f"{r['separate_ms_per_image']:.1f} ms/image, batching speed-up "
+              f"{r['batch_speedup']:.2f}x (gradients agree to {r['rel_diff_grad']:.1e})", flush=True)
+        if args.json:
             print(json.dumps(r))
 
 
