@@ -248,7 +248,10 @@ def overhead(service: Service, size: int, iterations: int, repeats: int) -> dict
                                   "-o", f"{out}/out.png", "--size", str(size), "--iterations", str(iterations),
                                   "--weights", "random", "--snapshot-every", str(snapshot_every),
                                   "--snapshot-dir", f"{out}/snapshots", "--json"],
-                                 env=service.env, cwd=REPO_ROOT, capture_output=True, text=True)
+                                 env=service.env, cwd=REPO_ROOT, capture_output=True, text=True,
+                                 # a session of its own, as the worker has, so that Linux's autogroup
+                                 # scheduling treats both sides alike on a busy machine
+                                 start_new_session=True)
             cli_wall.append(time.perf_counter() - began)
             if run.returncode != 0:
                 raise SystemExit(f"impasto stylize failed:\n{run.stderr[-3000:]}")
