@@ -82,7 +82,7 @@ def run_reference(weights, params: StyleParams, content: Image.Image, style: Ima
         loss = total_loss(objective, image)
         loss.backward()
         evaluations += 1
-        best = min(best, float(loss))
+        best = min(best, float(loss.detach()))
         return loss
 
     curve = []
