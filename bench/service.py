@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from PIL import Image
 
 # bench/ is not a package: make `shared` and `tests` importable when run as a script.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -59,8 +60,9 @@ class Service:
     def submit(self, http: requests.Session, **fields: object) -> str:
         return self.submit_with_token(http, **fields)[0]
 
-    def submit_with_token(self, http: requests.Session, **fields: object) -> tuple[str, str]:
-        with open(CONTENT, "rb") as content, open(STYLE, "rb") as style:
+    def submit_with_token(self, http: requests.Session, style_path: Path = STYLE,
+                          **fields: object) -> tuple[str, str]:
+        with open(CONTENT, "rb") as content, open(style_path, "rb") as style:
             answer = http.post(f"{self.base}/api/v1/jobs", files={"content": content, "style": style},
                                data={"weights": "random", **{k: str(v) for k, v in fields.items()}}, timeout=30)
         if answer.status_code != 202:
@@ -241,10 +243,17 @@ def overhead(service: Service, size: int, iterations: int, repeats: int) -> dict
     snapshot_every = max(1, round(iterations / 10))  # the service's default, given to both
     cli, row, client = [], [], []
     cli_wall = []
-    for _ in range(repeats):
+    for repeat in range(repeats):
         with tempfile.TemporaryDirectory() as out:
+            # A style of its own per run (one pixel differs), the same on both sides: a worker keeps
+            # the style targets of recent styles, which a fresh `impasto stylize` never has.
+            style = Path(out) / "style.png"
+            with Image.open(STYLE) as image:
+                image = image.convert("RGB")
+                image.putpixel((0, 0), (repeat % 256, 0, 0))
+                image.save(style)
             began = time.perf_counter()
-            run = subprocess.run([sys.executable, "-m", "shared.cli", "stylize", str(CONTENT), str(STYLE),
+            run = subprocess.run([sys.executable, "-m", "shared.cli", "stylize", str(CONTENT), str(style),
                                   "-o", f"{out}/out.png", "--size", str(size), "--iterations", str(iterations),
                                   "--weights", "random", "--snapshot-every", str(snapshot_every),
                                   "--snapshot-dir", f"{out}/snapshots", "--json"],
@@ -256,9 +265,10 @@ def overhead(service: Service, size: int, iterations: int, repeats: int) -> dict
             if run.returncode != 0:
                 raise SystemExit(f"impasto stylize failed:\n{run.stderr[-3000:]}")
             cli.append(json.loads(run.stdout.strip().splitlines()[-1])["seconds"])
-        time.sleep(0.3)
-        began = time.time()
-        job_id = service.submit(http, size=size, iterations=iterations, snapshot_every=snapshot_every)
+            time.sleep(0.3)
+            began = time.time()
+            job_id = service.submit(http, style_path=style, size=size, iterations=iterations,
+                                    snapshot_every=snapshot_every)
         job = service.wait(http, job_id, FINAL, every=0.05)
         client.append(time.time() - began)
         if job["status"] != "succeeded":
