@@ -4,7 +4,8 @@ A worker process keeps one `TargetCache` and hands it to every `stylize`. An ent
 Gram matrices of one style image at one scale, keyed by a digest of the exact pixels fed to
 the network (so the size, style_scale and colour handling, which all change those pixels,
 are part of the key), the style layers, and the network: its weights (by identity), pooling
-and device. (A feature's values do not depend on where the network is cut.) Blend weights are applied after the lookup, so they need no key of their own.
+and device. (A feature's values do not depend on where the network is cut.) Blend weights
+are applied after the lookup, so they need no key of their own.
 """
 
 from __future__ import annotations
