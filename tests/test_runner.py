@@ -177,7 +177,7 @@ def test_a_missing_snapshot_means_starting_afresh_not_failing(runner, caplog):
     assert "event=resume-skipped" in caplog.text and row(runner, job_id).iteration == 8
 
 
-def test_the_lease_is_renewed_while_an_iteration_runs(runner):
+def test_the_lease_is_renewed_and_a_worker_that_lost_the_job_notices(runner):
     from worker.runner import _Lease
 
     job_id = queue(runner)

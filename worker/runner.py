@@ -302,7 +302,7 @@ class _Throttle:
 
     def update(self, iteration: int, losses: dict[str, float]) -> None:
         now = time.monotonic()
-        if now - self._last < PROGRESS_INTERVAL_S and not self.lease.lost:
+        if now - self._last < PROGRESS_INTERVAL_S:
             return
         self._last = now
         try:
@@ -315,7 +315,6 @@ class _Throttle:
             return
         if flag is None:  # canceled while queued, or no longer ours: stop working on it
             self.lease.lost = True
-            self.cancel_requested = True
         else:
             self.cancel_requested = flag
 
