@@ -15,6 +15,8 @@ that does not depend on how busy the machine is.
 
     python bench/quality.py                          # the issue's check: 256 px, 500 iterations
     python bench/quality.py --reference-iterations 200   # a shorter (capped) reference
+    python bench/quality.py --skip-reference 0.0416 --scales 3 --final-share 0.333 --history 50
+                                                     # another schedule (here the old defaults)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ if str(REPO_ROOT / "bench") not in sys.path:
 from engine import ReferenceObjective, device_name  # noqa: E402  (bench/engine.py)
 
 from shared.params import StyleParams  # noqa: E402
-from worker.engine import Progress, Result, load_weights, stylize  # noqa: E402
+from worker.engine import Progress, Result, load_weights, optimize, stylize  # noqa: E402
 from worker.engine.images import fit_long_side, to_tensor  # noqa: E402
 
 DEFAULT_IMAGES = REPO_ROOT / "tests" / "data"
@@ -67,17 +69,28 @@ def total_loss(objective, pixels: torch.Tensor) -> torch.Tensor:
 
 def run_reference(weights, params: StyleParams, content: Image.Image, style: Image.Image,
                   iterations: int) -> dict:
-    """Plain L-BFGS from the content image; (seconds, best loss so far) after each iteration."""
+    """Plain L-BFGS from the content image, as the classic implementations run it: one
+    `step` of `iterations` iterations (so no point is evaluated twice).
+
+    The curve has one point per iteration: (seconds, best loss so far, evaluations so far),
+    taken at the first evaluation of the next iteration, or at the end for the last one.
+    """
     start = time.perf_counter()
     objective, content_t = reference_objective(weights, params, content, style)
     image = content_t.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([image], lr=1.0, max_iter=1, max_eval=20, history_size=100,
-                                  tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS([image], lr=1.0, max_iter=iterations, max_eval=iterations * 20,
+                                  history_size=100, tolerance_grad=0.0, tolerance_change=0.0,
+                                  line_search_fn="strong_wolfe")
     best = float("inf")
     evaluations = 0
+    curve: list[tuple[float, float, int]] = []
 
     def closure() -> torch.Tensor:
         nonlocal best, evaluations
+        # Iterations finished so far: torch counts the current one as begun once it evaluates.
+        done = max(optimizer.state[image].get("n_iter", 0) - 1, 0) if optimizer.state else 0
+        while len(curve) < done:  # an iteration just ended: record where it left things
+            curve.append((time.perf_counter() - start, best, evaluations))
         optimizer.zero_grad(set_to_none=True)
         loss = total_loss(objective, image)
         loss.backward()
@@ -85,33 +98,41 @@ def run_reference(weights, params: StyleParams, content: Image.Image, style: Ima
         best = min(best, float(loss.detach()))
         return loss
 
-    curve = []
-    for _ in range(iterations):
-        optimizer.step(closure)
+    optimizer.step(closure)
+    while len(curve) < iterations:
         curve.append((time.perf_counter() - start, best, evaluations))
     return {"curve": curve, "seconds": curve[-1][0], "loss": best, "evaluations": evaluations}
 
 
 def run_engine(weights, params: StyleParams, content: Image.Image, style: Image.Image) -> dict:
-    """`stylize`; (seconds, best full-size loss so far, cost in full-size evaluations) per iteration."""
-    final_pixels = None
+    """`stylize`; (seconds, best full-size loss so far, cost in full-size evaluations) per iteration.
+
+    Every evaluation of the objective is counted, weighted by its pixels over the final size's
+    (a coarse one costs its share): a cost that does not depend on how busy the machine is.
+    """
+    final = fit_long_side(content.size, params.size)
+    cost = 0.0
+    evaluate = optimize.StyleObjective.__call__
+
+    def counted(objective, image):
+        nonlocal cost
+        cost += image.shape[-1] * image.shape[-2] / (final[0] * final[1])
+        return evaluate(objective, image)
+
     curve = []  # only at the last scale, where the losses are of the full-size image
-    cost = 0.0  # evaluations so far, each weighted by its pixels over the final size's
     best = float("inf")
     result = None
+    optimize.StyleObjective.__call__ = counted
     start = time.perf_counter()
-    for event in stylize(content, [style], params, device="cpu", weights=weights):
-        if isinstance(event, Progress):
-            width, height = event.size
-            if final_pixels is None:
-                final = fit_long_side(content.size, params.size)
-                final_pixels = final[0] * final[1]
-            cost += width * height / final_pixels  # ~1 evaluation per iteration; see note below
-            if event.scale == event.scales:
+    try:
+        for event in stylize(content, [style], params, device="cpu", weights=weights):
+            if isinstance(event, Progress) and event.scale == event.scales:
                 best = min(best, event.losses.total)
                 curve.append((time.perf_counter() - start, best, cost))
-        elif isinstance(event, Result):
-            result = event
+            elif isinstance(event, Result):
+                result = event
+    finally:
+        optimize.StyleObjective.__call__ = evaluate
     seconds = time.perf_counter() - start
     return {"curve": curve, "seconds": seconds, "loss": best, "result": result}
 
@@ -132,21 +153,33 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"folder with {CONTENT_FILE} and {STYLE_FILE} (default tests/data)")
     parser.add_argument("--skip-reference", type=float, default=None, metavar="LOSS",
                         help="use this target loss instead of running the reference (for quick trials)")
+    variants = parser.add_argument_group("other schedules than the defaults, to compare them")
+    variants.add_argument("--scales", type=int, default=None, help="coarse-to-fine scales")
+    variants.add_argument("--final-share", type=float, default=None,
+                          help=f"share of the iterations at the final size (default {optimize.FINAL_SCALE_SHARE})")
+    variants.add_argument("--history", type=int, default=None,
+                          help=f"L-BFGS history (default {optimize.LBFGS_HISTORY})")
     args = parser.parse_args(argv)
+    if args.final_share is not None:
+        optimize.FINAL_SCALE_SHARE = args.final_share
+    if args.history is not None:
+        optimize.LBFGS_HISTORY = args.history
 
     torch.manual_seed(0)
     weights = load_weights("random")
-    params = StyleParams(size=args.size, weights="random")
+    params = StyleParams(size=args.size, weights="random",
+                         **({"scales": args.scales} if args.scales is not None else {}))
     content, style = load(args.images / CONTENT_FILE), load(args.images / STYLE_FILE)
     print(f"torch {torch.__version__}, cpu ({device_name(torch.device('cpu'))}), {torch.get_num_threads()} "
           f"threads; content {CONTENT_FILE} {content.size}, style {STYLE_FILE} {style.size} from {args.images}")
-    print(f"engine defaults: size {params.size}, {params.iterations} iterations over {params.scales} scales, "
-          f"{params.optimizer}, init {params.init}")
+    print(f"engine: size {params.size}, {params.iterations} iterations over {params.scales} scales "
+          f"({optimize.FINAL_SCALE_SHARE:g} of them at the final size), {params.optimizer} "
+          f"(history {optimize.LBFGS_HISTORY}), init {params.init}")
 
     engine = run_engine(weights, params, content, style)
     first = engine["curve"][0]
     print(f"engine: {engine['result'].iterations} iterations in {engine['seconds']:.1f} s; the last scale began "
-          f"after {first[0]:.1f} s (cost {first[2]:.0f} full-size iterations) at loss {first[1]:.6g}; "
+          f"after {first[0]:.1f} s (cost {first[2]:.0f} full-size evaluations) at loss {first[1]:.6g}; "
           f"best full-size loss {engine['loss']:.6g}", flush=True)
     if args.skip_reference is None:
         reference = run_reference(weights, params, content, style, args.reference_iterations)
@@ -171,19 +204,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"reference skipped; target loss {target:.6g} given on the command line")
     last = engine["curve"][-1]
     print(f"engine: {engine['result'].iterations} iterations, {engine['seconds']:.1f} s, "
-          f"best full-size loss {engine['loss']:.6g} (cost {last[2]:.0f} full-size iterations); "
+          f"best full-size loss {engine['loss']:.6g} (cost {last[2]:.0f} full-size evaluations); "
           f"its output PNG re-evaluated by the reference objective: {output_loss:.6g}")
     reached = first_reaching(engine["curve"], target)
     if reached is None:
         print(f"engine: did NOT reach the target; its best is {engine['loss'] / target:.3f}x the target")
         return
     seconds, cost = reached
-    print(f"engine reaches the target after {seconds:.1f} s ({cost:.0f} full-size iterations)")
+    print(f"engine reaches the target after {seconds:.1f} s ({cost:.0f} full-size evaluations)")
     if reference is not None:
         print(f"time to quality, engine / reference: {seconds / reference['seconds']:.3f} "
-              f"(goal <= 0.25); full-size iterations, engine / reference: "
-              f"{cost / args.reference_iterations:.3f}")
-    # Note: the engine's cost counts one evaluation per iteration; L-BFGS line searches add a few.
+              f"(goal <= 0.25); evaluations, engine (full-size equivalents) / reference: "
+              f"{cost / reference['evaluations']:.3f}")
 
 
 if __name__ == "__main__":

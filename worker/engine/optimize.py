@@ -28,9 +28,17 @@ from .vgg import LAYER_NAMES, LoadedWeights, VGGFeatures, load_weights
 # see a handful of positions and the Gram matrices say little.
 MIN_SCALE_LONG_SIDE = 64
 
-# L-BFGS keeps 2 * history vectors the size of the image: torch's default of 100 would
-# need 7.5 GB at 2048x1536; 50 halves that. Not yet tuned for quality (issue 5's work).
-LBFGS_HISTORY = 50
+# L-BFGS keeps 2 * history vectors the size of the image. torch's default of 100 reaches a
+# given loss in fewer evaluations than 50 (bench/quality.py), and costs 1.9 GB at 1024x768;
+# above a megapixel the history is halved (100 would need 7.5 GB at 2048x1536).
+LBFGS_HISTORY = 100
+LBFGS_HISTORY_LARGE = 50
+LARGE_IMAGE_PIXELS = 1024 * 1024
+
+# The share of the iterations the last (full-size) scale gets; the coarser scales split the
+# rest. Measured by bench/quality.py: the coarse scales give the picture its layout cheaply,
+# but each new scale starts L-BFGS afresh, so most of the work belongs at the final size.
+FINAL_SCALE_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -143,9 +151,13 @@ def scale_sizes(content_size: tuple[int, int], size: int, scales: int,
 
 
 def split_iterations(iterations: int, scales: int) -> list[int]:
-    """Spread the budget evenly over the scales; the remainder goes to the finer ones."""
-    base, extra = divmod(iterations, scales)
-    return [base + (1 if i >= scales - extra else 0) for i in range(scales)]
+    """The budget per scale: FINAL_SCALE_SHARE to the last, the rest spread evenly over the
+    coarser ones (their remainder to the finer of them)."""
+    if scales == 1:
+        return [iterations]
+    coarse = int(iterations * (1 - FINAL_SCALE_SHARE))
+    base, extra = divmod(coarse, scales - 1)
+    return [*(base + (1 if i >= scales - 1 - extra else 0) for i in range(scales - 1)), iterations - coarse]
 
 
 class StyleObjective:
@@ -195,10 +207,11 @@ class _Descent:
             # iterations (L-BFGS keeps its history across calls). The strong-Wolfe line
             # search keeps it from diverging, as it does without one on stiff problems; the
             # budget alone decides when to stop.
+            pixels = self.image.shape[-1] * self.image.shape[-2]
             self.optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
                 [self.image], lr=params.learning_rate, max_iter=1, max_eval=20,
-                history_size=LBFGS_HISTORY, tolerance_grad=0.0, tolerance_change=0.0,
-                line_search_fn="strong_wolfe")
+                history_size=LBFGS_HISTORY if pixels <= LARGE_IMAGE_PIXELS else LBFGS_HISTORY_LARGE,
+                tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe")
         else:
             self.optimizer = torch.optim.Adam([self.image], lr=params.learning_rate)
         self.best: torch.Tensor | None = None
