@@ -25,16 +25,23 @@ class JobError:
 
 
 def create_job(session: Session, *, params: dict[str, Any], inputs: dict[str, Any],
-               job_id: str | None = None, token_hash: str | None = None, owner: str | None = None) -> Job:
+               job_id: str | None = None, token_hash: str | None = None, owner: str | None = None,
+               queue: str | None = None) -> Job:
     """Insert a queued job and commit: from now on the job exists, whatever the broker does
     (a job whose message never reaches the broker is sent again by the reconciler)."""
     now = utcnow()
     job = Job(id=job_id or new_job_id(), status=QUEUED, params=params, inputs=inputs,
               iterations=int(params["iterations"]), iteration=0, attempts=0, cancel_requested=False,
-              created_at=now, enqueued_at=now, token_hash=token_hash, owner=owner, snapshots=[])
+              created_at=now, enqueued_at=now, token_hash=token_hash, owner=owner, queue=queue,
+              snapshots=[])
     session.add(job)
     session.commit()
     return job
+
+
+def job_queue(session: Session, job_id: str) -> str | None:
+    """The queue the job's message goes to (None for jobs from before queues per device class)."""
+    return session.scalar(select(Job.queue).where(Job.id == job_id))
 
 
 def claim_job(session: Session, job_id: str, worker: str) -> bool:

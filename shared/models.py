@@ -82,6 +82,8 @@ class Job(Base):
     token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Who submitted it: "key:<api key id>", "browser:<hash of the browser's cookie>", or None.
     owner: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
+    # The queue its message is sent to (a device class's: shared.settings.Settings.queue_for).
+    queue: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     snapshots: Mapped[list[Snapshot]] = relationship(
         back_populates="job", order_by="Snapshot.iteration", cascade="all, delete-orphan", passive_deletes=True

@@ -24,7 +24,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .db import database_unreachable, describe_error
 from .models import CANCELED, FAILED, QUEUED, RUNNING, Job, utcnow
 from .settings import Settings
-from .tasks import STYLIZE
+from .tasks import STYLIZE, queue_keys
 
 log = logging.getLogger("impasto.reconcile")
 
@@ -54,9 +54,9 @@ class Report:
         return bool(self.requeued or self.lost or self.resent)
 
 
-def reconcile(session: Session, settings: Settings, send: Callable[[str], None],
+def reconcile(session: Session, settings: Settings, send: Callable[[str, str], None],
               broker_job_ids: Callable[[], set[str]], *, judge_leases: bool = True) -> Report:
-    """One pass. `send(job_id)` enqueues a job; `broker_job_ids()` says which jobs the broker
+    """One pass. `send(job_id, queue)` enqueues a job; `broker_job_ids()` says which jobs the broker
     holds a message for (waiting or delivered and not yet acknowledged). `judge_leases`: False
     while this reconciler has not yet watched the database for a whole lease (it just started,
     or the database just came back and workers have not had the chance to renew)."""
@@ -65,9 +65,9 @@ def reconcile(session: Session, settings: Settings, send: Callable[[str], None],
     expired = now - timedelta(seconds=settings.job_lease)
     last_sign = func.coalesce(Job.heartbeat_at, Job.started_at, Job.created_at)
     stale = session.execute(
-        select(Job.id, Job.workers_lost).where(Job.status == RUNNING, last_sign < expired)
+        select(Job.id, Job.workers_lost, Job.queue).where(Job.status == RUNNING, last_sign < expired)
     ).all() if judge_leases else []
-    for job_id, workers_lost in stale:
+    for job_id, workers_lost, queue in stale:
         guard = update(Job).where(Job.id == job_id, Job.status == RUNNING, last_sign < expired)
         lost = workers_lost + 1
         if lost >= settings.max_attempts:
@@ -87,34 +87,33 @@ def reconcile(session: Session, settings: Settings, send: Callable[[str], None],
         ).returning(Job.status)).scalar()
         session.commit()  # queued in SQL before its message exists: a worker can claim it
         if status == QUEUED:
-            send(job_id)
+            send(job_id, queue or settings.gpu_queue)
             report.requeued.append(job_id)
 
     unsent_before = now - timedelta(seconds=settings.enqueue_grace)
     last_sent = func.coalesce(Job.enqueued_at, Job.created_at)
-    waiting = session.scalars(select(Job.id).where(Job.status == QUEUED, last_sent < unsent_before)).all()
+    waiting = session.execute(select(Job.id, Job.queue).where(Job.status == QUEUED, last_sent < unsent_before)).all()
     if waiting:
         held = broker_job_ids()
-        for job_id in waiting:
+        for job_id, queue in waiting:
             if job_id in held:
                 continue
             won = session.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED, last_sent < unsent_before)
                                   .values(enqueued_at=now)).rowcount
             session.commit()
             if won:
-                send(job_id)
+                send(job_id, queue or settings.gpu_queue)
                 report.resent.append(job_id)
     return report
 
 
-def redis_job_ids(client: Any, queue: str, delivered_since: float | None = None) -> set[str]:
-    """The jobs a Celery Redis broker holds a stylize message for: waiting in `queue` (at any
-    priority), or delivered to a worker and not yet acknowledged (any queue) at or after the
+def redis_job_ids(client: Any, queues: Sequence[str], delivered_since: float | None = None) -> set[str]:
+    """The jobs a Celery Redis broker holds a stylize message for: waiting in one of `queues`
+    (at any priority), or delivered to a worker and not yet acknowledged (any queue) at or after the
     Unix time `delivered_since` (None: whenever). A queued job whose message a worker took
     long ago but never claimed was taken by a worker that died: it counts as not held."""
     ids: set[str] = set()
-    keys = [queue, *client.scan_iter(match=f"{queue}\x06\x16*")]  # kombu's priority sub-queues
-    for key in keys:
+    for key in (key for queue in queues for key in queue_keys(queue)):
         ids.update(_job_ids(client.lrange(key, 0, -1)))
     unacked = client.hgetall("unacked")
     if delivered_since is not None:
@@ -145,7 +144,7 @@ def _job_ids(messages: Iterable[Any]) -> Iterable[str]:
 class Reconciler:
     """Runs a pass, then retention's cleanup, every `reconcile_interval` seconds in a thread."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], send: Callable[[str], None],
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], send: Callable[[str, str], None],
                  broker_job_ids: Callable[[], set[str]], storage: Any = None):
         self.settings, self.sessions, self.send, self.broker_job_ids = settings, sessions, send, broker_job_ids
         self.storage = storage
@@ -229,10 +228,10 @@ def reconciler_for(settings: Settings, celery_app: Any) -> Reconciler:
     os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
     return Reconciler(
         settings, session_factory(engine),
-        send=lambda job_id: enqueue_stylize(celery_app, job_id, settings.queue),
+        send=lambda job_id, queue: enqueue_stylize(celery_app, job_id, queue),
         # A message a worker took more than a lease ago and whose job is still queued was taken
         # by a worker that died before it could claim the job.
-        broker_job_ids=lambda: redis_job_ids(client, settings.queue,
+        broker_job_ids=lambda: redis_job_ids(client, settings.queues,
                                              delivered_since=time.time() - settings.job_lease),
         storage=open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url),
     )
@@ -246,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
+    from .logs import configure_logging
     from .settings import SettingsError, load_settings
     from .tasks import make_celery
 
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as err:
         print(f"impasto reconcile: error: {err}", file=sys.stderr)
         return 2
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("INFO")
     report = reconciler.run_once(judge_leases=True)
     print(f"requeued {len(report.requeued)}, failed as lost {len(report.lost)}, re-sent {len(report.resent)}")
     if args.forever:

@@ -25,7 +25,12 @@ class Settings:
     # None: no broker given; `impasto up` starts a Redis and fills this in for its children.
     broker_url: str | None
     storage_url: str
-    queue: str
+    queue: str  # the prefix of the queues' names
+    # Queues per device class: a job goes to the CPU queue when its size is at most
+    # cpu_max_size (small previews), else to the GPU queue (0: every job to the GPU queue).
+    gpu_queue: str
+    cpu_queue: str
+    cpu_max_size: int
     max_upload_bytes: int  # per request, all files together
     max_pixels: int  # per uploaded image, checked from the header before decoding
     max_size: int  # the largest output long side a job may ask for
@@ -35,6 +40,11 @@ class Settings:
     job_time_limit: int  # seconds; past it a job is stopped (soft limit) then killed (hard limit)
     strict_weights: bool  # refuse to fall back to random VGG-19 weights
     s3_endpoint_url: str | None  # for S3-compatible servers (MinIO, Ceph, moto)
+    # How the web serves images kept in S3: "redirect" to a presigned URL (signed for
+    # s3_public_endpoint_url when browsers reach the server at another address) or "stream".
+    s3_downloads: str
+    s3_public_endpoint_url: str | None
+    s3_url_expiry: int  # seconds a presigned URL is valid
     # Reliability: a running job whose heartbeat is older than the lease has lost its worker.
     job_lease: int  # seconds
     max_attempts: int  # the times a job's worker may be lost; the last ends it failed with `worker_lost`
@@ -51,6 +61,15 @@ class Settings:
     def with_broker(self, broker_url: str) -> Settings:
         return replace(self, broker_url=broker_url)
 
+    @property
+    def queues(self) -> tuple[str, str]:
+        """Every queue a job may be sent to: the GPU queue, then the CPU queue."""
+        return (self.gpu_queue, self.cpu_queue)
+
+    def queue_for(self, size: int) -> str:
+        """The queue a job of this output size goes to."""
+        return self.cpu_queue if size <= self.cpu_max_size else self.gpu_queue
+
     def require_broker(self) -> str:
         if not self.broker_url:
             raise SettingsError(
@@ -64,13 +83,17 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     """Parse the IMPASTO_* variables (default: os.environ); `overrides` win (command-line flags)."""
     env = os.environ if environ is None else environ
     data_dir = Path(str(overrides.pop("data_dir", None) or env.get("IMPASTO_DATA_DIR") or "data")).resolve()
+    queue = _text(env, "IMPASTO_QUEUE", "impasto")
     settings = Settings(
         data_dir=data_dir,
         database_url=_url(env, "IMPASTO_DATABASE_URL", f"sqlite:///{data_dir / 'impasto.db'}",
                           ("sqlite", "postgresql", "postgresql+psycopg")),
         broker_url=_url(env, "IMPASTO_BROKER_URL", None, ("redis", "rediss")),
         storage_url=_storage_url(env, data_dir),
-        queue=_text(env, "IMPASTO_QUEUE", "impasto"),
+        queue=queue,
+        gpu_queue=_text(env, "IMPASTO_GPU_QUEUE", f"{queue}.gpu"),
+        cpu_queue=_text(env, "IMPASTO_CPU_QUEUE", f"{queue}.cpu"),
+        cpu_max_size=_int(env, "IMPASTO_CPU_MAX_SIZE", 256, 0),
         max_upload_bytes=_int(env, "IMPASTO_MAX_UPLOAD_BYTES", 32 * 1024 * 1024, 1024),
         max_pixels=_int(env, "IMPASTO_MAX_PIXELS", 40_000_000, 64),
         max_size=_int(env, "IMPASTO_MAX_SIZE", 2048, 16, 8192),
@@ -80,6 +103,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         job_time_limit=_int(env, "IMPASTO_JOB_TIME_LIMIT", 3600, 10),
         strict_weights=_bool(env, "IMPASTO_STRICT_WEIGHTS", False),
         s3_endpoint_url=_url(env, "IMPASTO_S3_ENDPOINT_URL", None, ("http", "https")),
+        s3_downloads=_choice(env, "IMPASTO_S3_DOWNLOADS", "redirect", ("redirect", "stream")),
+        s3_public_endpoint_url=_url(env, "IMPASTO_S3_PUBLIC_ENDPOINT_URL", None, ("http", "https")),
+        s3_url_expiry=_int(env, "IMPASTO_S3_URL_EXPIRY", 3600, 10, 7 * 24 * 3600),
         job_lease=_int(env, "IMPASTO_JOB_LEASE", 60, 2),
         max_attempts=_int(env, "IMPASTO_MAX_ATTEMPTS", 3, 1, 100),
         reconcile_interval=_int(env, "IMPASTO_RECONCILE_INTERVAL", 15, 1),
@@ -124,6 +150,13 @@ def _text(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip() or default
     if not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise SettingsError(f"{name}={value!r}: use letters, digits, '-', '_' and '.' only")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise SettingsError(f"{name}={value!r}: expected {' or '.join(choices)}")
     return value
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -127,7 +128,11 @@ class LocalStorage:
 
 
 class S3Storage:
-    """Objects in a bucket under a prefix, on AWS S3 or any S3-compatible server."""
+    """Objects in a bucket under a prefix, on AWS S3 or any S3-compatible server.
+
+    Unlike a local folder, it can hand out presigned URLs: the web then sends browsers to the
+    S3 server instead of passing every image's bytes through itself.
+    """
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  client: Any = None):
@@ -136,6 +141,9 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = client or boto3.client("s3", endpoint_url=endpoint_url)
+        self.endpoint_url = endpoint_url
+        self._signers: dict[str | None, Any] = {}  # by the endpoint the URLs are signed for
+        self._signers_lock = threading.Lock()
 
     def _name(self, key: str) -> str:
         check_key(key)
@@ -168,6 +176,49 @@ class S3Storage:
             if not page.get("IsTruncated"):
                 return
             request["ContinuationToken"] = page["NextContinuationToken"]
+
+    def presigned_url(self, key: str, expires: int, *, endpoint_url: str | None = None,
+                      content_type: str = "application/octet-stream", download_name: str | None = None) -> str:
+        """A GET URL for the object that works without credentials for `expires` seconds.
+
+        `endpoint_url` is the address browsers reach the S3 server at, when it is not the one
+        this process uses (a signature covers the host). The S3 server answers with
+        `content_type`, and as an attachment named `download_name` when one is given.
+        """
+        params = {"Bucket": self.bucket, "Key": self._name(key), "ResponseContentType": content_type}
+        if download_name:
+            params["ResponseContentDisposition"] = f'attachment; filename="{download_name}"'
+        return self._sign(endpoint_url, params, expires)
+
+    def download_origin(self, endpoint_url: str | None = None) -> str:
+        """`scheme://host[:port]` of the presigned URLs for `endpoint_url` (what a CSP allows):
+        path-style URLs all lie on the endpoint's own host."""
+        parts = urlsplit(self._signer(endpoint_url).meta.endpoint_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def _sign(self, endpoint_url: str | None, params: dict[str, Any], expires: int) -> str:
+        """Signing is local (no request is made), but needs credentials."""
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return self._signer(endpoint_url).generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+        except BotoCoreError as err:
+            raise StorageError(f"S3 presigned URL for bucket {self.bucket}: {err}") from err
+
+    def _signer(self, endpoint_url: str | None) -> Any:
+        """A client for signing only: signature v4 (which every AWS region and S3-compatible
+        server takes), path-style (`HOST/BUCKET/KEY`: no per-bucket host names for MinIO or
+        moto to resolve), in the region of the client that reads and writes."""
+        import boto3
+        from botocore.config import Config
+
+        endpoint_url = endpoint_url or self.endpoint_url
+        with self._signers_lock:  # boto3's default session is not safe to share between threads
+            if endpoint_url not in self._signers:
+                config = Config(signature_version="s3v4", s3={"addressing_style": "path"})
+                self._signers[endpoint_url] = boto3.client(
+                    "s3", endpoint_url=endpoint_url, region_name=self.client.meta.region_name, config=config)
+            return self._signers[endpoint_url]
 
     def _call(self, operation: str, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError

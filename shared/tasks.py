@@ -11,6 +11,10 @@ from .settings import Settings
 
 STYLIZE = "impasto.stylize"
 
+# Kombu's Redis transport keeps a message of priority p in the list `queue`, or, for p above
+# 0, in `queue\x06\x16STEP` (STEP: the least of these that is at least p).
+PRIORITY_STEPS = (3, 6, 9)
+
 # The runner stops a job at its time limit between two iterations. Celery's limits back it up
 # for an iteration that never ends: past the soft limit the job is interrupted and marked
 # failed with `timeout`; past the hard one the process running it is killed.
@@ -22,7 +26,7 @@ def make_celery(settings: Settings) -> Celery:
     done, so a worker that dies hands its job back instead of losing it."""
     app = Celery("impasto", broker=settings.require_broker(), set_as_current=False)
     app.conf.update(
-        task_default_queue=settings.queue,
+        task_default_queue=settings.gpu_queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -44,6 +48,11 @@ def make_celery(settings: Settings) -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists that hold a queue's waiting messages, one per priority step."""
+    return [queue, *(f"{queue}\x06\x16{step}" for step in PRIORITY_STEPS)]
 
 
 def enqueue_stylize(app: Celery, job_id: str, queue: str) -> None:

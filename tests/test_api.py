@@ -41,8 +41,8 @@ def client(app):
 def queued(settings):
     """How many messages wait on this test's queue."""
     connection = redis.Redis.from_url(settings.broker_url)
-    yield lambda: connection.llen(settings.queue)
-    connection.delete(settings.queue)
+    yield lambda: sum(connection.llen(queue) for queue in settings.queues)
+    connection.delete(*settings.queues)
     connection.close()
 
 
@@ -86,7 +86,7 @@ def test_submit_answers_202_with_the_job_and_enqueues_it(client, queued):
     assert job["snapshots"] == [] and job["output_url"] is None and job["error"] is None
     assert queued() == 1
     message = json.loads(redis.Redis.from_url(client.application.extensions["impasto"].settings.broker_url)
-                         .lindex(client.application.extensions["impasto"].settings.queue, 0))
+                         .lindex(client.application.extensions["impasto"].settings.queue_for(job["params"]["size"]), 0))
     assert message["headers"]["task"] == "impasto.stylize" and job["id"] in message["headers"]["argsrepr"]
     shown = client.get(job["inputs"][0])
     assert shown.status_code == 200 and shown.data == PHOTO.read_bytes()

@@ -192,7 +192,7 @@ def test_redis_restarted_empty_loses_no_job(cluster, worker):
 def test_the_same_job_delivered_twice_at_once_runs_once(cluster, worker):
     _, other_log = cluster.start_worker()  # two idle workers, one message each
     job_id = cluster.submit(iterations="30")
-    enqueue_stylize(make_celery(cluster.settings), job_id, cluster.settings.queue)
+    enqueue_stylize(make_celery(cluster.settings), job_id, cluster.settings.gpu_queue)
     done = cluster.wait(job_id, lambda j: j["status"] not in ("queued", "running"))
     assert (done["status"], done["attempts"]) == ("succeeded", 1)
     logs = [worker[1], other_log]

@@ -241,3 +241,27 @@ def test_a_full_pool_answers_503_with_retry_after(make_settings):
     assert page.mimetype == "text/html" and "cannot be reached" in page.get_data(as_text=True)
     assert client.get("/api/v1/jobs/nosuchjob").status_code == 404  # a connection is free again
     engine.dispose()
+
+
+def test_an_unreachable_image_store_answers_503_not_500(make_settings, monkeypatch):
+    """S3 down (nothing listens at its address): a submission cannot store its images."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # boto3's retries would only make the test slow
+    settings = make_settings(IMPASTO_STORAGE_URL="s3://impasto/jobs",
+                             IMPASTO_S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+    upgrade(settings.database_url)
+    client = create_app(settings).test_client()
+    fields = {"size": "64", "iterations": "10", "weights": "random"}
+    with open(PHOTO, "rb") as photo, open(PAINTING, "rb") as painting:
+        api = client.post("/api/v1/jobs", data={**fields, "content": (photo, "p.jpg"), "style": (painting, "s.jpg")})
+    assert api.status_code == 503 and api.headers["Retry-After"] == "5"
+    assert api.get_json()["error"] == {"code": "unavailable", "field": None,
+                                       "message": "the image storage cannot be reached right now; try again in a minute"}
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").get_data(as_text=True))[1]
+    with open(PHOTO, "rb") as photo:
+        page = client.post("/jobs", data={**fields, "csrf_token": token, "content": (photo, "p.jpg"),
+                                          "style_preset": "starry_night"}, content_type="multipart/form-data")
+    assert page.status_code == 503 and page.mimetype == "text/html"
+    assert "image storage cannot be reached" in page.get_data(as_text=True)

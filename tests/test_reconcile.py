@@ -61,7 +61,7 @@ def test_running_jobs_whose_lease_expired_go_back_to_the_queue(sessions):
     stale, fresh = new_job(sessions, running_for=60), new_job(sessions, running_for=5)
     sent = []
     with sessions() as session:
-        report = reconcile(session, sessions.settings, sent.append, set)
+        report = reconcile(session, sessions.settings, lambda job_id, queue: sent.append(job_id), set)
     assert report.requeued == [stale] and sent == [stale]
     job = get(sessions, stale)
     assert (job.status, job.worker, job.heartbeat_at) == ("queued", None, None)
@@ -73,7 +73,7 @@ def test_a_job_whose_worker_is_lost_too_often_ends_failed_with_worker_lost(sessi
     once, twice = new_job(sessions, running_for=60), new_job(sessions, running_for=60, workers_lost=1)
     sent = []
     with sessions() as session:
-        report = reconcile(session, sessions.settings, sent.append, set)
+        report = reconcile(session, sessions.settings, lambda job_id, queue: sent.append(job_id), set)
     assert report.requeued == [once] and report.lost == [twice] and sent == [once]
     assert get(sessions, once).workers_lost == 1
     job = get(sessions, twice)
@@ -85,7 +85,7 @@ def test_a_lost_job_whose_owner_canceled_it_ends_canceled(sessions):
     job_id = new_job(sessions, running_for=60, cancel_requested=True)
     sent = []
     with sessions() as session:
-        report = reconcile(session, sessions.settings, sent.append, set)
+        report = reconcile(session, sessions.settings, lambda job_id, queue: sent.append(job_id), set)
     assert sent == [] and report.requeued == []
     job = get(sessions, job_id)
     assert job.status == "canceled" and job.finished_at is not None
@@ -95,10 +95,10 @@ def test_queued_jobs_the_broker_lost_are_sent_again_once(sessions):
     lost, held, new = new_job(sessions, queued_for=60), new_job(sessions, queued_for=60), new_job(sessions)
     sent = []
     with sessions() as session:
-        report = reconcile(session, sessions.settings, sent.append, lambda: {held})
+        report = reconcile(session, sessions.settings, lambda job_id, queue: sent.append(job_id), lambda: {held})
     assert report.resent == [lost] and sent == [lost]  # `new` is within its grace period
     with sessions() as session:  # sent just now: not again at the next pass
-        assert not reconcile(session, sessions.settings, sent.append, lambda: {held})
+        assert not reconcile(session, sessions.settings, lambda job_id, queue: sent.append(job_id), lambda: {held})
     assert sent == [lost]
 
 
@@ -108,7 +108,7 @@ def test_many_reconcilers_at_once_send_each_job_once(sessions):
     lock = threading.Lock()
     errors = []
 
-    def send(job_id: str) -> None:
+    def send(job_id: str, queue: str) -> None:
         with lock:
             sent.append(job_id)
 
@@ -142,21 +142,21 @@ def test_redis_job_ids_reads_waiting_and_unacknowledged_messages(make_settings, 
     try:
         enqueue_stylize(app, "first-job", queue_name)
         enqueue_stylize(app, "second-job", queue_name)
-        assert {"first-job", "second-job"} <= redis_job_ids(client, queue_name)
+        assert {"first-job", "second-job"} <= redis_job_ids(client, [queue_name])
         with app.connection_for_write() as connection:
             queue = connection.SimpleQueue(queue_name)
             taken = queue.get(timeout=5)  # delivered, as to a worker, and not yet acknowledged
             assert client.llen(queue_name) == 1
-            assert {"first-job", "second-job"} <= redis_job_ids(client, queue_name)
-            assert {"first-job", "second-job"} <= redis_job_ids(client, queue_name, delivered_since=time.time() - 60)
+            assert {"first-job", "second-job"} <= redis_job_ids(client, [queue_name])
+            assert {"first-job", "second-job"} <= redis_job_ids(client, [queue_name], delivered_since=time.time() - 60)
             # Taken longer ago than asked for: as if by a worker that died before claiming it.
-            later = redis_job_ids(client, queue_name, delivered_since=time.time() + 60)
+            later = redis_job_ids(client, [queue_name], delivered_since=time.time() + 60)
             assert len({"first-job", "second-job"} & later) == 1
             taken.ack()
-            assert len({"first-job", "second-job"} & redis_job_ids(client, queue_name)) == 1
+            assert len({"first-job", "second-job"} & redis_job_ids(client, [queue_name])) == 1
             queue.get(timeout=5).ack()
             queue.close()
-        assert not {"first-job", "second-job"} & redis_job_ids(client, queue_name)
+        assert not {"first-job", "second-job"} & redis_job_ids(client, [queue_name])
     finally:
         client.delete(queue_name)
 
@@ -176,6 +176,6 @@ def test_each_reconciler_pass_also_deletes_expired_jobs(sessions, tmp_path):
             status=SUCCEEDED, finished_at=utcnow() - timedelta(hours=2), output_key=f"jobs/{old}/output.png"))
         session.commit()
     settings = replace(sessions.settings, retention=3600)
-    Reconciler(settings, sessions, send=lambda job_id: None, broker_job_ids=set, storage=storage).run_once()
+    Reconciler(settings, sessions, send=lambda job_id, queue: None, broker_job_ids=set, storage=storage).run_once()
     assert get(sessions, old) is None and not storage.exists(f"jobs/{old}/output.png")
     assert get(sessions, running).status == "running"

@@ -45,7 +45,7 @@ def app(make_settings, monkeypatch):
     monkeypatch.setattr("web.api.EVENT_STREAM_S", 0.1)  # a queued job's event stream ends at once
     yield create_app(settings_)
     connection = redis.Redis.from_url(settings_.broker_url)
-    connection.delete(settings_.queue)
+    connection.delete(*settings_.queues)
     connection.close()
 
 

@@ -16,6 +16,8 @@ def test_defaults_run_on_one_machine(tmp_path):
     assert settings.storage_url == (tmp_path / "storage").as_uri()
     assert settings.broker_url is None  # `impasto up` starts one
     assert settings.queue == "impasto"
+    assert settings.queues == ("impasto.gpu", "impasto.cpu") and settings.cpu_max_size == 256
+    assert settings.s3_downloads == "redirect" and settings.s3_public_endpoint_url is None
     assert settings.max_size >= 1024 and settings.max_iterations >= 1000
 
 
@@ -53,6 +55,11 @@ def test_overrides_win(tmp_path):
     ("IMPASTO_MAX_ITERATIONS", "0", "must be between 1 and 100000"),
     ("IMPASTO_STRICT_WEIGHTS", "maybe", "expected 1 or 0"),
     ("IMPASTO_QUEUE", "a queue", "letters, digits"),
+    ("IMPASTO_GPU_QUEUE", "gpu queue", "letters, digits"),
+    ("IMPASTO_CPU_MAX_SIZE", "-1", "IMPASTO_CPU_MAX_SIZE='-1': must be at least 0"),
+    ("IMPASTO_S3_DOWNLOADS", "proxy", "IMPASTO_S3_DOWNLOADS='proxy': expected redirect or stream"),
+    ("IMPASTO_S3_PUBLIC_ENDPOINT_URL", "s3.example.com", "expected a URL starting with http:// or https://"),
+    ("IMPASTO_S3_URL_EXPIRY", "5", "must be between 10 and 604800"),
 ])
 def test_a_bad_value_is_one_line_naming_the_variable(name, value, says):
     with pytest.raises(SettingsError) as caught:

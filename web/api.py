@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, abort, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Response, abort, jsonify, redirect, request, stream_with_context, url_for
 from werkzeug.exceptions import HTTPException
 from sqlalchemy import text
 from sqlalchemy.orm import selectinload
@@ -21,12 +21,12 @@ from shared.jobs import queue_position, recent_jobs, request_cancel
 from shared.keys import LimiterUnavailable, LimitExceeded, hash_secret, new_job_token
 from shared.models import Job, utcnow
 from shared.retention import delete_job
-from shared.storage import MissingObject
+from shared.storage import MissingObject, S3Storage
 
 from .access import (JOB_TOKEN_HEADER, Unauthorized, api_key, counted, key_owner, limit_message, may_change,
                      submission_limit)
 from .openapi import openapi_document
-from .services import services
+from .services import Services, services
 from .submit import QueueUnavailable, SubmissionError, submit
 
 bp = Blueprint("api", __name__)
@@ -327,15 +327,40 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+def redirect_storage(found: Services) -> S3Storage | None:
+    """The S3 storage whose presigned URLs images are redirected to, or None: this process
+    streams them (a local folder, or IMPASTO_S3_DOWNLOADS=stream)."""
+    if found.settings.s3_downloads == "redirect" and isinstance(found.storage, S3Storage):
+        return found.storage
+    return None
+
+
 def _image(key: str, download_name: str | None, content_type: str = "image/png") -> Response:
+    """The image's bytes, or a redirect to them on the S3 server; only after the caller's checks."""
+    download_name = download_name if request.args.get("download") else None
+    storage = redirect_storage(services())
+    if storage is not None:
+        return _image_redirect(storage, key, download_name, content_type)
     try:
         data = services().storage.get(key)
     except MissingObject:
         abort(404, "the image is no longer stored")
     response = Response(data, mimetype=content_type)
     response.headers["Cache-Control"] = "private, max-age=3600"
-    if download_name and request.args.get("download"):
+    if download_name:
         response.headers["Content-Disposition"] = f'attachment; filename="{download_name}"'
+    return response
+
+
+def _image_redirect(storage: S3Storage, key: str, download_name: str | None, content_type: str) -> Response:
+    # A HEAD first, so that a deleted image is this API's 404 and not the S3 server's error.
+    if not storage.exists(key):
+        abort(404, "the image is no longer stored")
+    settings = services().settings
+    url = storage.presigned_url(key, settings.s3_url_expiry, endpoint_url=settings.s3_public_endpoint_url,
+                                content_type=content_type, download_name=download_name)
+    response = redirect(url, 302)
+    response.headers["Cache-Control"] = "private, no-store"  # the URL expires: never reuse this answer
     return response
 
 

@@ -12,14 +12,17 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 
 from shared.db import database_unreachable, describe_error
 from shared.settings import Settings, load_settings
+from shared.storage import S3Storage, StorageError
 
 from .presets import PRESETS
 from .services import Services, init_services
 
 log = logging.getLogger("impasto.web")
 
-# The pages load scripts, styles and images from this site only, and no inline code.
-CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
+# The pages load scripts, styles and images from this site only (and images from the S3
+# server when they are redirected there), and no inline code.
+IMG_SRC = "img-src 'self' data: blob:"
+CONTENT_SECURITY_POLICY = (f"default-src 'self'; {IMG_SRC}; script-src 'self'; "
                            "style-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
 # Seconds a client is told to wait (Retry-After) by a 503 that names no time of its own: a
 # database outage of a few seconds is over by then, and clients do not hammer it meanwhile.
@@ -38,12 +41,16 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     app.config.update(config or {})
-    init_services(app, services or Services.from_settings(settings))
+    services = services or Services.from_settings(settings)
+    init_services(app, services)
 
-    from . import api, pages
+    from . import api, metrics, pages
+
+    csp = _content_security_policy(api.redirect_storage(services), services.settings.s3_public_endpoint_url)
 
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(metrics.bp)
 
     def wants_json() -> bool:
         return (request.path.startswith("/api/") or request.path == "/healthz"
@@ -65,18 +72,25 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         body, status = pages.error_page(err)
         return body, status, headers
 
+    def unavailable(what: str, error: str, wait: str):
+        """503 for an outage of something the service depends on: not a bug, so one log line
+        per request (a traceback each would bury the log) and an answer that says to wait."""
+        log.warning("event=%s-unavailable path=%s error=%s", what.rsplit(" ", 1)[-1], request.path, error)
+        message = f"the {what} cannot be reached right now; try again in {wait}"
+        if wants_json():
+            return api.error_response(503, "unavailable", message)
+        return pages.error_page(ServiceUnavailable(message[0].upper() + message[1:] + "."))
+
     @app.errorhandler(DBAPIError)
     @app.errorhandler(PoolTimeout)
     def database_error(err: Exception):
         if not database_unreachable(err):
             return unexpected(err)
-        # One line per request: an outage is not a bug, and a traceback each would bury the log.
-        log.warning("event=database-unavailable path=%s error=%s", request.path, describe_error(err))
-        if wants_json():
-            return api.error_response(503, "unavailable", "the database cannot be reached right now; "
-                                                          "try again in a few seconds")
-        return pages.error_page(ServiceUnavailable("The database cannot be reached right now; "
-                                                   "try again in a few seconds."))
+        return unavailable("database", describe_error(err), "a few seconds")
+
+    @app.errorhandler(StorageError)
+    def storage_error(err: StorageError):  # the image store (S3) is down or refuses us
+        return unavailable("image storage", repr(str(err)), "a minute")
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):
@@ -91,7 +105,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
 
     @app.after_request
     def headers(response):
-        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("Content-Security-Policy", csp)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
@@ -100,6 +114,15 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         return response
 
     return app
+
+
+def _content_security_policy(redirected_to: S3Storage | None, public_endpoint_url: str | None) -> str:
+    """The policy, with the S3 server that images are redirected to among the image sources,
+    so that the job page's pictures still load."""
+    if redirected_to is None:
+        return CONTENT_SECURITY_POLICY
+    origin = redirected_to.download_origin(public_endpoint_url)
+    return CONTENT_SECURITY_POLICY.replace(IMG_SRC, f"{IMG_SRC} {origin}")
 
 
 def _code(status: int | None) -> str:

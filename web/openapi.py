@@ -163,6 +163,12 @@ def _png(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
 
 
+# With S3 storage and IMPASTO_S3_DOWNLOADS=redirect, images are a redirect to the S3 server.
+_REDIRECT = {"302": {"description": "the image is on the S3 server: Location is a presigned URL that "
+                                    "expires (IMPASTO_S3_URL_EXPIRY); fetch it at once, do not keep it",
+                     "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}}}}
+
+
 @cache
 def openapi_document(settings: Settings) -> dict[str, Any]:
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -256,20 +262,20 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/api/v1/jobs/{job_id}/output.png": {"get": {
                 "operationId": "getOutput", "summary": "The output image (`?download=1` to save it)",
                 "parameters": [job_id, {"name": "download", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": _png("the output"), **_errors(404, 503)}}},
+                "responses": {"200": _png("the output"), **_REDIRECT, **_errors(404, 503)}}},
             "/api/v1/jobs/{job_id}/snapshots/{iteration}.png": {"get": {
                 "operationId": "getSnapshot", "summary": "A snapshot image",
                 "parameters": [job_id, {"name": "iteration", "in": "path", "required": True,
                                         "schema": {"type": "integer", "minimum": 0}},
                                {"name": "download", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": _png("the snapshot"), **_errors(404, 503)}}},
+                "responses": {"200": _png("the snapshot"), **_REDIRECT, **_errors(404, 503)}}},
             "/api/v1/jobs/{job_id}/inputs/{index}": {"get": {
                 "operationId": "getInput", "summary": "An input image: 0 is the content, then the styles",
                 "parameters": [job_id, {"name": "index", "in": "path", "required": True,
                                         "schema": {"type": "integer", "minimum": 0}}],
                 "responses": {"200": {"description": "the image as uploaded",
                                       "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}},
-                              **_errors(404, 503)}}},
+                              **_REDIRECT, **_errors(404, 503)}}},
             "/api/v1/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This document",
                 "responses": {"200": {"description": "the OpenAPI document",

@@ -173,11 +173,12 @@ def submit(services: Services, form: MultiDict[str, str], files: MultiDict[str, 
         else:
             inputs["styles"].append(item)
     assert params is not None
+    queue = settings.queue_for(params.size)  # small previews may go to the CPU queue
     with services.sessions() as session:
         job = create_job(session, job_id=job_id, params=params.model_dump(mode="json"), inputs=inputs,
-                         token_hash=token_hash, owner=owner)
+                         token_hash=token_hash, owner=owner, queue=queue)
     try:
-        enqueue_stylize(services.celery, job.id, settings.queue)
+        enqueue_stylize(services.celery, job.id, queue)
     except Exception as err:  # kombu's connection errors have no common base worth naming
         with services.sessions() as session:
             fail_unclaimed(session, job.id, JobError("queue_unavailable", "the job queue could not be reached; "

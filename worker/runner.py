@@ -26,6 +26,7 @@ from shared.flags import describe_error as describe_invalid
 from shared.images import ImageError, decode_image
 from shared.jobs import (JobError, add_snapshot, claim_job, finish_job, hand_back, heartbeat, latest_snapshot,
                          record_progress, record_weights)
+from shared.metrics import WORKER_HEARTBEAT_S, MetricsUnavailable, Recorder
 from shared.models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from shared.params import WEIGHT_CHOICES, StyleParams
 from shared.settings import Settings
@@ -52,6 +53,16 @@ def worker_name() -> str:
 
 
 @dataclass
+class Attempt:
+    """The job a process runs now: named in its heartbeat, counted for /metrics when it ends."""
+
+    job_id: str
+    queue: str
+    started: float = field(default_factory=time.perf_counter)  # at the claim
+    resumed_at: int = 0  # the iteration it went on from; the ones before are an earlier attempt's
+
+
+@dataclass
 class JobRunner:
     settings: Settings
     sessions: sessionmaker[Session]
@@ -59,10 +70,14 @@ class JobRunner:
     device: str | None = None  # None: the GPU if there is one
     # Sends a handed-back job to the queue again (the Celery app's enqueue); None: no re-send.
     requeue: Callable[[str], None] | None = None
+    # Where finished jobs and this process's heartbeats are counted for /metrics; None: nowhere.
+    metrics: Recorder | None = None
+    attempt: Attempt | None = None  # None: idle
     # Loaded weights by spec, kept for the life of the process.
     _weights: dict[str, Any] = field(default_factory=dict)
     # Style Gram matrices of recent jobs (worker.engine.targets.TargetCache), made on first use.
     _targets: Any = None
+    _heartbeat: MetricsHeartbeat | None = None
 
     def weights(self, spec: str) -> Any:
         from worker.engine import load_weights
@@ -96,7 +111,9 @@ class JobRunner:
             log.info("job=%s event=skipped reason=not-queued", job_id)
             return None
         log.info("job=%s event=started worker=%s attempt=%d", job_id, worker, job.attempts)
-        started = time.perf_counter()
+        attempt = Attempt(job_id, job.queue or self.settings.gpu_queue)
+        self._now_running(attempt)
+        started = attempt.started
         # The time limit counts from the claim, as Celery's backstop limits do from the task's start.
         deadline = time.monotonic() + self.settings.job_time_limit
         lease = _Lease(self, job_id, worker)
@@ -128,6 +145,7 @@ class JobRunner:
             return FAILED
         finally:
             lease.stop()
+            self._now_running(None)
         if failed is not None:
             if failed.code == "out_of_memory":  # now that the failed job's frames are gone
                 _release_gpu_memory()
@@ -162,6 +180,8 @@ class JobRunner:
             raise JobFailed("bad_parameters", str(err)) from None
         self._db(lambda session: record_weights(session, job_id, worker, weights.source, weights.warning), job_id)
         resume = self._resume_point(job_id, params)
+        if resume is not None and self.attempt is not None:
+            self.attempt.resumed_at = resume.iteration
         progress = _Throttle(self.sessions, job_id, worker, lease)
         # The time limit is kept here, between iterations; Celery's limits only back it up.
         timed_out = lambda: time.monotonic() > deadline  # noqa: E731
@@ -260,6 +280,109 @@ class JobRunner:
     def _finish(self, job_id: str, worker: str, status: str, **fields: Any) -> None:
         if not self._db(lambda session: finish_job(session, job_id, worker, status, **fields), job_id):
             log.warning("job=%s event=finish-ignored status=%s reason=not-running-here", job_id, status)
+            return
+        self._count(job_id, status, fields.get("iteration"))
+
+    def _count(self, job_id: str, status: str, iteration: int | None) -> None:
+        """Add the ended job to /metrics' histograms: a broker outage costs the figure, never the job."""
+        attempt = self.attempt
+        if self.metrics is None or attempt is None or attempt.job_id != job_id:
+            return
+        seconds = time.perf_counter() - attempt.started
+        done = (iteration or 0) - attempt.resumed_at  # iteration None: it failed, no rate to tell
+        try:
+            self.metrics.observe_job(status=status, queue=attempt.queue, seconds=seconds,
+                                     iterations_per_second=done / seconds if done > 0 and seconds > 0 else None)
+        except MetricsUnavailable as err:
+            log.warning("job=%s event=metrics-failed error=%r", job_id, str(err))
+
+    def _now_running(self, attempt: Attempt | None) -> None:
+        self.attempt = attempt
+        if self._heartbeat is not None:  # /metrics shows the process busy or idle at once
+            self._heartbeat.poke()
+
+    def start_heartbeat(self, node: str | None = None) -> None:
+        """Tell /metrics every WORKER_HEARTBEAT_S that this process is alive (`node`: its Celery
+        worker's name); a pool process calls this after the fork, as CUDA may be touched."""
+        if self.metrics is not None and self._heartbeat is None:
+            self._heartbeat = MetricsHeartbeat(self, node)
+            self._heartbeat.start()
+
+    def stop_heartbeat(self) -> None:
+        """This process stops on purpose: its heartbeat goes from /metrics."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+
+
+class MetricsHeartbeat(threading.Thread):
+    """Writes this process's heartbeat for /metrics: its device, its GPU memory and its job."""
+
+    def __init__(self, runner: JobRunner, node: str | None):
+        super().__init__(name="metrics-heartbeat", daemon=True)
+        assert runner.metrics is not None
+        self.runner, self.metrics, self.node = runner, runner.metrics, node
+        self.worker = worker_name()  # as on the job rows and in the log lines
+        self._done = threading.Event()
+        self._wake = threading.Event()
+        self._failing = False
+
+    def run(self) -> None:
+        device = _device(self.runner.device)
+        while not self._done.is_set():
+            self.beat(device)
+            self._wake.wait(WORKER_HEARTBEAT_S)
+            self._wake.clear()
+
+    def poke(self) -> None:
+        """Beat now: the process took a job or ended one."""
+        self._wake.set()
+
+    def beat(self, device: str) -> None:
+        allocated, reserved, total = _gpu_memory(device)
+        attempt = self.runner.attempt
+        try:
+            self.metrics.worker_heartbeat(self.worker, node=self.node, device=device, gpu_memory_allocated=allocated,
+                                          gpu_memory_reserved=reserved, gpu_memory_total=total,
+                                          job=attempt.job_id if attempt else None)
+        except MetricsUnavailable as err:
+            if not self._failing:  # one line per outage, not one per beat
+                log.warning("event=metrics-heartbeat-failed worker=%s error=%r", self.worker, str(err))
+            self._failing = True
+        else:
+            self._failing = False
+
+    def stop(self) -> None:
+        self._done.set()
+        self._wake.set()
+        self.join(timeout=WORKER_HEARTBEAT_S)  # so that no beat lands after the entry is gone
+        try:
+            self.metrics.forget_workers(name=self.worker)
+        except MetricsUnavailable:
+            pass  # the entry is dropped when read, WORKER_SILENT_S after its last beat
+
+
+def _device(spec: str | None) -> str:
+    """The device this process's jobs run on, as `cpu` or `cuda:N`."""
+    import torch
+
+    from worker.engine import resolve_device
+
+    device = resolve_device(spec)
+    if device.type != "cuda":
+        return "cpu"
+    return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+
+
+def _gpu_memory(device: str) -> tuple[int, int, int]:
+    """Bytes allocated by tensors, reserved by PyTorch's caching allocator, and the device's total
+    (0 on a CPU)."""
+    if not device.startswith("cuda"):
+        return 0, 0, 0
+    import torch
+
+    return (torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device),
+            torch.cuda.get_device_properties(device).total_memory)
 
 
 class _Lease(threading.Thread):

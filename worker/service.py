@@ -13,14 +13,19 @@ import threading
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import (worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown,
+                            worker_shutting_down)
 
 from shared.db import make_engine, session_factory
+from shared.jobs import job_queue
+from shared.logs import configure_logging
+from shared.metrics import MetricsUnavailable, Recorder
 from shared.reconcile import reconciler_for
 from shared.settings import Settings, SettingsError, load_settings
 from shared.storage import open_storage
 from shared.tasks import STYLIZE, enqueue_stylize, make_celery
 
+from .gpus import GpuError, children, gpu_count, parse_gpus, supervise
 from .runner import JobRunner
 
 log = logging.getLogger("impasto.worker")
@@ -35,9 +40,16 @@ _stopping = threading.Event()
 def runner(app: Celery, settings: Settings, device: str | None) -> JobRunner:
     global _runner
     if _runner is None:
-        _runner = JobRunner(settings, session_factory(make_engine(settings.database_url)),
+        sessions = session_factory(make_engine(settings.database_url))
+
+        def requeue(job_id: str) -> None:  # to the queue it came from
+            with sessions() as session:
+                queue = job_queue(session, job_id) or settings.gpu_queue
+            enqueue_stylize(app, job_id, queue)
+
+        _runner = JobRunner(settings, sessions,
                             open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url),
-                            device=device, requeue=lambda job_id: enqueue_stylize(app, job_id, settings.queue))
+                            device=device, requeue=requeue, metrics=Recorder.from_settings(settings))
     return _runner
 
 
@@ -60,18 +72,32 @@ def create_worker_app(settings: Settings, device: str | None = None, preload: st
             signal.signal(signal.SIGTERM, previous)
 
     @worker_process_init.connect(weak=False)
-    def prepare_pool_process(**_: object) -> None:
+    def prepare_pool_process(sender: str | None = None, **_: object) -> None:
         if preload:  # VGG-19 is loaded once per process, after the fork, before the first job
             weights = runner(app, settings, device).weights(preload)
             log.info("event=weights-loaded source=%s", weights.source)
         if max_memory:
             resource.setrlimit(resource.RLIMIT_DATA, (max_memory, max_memory))
+        runner(app, settings, device).start_heartbeat(node=sender)  # for /metrics; sender: the Celery worker's name
+
+    @worker_process_shutdown.connect(weak=False)
+    def leave_metrics(**_: object) -> None:  # a pool process that ends on purpose is not a lost worker
+        if _runner is not None:
+            _runner.stop_heartbeat()
 
     @worker_ready.connect(weak=False)
     def start_reconciler(**_: object) -> None:
         # Every worker's main process reconciles now and then: jobs whose worker died or whose
         # message the broker lost are sent again, on whichever machines are still up.
         reconciler_for(settings, app).start()
+
+    @worker_shutdown.connect(weak=False)
+    def forget_pool_processes(sender: object = None, **_: object) -> None:
+        # Idle pool processes end at SIGTERM without a word: their heartbeats go here, once all are gone.
+        try:
+            Recorder.from_settings(settings).forget_workers(node=getattr(sender, "hostname", None))
+        except MetricsUnavailable as err:
+            log.warning("event=metrics-forget-failed error=%r", str(err))
 
     @worker_shutting_down.connect(weak=False)
     def stop_pool_processes(**_: object) -> None:
@@ -120,9 +146,27 @@ def _bytes(text: str) -> int:
     return value
 
 
+def worker_queues(settings: Settings, names: str | None) -> list[str]:
+    """--queues: `gpu` and `cpu` stand for the device classes' queues; other names are taken as
+    they are. None: both classes, GPU first."""
+    if names is None:
+        return list(settings.queues)
+    aliases = {"gpu": settings.gpu_queue, "cpu": settings.cpu_queue}
+    queues = [aliases.get(name.strip(), name.strip()) for name in names.split(",")]
+    if not all(queues) or len(set(queues)) != len(queues):
+        raise ValueError(f"--queues {names!r}: name each queue once, as gpu,cpu")
+    return queues
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a worker that takes stylization jobs from the queue."""
     parser = argparse.ArgumentParser(prog="impasto worker", description=main.__doc__)
+    parser.add_argument("--gpus", default=None, metavar="all|0,1,...",
+                        help="one worker process per GPU, each pinned to its device with concurrency 1 "
+                             "(all: every GPU; a machine without one runs one CPU worker)")
+    parser.add_argument("--queues", default=None, metavar="Q[,Q]",
+                        help="queues to take jobs from: gpu, cpu, or queue names (default: both device "
+                             "classes' queues, so that no job waits for a kind of worker that is not there)")
     parser.add_argument("--concurrency", type=int, default=1,
                         help="jobs at once, one process each (default: 1; one per GPU is best)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
@@ -142,13 +186,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.concurrency < 1:
         print("impasto worker: error: --concurrency must be at least 1", file=sys.stderr)
         return 2
+    try:
+        queues = worker_queues(settings, args.queues)
+    except ValueError as err:
+        print(f"impasto worker: error: {err}", file=sys.stderr)
+        return 2
+    configure_logging(args.loglevel)
+    if args.gpus is not None:
+        if args.device or args.concurrency != 1:
+            print("impasto worker: error: --gpus picks each process's device and runs one job per GPU; "
+                  "leave out --device and --concurrency", file=sys.stderr)
+            return 2
+        try:
+            gpus = parse_gpus(args.gpus, gpu_count())
+        except GpuError as err:
+            print(f"impasto worker: error: {err}", file=sys.stderr)
+            return 2
+        if not gpus:
+            log.info("event=no-gpu workers=1 device=cpu")
+            args.device = "cpu"
+        elif gpus != [0]:  # GPU 0 alone runs in this process; others need CUDA_VISIBLE_DEVICES
+            shared_args = [f"--queues={','.join(queues)}", f"--loglevel={args.loglevel}"]
+            if args.max_memory:
+                shared_args.append(f"--max-memory={args.max_memory}")
+            return supervise(children(gpus, shared_args, args.hostname))
+        else:
+            args.device = "cuda:0"
     if args.device and (problem := device_problem(args.device)):
         print(f"impasto worker: error: --device: {problem}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_worker_app(settings, device=args.device, max_memory=args.max_memory)
-    app.worker_main([
-        "worker", "--pool=prefork", f"--concurrency={args.concurrency}", f"--queues={settings.queue}",
+    log.info("event=worker-starting queues=%s device=%s concurrency=%d", ",".join(queues), args.device or "auto",
+             args.concurrency)
+    app.worker_main([  # --quiet: no banner, so that every line is key=value (the settings are logged above)
+        "--quiet", "worker", "--pool=prefork", f"--concurrency={args.concurrency}", f"--queues={','.join(queues)}",
         f"--loglevel={args.loglevel}", f"--hostname={args.hostname}", "--without-gossip", "--without-mingle",
     ])
     return 0
