@@ -74,8 +74,11 @@ class Cluster:
             if until(job):
                 return job
             time.sleep(0.1)
-        logs = "\n".join(log.read_text()[-2000:] for _, log in self.workers)
-        raise AssertionError(f"job {job_id} is {job}, still not there after {timeout} s\n{logs}")
+        raise AssertionError(f"job {job_id} is {job}, still not there after {timeout} s\n{self.logs()}")
+
+    def logs(self, chars: int = 4000) -> str:
+        """The end of each worker's log, for an assertion's message."""
+        return "\n".join(log.read_text(errors="replace")[-chars:] for _, log in self.workers)
 
     def restart_redis(self) -> None:
         """Kill Redis and start a new, empty one on the same port: every message is gone."""
@@ -226,19 +229,20 @@ def test_time_limit_memory_and_missing_inputs_fail_clearly_and_the_worker_goes_o
     storage = Path(cluster.settings.storage_url.removeprefix("file://"))
     for path in (storage / "jobs" / vanished / "inputs").iterdir():
         path.unlink()
-    cluster.start_worker("--max-memory", "2G", IMPASTO_JOB_TIME_LIMIT="10")
+    _, log = cluster.start_worker("--max-memory", "2G", IMPASTO_JOB_TIME_LIMIT="10")
     missing = cluster.wait(vanished, lambda j: j["status"] != "queued" and j["status"] != "running")
     assert (missing["status"], missing["error"]["code"], missing["attempts"]) == ("failed", "input_missing", 1)
 
     too_big = cluster.submit(size="2048", scales="1", iterations="5", snapshot_every="0")
     oom = cluster.wait(too_big, lambda j: j["status"] not in ("queued", "running"), timeout=90)
-    assert (oom["status"], oom["error"]["code"]) == ("failed", "out_of_memory"), oom
+    assert (oom["status"], oom["error"]["code"]) == ("failed", "out_of_memory"), (oom, cluster.logs())
     assert "smaller size" in oom["error"]["message"]
+    assert events(log, too_big, "process-recycled"), cluster.logs()  # the next job gets a fresh process
 
     too_long = cluster.submit(iterations="5000", snapshot_every="0")
     late = cluster.wait(too_long, lambda j: j["status"] not in ("queued", "running"), timeout=90)
-    assert (late["status"], late["error"]["code"]) == ("failed", "timeout"), late
-    assert late["progress"]["iteration"] > 0 and late["output_url"]  # the picture so far is kept
+    assert (late["status"], late["error"]["code"]) == ("failed", "timeout"), (late, cluster.logs())
+    assert late["progress"]["iteration"] > 0 and late["output_url"], (late, cluster.logs())  # the picture so far
     assert "time limit of 10 s" in late["error"]["message"]
 
     fine = cluster.submit(iterations="10", snapshot_every="0")

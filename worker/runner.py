@@ -9,6 +9,7 @@ Testable without Celery: give it sessions, storage and settings.
 from __future__ import annotations
 
 import io
+import re
 import logging
 import os
 import socket
@@ -136,9 +137,12 @@ class JobRunner:
             code, message = _classify(err)
             self._finish(job_id, worker, FAILED, error=JobError(code, message))
             log.exception("job=%s event=failed code=%s", job_id, code)
-            if code == "timeout":
-                # Celery's backstop limit interrupted torch from a signal handler: this process
-                # may be left unusable, so it ends and the pool starts a fresh one.
+            if code in ("timeout", "out_of_memory"):
+                # Celery's backstop limit interrupted torch from a signal handler, or an allocation
+                # failed somewhere inside torch's native code: this process may be left unusable
+                # (a half-built oneDNN primitive, a fragmented heap), so it ends and the pool
+                # starts a fresh one for the next job.
+                log.warning("job=%s event=process-recycled reason=%s", job_id, code)
                 raise SystemExit(1) from err
             if code == "internal_error" or not isinstance(err, Exception):
                 raise  # a bug: logged with its traceback, recorded, not swallowed
@@ -467,11 +471,15 @@ def _release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
+# How torch's native code words a failed host allocation: its own allocator, C++'s, oneDNN's.
+_HOST_OOM = re.compile(r"can't allocate memory|not enough memory|std::bad_alloc|out of memory", re.IGNORECASE)
+
+
 def _classify(err: BaseException) -> tuple[str, str]:
     """A failure code and message for an exception the runner did not expect by name."""
     name = type(err).__name__
     if name == "SoftTimeLimitExceeded":
         return "timeout", "the job ran past its time limit; submit it with fewer iterations or a smaller size"
-    if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and "can't allocate memory" in str(err)):
+    if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and _HOST_OOM.search(str(err))):
         return "out_of_memory", "the worker ran out of memory; submit again with a smaller size"
     return "internal_error", f"the worker failed unexpectedly ({name}); the operators have the details in its log"
