@@ -12,6 +12,8 @@ import logging
 import re
 import time
 
+UNPROPAGATED = ("multiprocessing", "celery.task")
+
 # A message that starts with key=value is one of ours.
 _PAIRS = re.compile(r"^[a-z_][a-z0-9_.-]*=")
 
@@ -43,4 +45,11 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Loggers that do not pass their records up to the root: billiard's ("Process ... exited
+    # with signal 15") and Celery's task logger. Celery gives each a handler of its own format
+    # unless it has one already.
+    for name in UNPROPAGATED:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
     logging.captureWarnings(True)  # Python's warnings (Celery's about running as root, say) too
