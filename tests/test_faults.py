@@ -229,7 +229,7 @@ def test_time_limit_memory_and_missing_inputs_fail_clearly_and_the_worker_goes_o
     storage = Path(cluster.settings.storage_url.removeprefix("file://"))
     for path in (storage / "jobs" / vanished / "inputs").iterdir():
         path.unlink()
-    _, log = cluster.start_worker("--max-memory", "2G", IMPASTO_JOB_TIME_LIMIT="10")
+    worker, log = cluster.start_worker("--max-memory", "2G", IMPASTO_JOB_TIME_LIMIT="10")
     missing = cluster.wait(vanished, lambda j: j["status"] != "queued" and j["status"] != "running")
     assert (missing["status"], missing["error"]["code"], missing["attempts"]) == ("failed", "input_missing", 1)
 
@@ -237,7 +237,8 @@ def test_time_limit_memory_and_missing_inputs_fail_clearly_and_the_worker_goes_o
     oom = cluster.wait(too_big, lambda j: j["status"] not in ("queued", "running"), timeout=90)
     assert (oom["status"], oom["error"]["code"]) == ("failed", "out_of_memory"), (oom, cluster.logs())
     assert "smaller size" in oom["error"]["message"]
-    assert events(log, too_big, "process-recycled"), cluster.logs()  # the next job gets a fresh process
+    # Logged just after the failure is recorded: the next job gets a fresh process.
+    wait_for_log(log, f"job={too_big} event=process-recycled reason=out_of_memory", worker, timeout=30)
 
     too_long = cluster.submit(iterations="5000", snapshot_every="0")
     late = cluster.wait(too_long, lambda j: j["status"] not in ("queued", "running"), timeout=90)
