@@ -14,7 +14,7 @@ from shared.models import Job
 from shared.params import StyleParams
 from shared.storage import LocalStorage
 from tests.conftest import PAINTING, PHOTO
-from worker.runner import JobRunner
+from worker.runner import JobRunner, _classify
 
 
 @pytest.fixture
@@ -201,3 +201,16 @@ def test_the_next_job_with_the_same_style_reuses_its_targets(runner):
     assert cache.hits == 0 and len(cache) > 0
     assert runner.run(queue(runner, iterations=4)) == "succeeded"
     assert cache.hits == len(cache)
+
+
+@pytest.mark.parametrize("error, code", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 805306368 bytes"), "out_of_memory"),
+    (RuntimeError("std::bad_alloc"), "out_of_memory"),
+    (RuntimeError("CUDA error: out of memory"), "out_of_memory"),
+    (MemoryError(), "out_of_memory"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), "internal_error"),
+    (ValueError("out of memory"), "internal_error"),  # not torch's way of saying it
+])
+def test_unexpected_failures_are_classified_by_what_they_say(error, code):
+    assert _classify(error)[0] == code

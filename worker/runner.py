@@ -9,9 +9,9 @@ Testable without Celery: give it sessions, storage and settings.
 from __future__ import annotations
 
 import io
-import re
 import logging
 import os
+import re
 import socket
 import threading
 import time
