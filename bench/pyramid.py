@@ -18,7 +18,6 @@ many evaluations that loss was first reached (counts do not depend on how busy t
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
@@ -84,4 +83,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -12,13 +12,14 @@ from tests.servers import ROOT
 SCRIPT = """
 import logging, warnings
 from billiard import util
-from celery import Celery
 from celery.utils.log import get_task_logger
 from shared.logs import configure_logging
+from shared.settings import load_settings
+from shared.tasks import make_celery
 
 configure_logging()
-app = Celery("probe", set_as_current=False)
-app.conf.worker_hijack_root_logger = False  # as shared.tasks.make_celery sets it
+# The worker's own Celery configuration; nothing connects to the broker.
+app = make_celery(load_settings({"IMPASTO_BROKER_URL": "redis://127.0.0.1:1/0"}))
 app.log.setup_logging_subsystem(loglevel="INFO")  # what `celery worker` does at its start
 
 logging.getLogger("impasto.worker").info("job=abc event=started worker=vm:1")
