@@ -180,6 +180,8 @@ def test_a_worker_stopped_with_sigterm_hands_its_job_back(service, whom):
     # The same job, taken up again elsewhere, neither lost nor run twice: it went on from
     # its latest snapshot and was finished once, by the new worker.
     assert (done["status"], done["attempts"], done["progress"]["iteration"]) == ("succeeded", 2, 40), done
+    # The worker logs the end just after recording it.
+    wait_for_log(log, f"job={job['id']} event=succeeded", service.worker, timeout=30)
     text = log.read_text()
     assert f"job={job['id']} event=resumed iteration={latest}" in text
     assert text.count(f"job={job['id']} event=succeeded") == 1
