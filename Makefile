@@ -23,4 +23,6 @@ demo: $(INSTALLED)
 	@echo "wrote out.png"
 
 test: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest

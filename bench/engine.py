@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -74,9 +75,17 @@ class ReferenceObjective:
     MEAN = (0.485, 0.456, 0.406)
     STD = (0.229, 0.224, 0.225)
 
-    def __init__(self, state: dict[str, torch.Tensor], content: torch.Tensor, style: torch.Tensor,
-                 content_layers: tuple[str, ...], style_layers: tuple[str, ...],
-                 content_weight: float, style_weight: float, tv_weight: float):
+    def __init__(
+        self,
+        state: dict[str, torch.Tensor],
+        content: torch.Tensor,
+        style: torch.Tensor,
+        content_layers: tuple[str, ...],
+        style_layers: tuple[str, ...],
+        content_weight: float,
+        style_weight: float,
+        tv_weight: float,
+    ):
         # Named by shared.params (derived from the block sizes), not by the engine, so that
         # an off-by-one in either shows up as a loss mismatch.
         names = vgg19_layer_names()
@@ -158,9 +167,14 @@ def build(size: int, device: torch.device, images: Path) -> dict:
     net = VGGFeatures(weights, layers, params.pooling).to(device)
     engine = StyleObjective(net, params, content, [style], params.style_blend_for(1))
     reference = ReferenceObjective(
-        {k: v.clone() for k, v in weights.state.items()}, content, style,
-        params.content_layers, params.style_layers,
-        params.content_weight, params.style_weight, params.tv_weight,
+        {k: v.clone() for k, v in weights.state.items()},
+        content,
+        style,
+        params.content_layers,
+        params.style_layers,
+        params.content_weight,
+        params.style_weight,
+        params.tv_weight,
     )
 
     # Evaluate near the content image, as the optimisation does, but not on it: exactly at
@@ -168,19 +182,26 @@ def build(size: int, device: torch.device, images: Path) -> dict:
     generator = torch.Generator().manual_seed(SEED + 2)
     noise = 0.05 * torch.randn(content.shape, generator=generator)
     image = (content.cpu() + noise).clamp(0, 1).to(device).requires_grad_(True)
-    return {"engine": engine, "reference": reference, "image": image,
-            "content_src": content_src, "style_src": style_src,
-            "shape": tuple(image.shape[-2:])}
+    return {
+        "engine": engine,
+        "reference": reference,
+        "image": image,
+        "content_src": content_src,
+        "style_src": style_src,
+        "shape": tuple(image.shape[-2:]),
+    }
 
 
 def evaluation(objective, image: torch.Tensor) -> Evaluation:
     """One forward + backward to the pixels, as the engine's closure does it."""
+
     def run() -> torch.Tensor:
         image.grad = None
         content, style, tv = objective(image)
         total = content + style + tv
         total.backward()
         return total
+
     return run
 
 
@@ -204,8 +225,9 @@ def check_agreement(setup: dict) -> dict[str, float]:
         results[name] = ([float(t.detach()) for t in (*terms, total)], image.grad.detach().clone())
     image.grad = None
     (e_terms, e_grad), (r_terms, r_grad) = results["engine"], results["reference"]
-    rel = {key: abs(e - r) / max(abs(r), 1e-30)
-           for key, e, r in zip(("content", "style", "tv", "total"), e_terms, r_terms)}
+    rel = {
+        key: abs(e - r) / max(abs(r), 1e-30) for key, e, r in zip(("content", "style", "tv", "total"), e_terms, r_terms)
+    }
     rel["grad"] = float((e_grad - r_grad).norm() / r_grad.norm().clamp_min(1e-30))
     rel["loss"] = r_terms[3]
     return rel
@@ -229,7 +251,7 @@ def matmul_peak_gflops(device: torch.device) -> float:
             side = 1 << (n.bit_length() - 1) // 2  # n positions (a power of 2) as a side x n/side image
             image = a.T.reshape(1, n, side, n // side).contiguous(memory_format=torch.channels_last)
             kernel = b.reshape(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
-            for product in (lambda: torch.mm(a, b), lambda: F.conv2d(image, kernel)):
+            for product in (partial(torch.mm, a, b), partial(F.conv2d, image, kernel)):
                 product()  # warm-up: library initialisation, first-touch of the output
                 for _ in range(PEAK_MATMUL_REPEATS):
                     sync(device)
@@ -373,18 +395,24 @@ def measure_batch(size: int, device: torch.device, repeats: int, images: Path, b
     start = setup["image"].detach().cpu()
     noise = 0.05 * torch.randn((batch, *start.shape[1:]), generator=generator)
     batched = (start + noise).clamp(0, 1).to(device).requires_grad_(True)
-    singles = [batched[i:i + 1].detach().clone().requires_grad_(True) for i in range(batch)]
+    singles = [batched[i : i + 1].detach().clone().requires_grad_(True) for i in range(batch)]
 
     def batched_objective(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # The targets broadcast over the batch; mean over the images keeps the scale.
         features = objective.net(image)
         n = image.shape[0]
-        content = sum(content_loss(features[k], t.expand(n, *t.shape[1:]))
-                      for k, t in objective.content_targets.items())
-        style = sum(objective.layer_weights[k] * style_loss(features[k], t.expand(n, *t.shape[1:]))
-                    for k, t in objective.style_targets.items())
-        return (objective.content_weight * content, objective.style_weight * style,
-                objective.tv_weight * tv_loss(image))
+        content = sum(
+            content_loss(features[k], t.expand(n, *t.shape[1:])) for k, t in objective.content_targets.items()
+        )
+        style = sum(
+            objective.layer_weights[k] * style_loss(features[k], t.expand(n, *t.shape[1:]))
+            for k, t in objective.style_targets.items()
+        )
+        return (
+            objective.content_weight * content,
+            objective.style_weight * style,
+            objective.tv_weight * tv_loss(image),
+        )
 
     one_batch = evaluation(batched_objective, batched)
     one_each = [evaluation(objective, image) for image in singles]
@@ -409,10 +437,18 @@ def measure_batch(size: int, device: torch.device, repeats: int, images: Path, b
     batch_ms = statistics.median(samples["batch"]) / batch
     separate_ms = statistics.median(samples["separate"]) / batch
     height, width = setup["shape"]
-    return {"size": size, "width": width, "height": height, "device": device.type, "batch": batch,
-            "repeats": repeats, "batch_ms_per_image": round(batch_ms, 3),
-            "separate_ms_per_image": round(separate_ms, 3),
-            "batch_speedup": round(separate_ms / batch_ms, 3), "rel_diff_grad": rel_grad}
+    return {
+        "size": size,
+        "width": width,
+        "height": height,
+        "device": device.type,
+        "batch": batch,
+        "repeats": repeats,
+        "batch_ms_per_image": round(batch_ms, 3),
+        "separate_ms_per_image": round(separate_ms, 3),
+        "batch_speedup": round(separate_ms / batch_ms, 3),
+        "rel_diff_grad": rel_grad,
+    }
 
 
 # --------------------------------------------------------------------------- output
@@ -436,26 +472,50 @@ def print_row(r: dict, widths: list[int]) -> None:
         memory = f"{r['engine_peak_mib']:.0f} / {r['reference_peak_mib']:.0f}"
     else:
         memory = f"{r['process_peak_rss_mib']:.0f} (was {r['process_peak_rss_before_mib']:.0f})"
-    cells = [f"{r['width']}x{r['height']}", r["device"], f"{r['engine_ms']:.1f}",
-             f"{r['reference_ms']:.1f}", f"{r['speedup']:.2f}x",
-             f"{r['engine_gflops']:.1f} / {r['reference_gflops']:.1f}", memory,
-             f"{r['rel_diff_loss']:.1e}"]
+    cells = [
+        f"{r['width']}x{r['height']}",
+        r["device"],
+        f"{r['engine_ms']:.1f}",
+        f"{r['reference_ms']:.1f}",
+        f"{r['speedup']:.2f}x",
+        f"{r['engine_gflops']:.1f} / {r['reference_gflops']:.1f}",
+        memory,
+        f"{r['rel_diff_loss']:.1e}",
+    ]
     print("  ".join(c.rjust(w) for c, w in zip(cells, widths)), flush=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, nargs="+", action="extend",
-                        help="long side in pixels; several values or repeated flags measure several sizes (default 256)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        action="extend",
+        help="long side in pixels; several values or repeated flags measure several sizes (default 256)",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help=f"timed evaluations per variant, over {ROUNDS} interleaved rounds "
-                             f"(default {DEFAULT_REPEATS['cpu']} on CPU, {DEFAULT_REPEATS['cuda']} on CUDA)")
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
-                        help=f"folder with {CONTENT_FILE} and {STYLE_FILE} (default: ../shared/images)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"timed evaluations per variant, over {ROUNDS} interleaved rounds "
+        f"(default {DEFAULT_REPEATS['cpu']} on CPU, {DEFAULT_REPEATS['cuda']} on CUDA)",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=DEFAULT_IMAGES,
+        help=f"folder with {CONTENT_FILE} and {STYLE_FILE} (default: ../shared/images)",
+    )
     parser.add_argument("--json", action="store_true", help="also print one JSON line per size")
-    parser.add_argument("--batch", type=int, default=None, metavar="N",
-                        help="instead: time N images as one batch against N separate evaluations")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instead: time N images as one batch against N separate evaluations",
+    )
     args = parser.parse_args(argv)
     args.size = args.size or [256]
     if args.repeats is not None and args.repeats < 1:
@@ -478,11 +538,21 @@ def main(argv: list[str] | None = None) -> None:
         main_batch(args, device, repeats)
         return
 
-    print(f"torch {torch.__version__}, device {device} ({device_name(device)}), "
-          f"{torch.get_num_threads()} threads, {repeats} timed evaluations per variant in "
-          f"{ROUNDS} interleaved rounds, median reported")
-    header = ["size", "device", "engine ms", "ref ms", "speed-up", "GFLOP/s eng / ref",
-              "peak MiB eng / ref" if device.type == "cuda" else "peak RSS MiB", "loss rel.diff"]
+    print(
+        f"torch {torch.__version__}, device {device} ({device_name(device)}), "
+        f"{torch.get_num_threads()} threads, {repeats} timed evaluations per variant in "
+        f"{ROUNDS} interleaved rounds, median reported"
+    )
+    header = [
+        "size",
+        "device",
+        "engine ms",
+        "ref ms",
+        "speed-up",
+        "GFLOP/s eng / ref",
+        "peak MiB eng / ref" if device.type == "cuda" else "peak RSS MiB",
+        "loss rel.diff",
+    ]
     widths = [max(len(h), 9) for h in header]
     widths[5], widths[6] = max(widths[5], 17), max(widths[6], 18)
     lines = []
@@ -493,44 +563,64 @@ def main(argv: list[str] | None = None) -> None:
             print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
         print_row(r, widths)
         terms = ", ".join(f"{k} {v:.1e}" for k, v in r["rel_diff_terms"].items())
-        print(f"{'':>{widths[0]}}  agreement: total {r['rel_diff_loss']:.1e} ({terms}), "
-              f"gradient {r['rel_diff_grad']:.1e}; {r['gflop_per_eval']:.2f} GFLOP/eval", flush=True)
-        print(f"{'':>{widths[0]}}  spread: engine {r['engine_min_ms']:.1f}..{r['engine_max_ms']:.1f} ms "
-              f"(rounds {', '.join(f'{m:.1f}' for m in r['engine_round_median_ms'])}), reference "
-              f"{r['reference_min_ms']:.1f}..{r['reference_max_ms']:.1f} ms "
-              f"(rounds {', '.join(f'{m:.1f}' for m in r['reference_round_median_ms'])})")
-        print(f"{'':>{widths[0]}}  paired: median of the {r['repeats']} reference/engine ratios "
-              f"of back-to-back evaluations {r['paired_speedup']:.2f}x")
-        print(f"{'':>{widths[0]}}  peak: float32 GEMM (torch.mm or 1x1 conv) {r['matmul_peak_gflops']:.1f} GFLOP/s "
-              f"(best of rounds {', '.join(f'{g:.1f}' for g in r['matmul_round_gflops'])}); engine "
-              f"{100 * r['engine_peak_fraction']:.0f}%, reference {100 * r['reference_peak_fraction']:.0f}% of it")
+        print(
+            f"{'':>{widths[0]}}  agreement: total {r['rel_diff_loss']:.1e} ({terms}), "
+            f"gradient {r['rel_diff_grad']:.1e}; {r['gflop_per_eval']:.2f} GFLOP/eval",
+            flush=True,
+        )
+        print(
+            f"{'':>{widths[0]}}  spread: engine {r['engine_min_ms']:.1f}..{r['engine_max_ms']:.1f} ms "
+            f"(rounds {', '.join(f'{m:.1f}' for m in r['engine_round_median_ms'])}), reference "
+            f"{r['reference_min_ms']:.1f}..{r['reference_max_ms']:.1f} ms "
+            f"(rounds {', '.join(f'{m:.1f}' for m in r['reference_round_median_ms'])})"
+        )
+        print(
+            f"{'':>{widths[0]}}  paired: median of the {r['repeats']} reference/engine ratios "
+            f"of back-to-back evaluations {r['paired_speedup']:.2f}x"
+        )
+        print(
+            f"{'':>{widths[0]}}  peak: float32 GEMM (torch.mm or 1x1 conv) {r['matmul_peak_gflops']:.1f} GFLOP/s "
+            f"(best of rounds {', '.join(f'{g:.1f}' for g in r['matmul_round_gflops'])}); engine "
+            f"{100 * r['engine_peak_fraction']:.0f}%, reference {100 * r['reference_peak_fraction']:.0f}% of it"
+        )
         if max(r["engine_max_ms"] / r["engine_min_ms"], r["reference_max_ms"] / r["reference_min_ms"]) > 1.5:
-            print(f"{'':>{widths[0]}}  warning: evaluations vary by more than 1.5x; the machine is "
-                  f"probably busy, and the medians are not to be trusted")
+            print(
+                f"{'':>{widths[0]}}  warning: evaluations vary by more than 1.5x; the machine is "
+                f"probably busy, and the medians are not to be trusted"
+            )
         if "engine_gflop_per_eval" in r:
             print(f"{'':>{widths[0]}}  note: the engine counts {r['engine_gflop_per_eval']:.2f} GFLOP/eval")
         lines.append(r)
     if device.type == "cuda":
-        print("peak MiB: torch.cuda.max_memory_allocated during the timed evaluations, above "
-              "what was allocated before them (both networks, targets and the image).")
+        print(
+            "peak MiB: torch.cuda.max_memory_allocated during the timed evaluations, above "
+            "what was allocated before them (both networks, targets and the image)."
+        )
     else:
-        print("peak RSS: the whole process's ru_maxrss after this size (and before it was set "
-              "up); both variants run in one process, so CPU memory cannot be split per variant.")
+        print(
+            "peak RSS: the whole process's ru_maxrss after this size (and before it was set "
+            "up); both variants run in one process, so CPU memory cannot be split per variant."
+        )
     if args.json:
         for r in lines:
             print(json.dumps(r))
 
 
 def main_batch(args: argparse.Namespace, device: torch.device, repeats: int) -> None:
-    print(f"torch {torch.__version__}, device {device} ({device_name(device)}), "
-          f"{torch.get_num_threads()} threads; {args.batch} images as one batch against "
-          f"{args.batch} separate evaluations, {repeats} timed per variant in {ROUNDS} "
-          f"interleaved rounds, median per image reported")
+    print(
+        f"torch {torch.__version__}, device {device} ({device_name(device)}), "
+        f"{torch.get_num_threads()} threads; {args.batch} images as one batch against "
+        f"{args.batch} separate evaluations, {repeats} timed per variant in {ROUNDS} "
+        f"interleaved rounds, median per image reported"
+    )
     for size in args.size:
         r = measure_batch(size, device, repeats, args.images, args.batch)
-        print(f"{r['width']}x{r['height']}: batch {r['batch_ms_per_image']:.1f} ms/image, separate "
-              f"{r['separate_ms_per_image']:.1f} ms/image, batching speed-up "
-              f"{r['batch_speedup']:.2f}x (gradients agree to {r['rel_diff_grad']:.1e})", flush=True)
+        print(
+            f"{r['width']}x{r['height']}: batch {r['batch_ms_per_image']:.1f} ms/image, separate "
+            f"{r['separate_ms_per_image']:.1f} ms/image, batching speed-up "
+            f"{r['batch_speedup']:.2f}x (gradients agree to {r['rel_diff_grad']:.1e})",
+            flush=True,
+        )
         if args.json:
             print(json.dumps(r))
 

@@ -57,8 +57,7 @@ def images(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def child(size: int, device: torch.device, iterations: int) -> dict:
     """Measure one size in this (fresh) process; returns the figures."""
-    params = StyleParams(weights="random", size=size, scales=1, iterations=max(iterations, 1),
-                         snapshot_every=0)
+    params = StyleParams(weights="random", size=size, scales=1, iterations=max(iterations, 1), snapshot_every=0)
     weights = load_weights(params.weights)
     content, style = images(size)
     if device.type == "cuda":
@@ -74,17 +73,21 @@ def child(size: int, device: torch.device, iterations: int) -> dict:
     else:
         layers = (*params.content_layers, *params.style_layers)
         net = VGGFeatures(weights, layers, params.pooling).to(device)
-        objective = StyleObjective(net, params, content.to(device), [style.to(device)],
-                                   params.style_blend_for(1))
+        objective = StyleObjective(net, params, content.to(device), [style.to(device)], params.style_blend_for(1))
         image = content.to(device).requires_grad_(True)
         terms = objective(image)
         (terms[0] + terms[1] + terms[2]).backward()
         what = "one loss evaluation"
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    result = {"size": size, "width": content.shape[-1], "height": content.shape[-2],
-              "device": device.type, "what": what,
-              "seconds": round(time.perf_counter() - start, 1)}
+    result = {
+        "size": size,
+        "width": content.shape[-1],
+        "height": content.shape[-2],
+        "device": device.type,
+        "what": what,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
         result["cuda_peak_mib"] = round(peak / 2**20, 1)
@@ -98,11 +101,17 @@ def child(size: int, device: torch.device, iterations: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, nargs="+", action="extend",
-                        help=f"long sides in pixels (default {' '.join(map(str, DEFAULT_SIZES))})")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        action="extend",
+        help=f"long sides in pixels (default {' '.join(map(str, DEFAULT_SIZES))})",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
-    parser.add_argument("--iterations", type=int, default=0,
-                        help="run this many stylize iterations instead of one loss evaluation")
+    parser.add_argument(
+        "--iterations", type=int, default=0, help="run this many stylize iterations instead of one loss evaluation"
+    )
     parser.add_argument("--json", action="store_true", help="also print one JSON line per size")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -118,12 +127,22 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child(sizes[0], device, args.iterations)))
         return
 
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads; "
-          f"each size in a fresh process")
+    print(
+        f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads; each size in a fresh process"
+    )
     results = []
     for size in sizes:
-        command = [sys.executable, __file__, "--child", "--size", str(size), "--device",
-                   str(device), "--iterations", str(args.iterations)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--size",
+            str(size),
+            "--device",
+            str(device),
+            "--iterations",
+            str(args.iterations),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             print(f"{size} px: failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
@@ -131,15 +150,21 @@ def main(argv: list[str] | None = None) -> None:
         r = json.loads(done.stdout.strip().splitlines()[-1])
         results.append(r)
         if device.type == "cuda":
-            figures = (f"max_memory_allocated {r['cuda_peak_mib']:.0f} MiB "
-                       f"({r['cuda_peak_above_start_mib']:.0f} MiB above the start)")
+            figures = (
+                f"max_memory_allocated {r['cuda_peak_mib']:.0f} MiB "
+                f"({r['cuda_peak_above_start_mib']:.0f} MiB above the start)"
+            )
         else:
-            figures = (f"peak RSS {r['peak_rss_mib']:.0f} MiB "
-                       f"({r['peak_rss_above_start_mib']:.0f} MiB above the loaded weights)")
+            figures = (
+                f"peak RSS {r['peak_rss_mib']:.0f} MiB "
+                f"({r['peak_rss_above_start_mib']:.0f} MiB above the loaded weights)"
+            )
         print(f"{r['width']}x{r['height']} ({r['what']}, {r['seconds']:.0f} s): {figures}", flush=True)
     if device.type == "cpu":
-        print("CPU figures are whole-process peaks: the interpreter, torch, the weights and "
-              "oneDNN's scratch space included; they bound what the activations need on a GPU.")
+        print(
+            "CPU figures are whole-process peaks: the interpreter, torch, the weights and "
+            "oneDNN's scratch space included; they bound what the activations need on a GPU."
+        )
     if args.json:
         for r in results:
             print(json.dumps(r))

@@ -22,7 +22,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from quality import CONTENT_FILE, DEFAULT_IMAGES, STYLE_FILE, load, reference_objective, total_loss
 
 from shared.params import StyleParams
@@ -45,21 +44,30 @@ def main(argv: list[str] | None = None) -> None:
     content, style = load(DEFAULT_IMAGES / CONTENT_FILE), load(DEFAULT_IMAGES / STYLE_FILE)
     objective, content_t = reference_objective(weights, params, content, style)
     height, width = content_t.shape[-2:]
-    levels = [content_t.clone()] + [torch.zeros(1, 3, max(height >> k, 1), max(width >> k, 1))
-                                    for k in range(1, args.levels)]
+    levels = [content_t.clone()] + [
+        torch.zeros(1, 3, max(height >> k, 1), max(width >> k, 1)) for k in range(1, args.levels)
+    ]
     for level in levels:
         level.requires_grad_(True)
 
     def image() -> torch.Tensor:
         total = levels[0]
         for k, level in enumerate(levels[1:], start=1):
-            total = total + args.decay ** k * F.interpolate(level, size=(height, width), mode="bilinear",
-                                                            align_corners=False)
+            total = total + args.decay**k * F.interpolate(
+                level, size=(height, width), mode="bilinear", align_corners=False
+            )
         return total
 
-    optimizer = torch.optim.LBFGS(levels, lr=1.0, max_iter=args.evaluations, max_eval=args.evaluations,
-                                  history_size=args.history, tolerance_grad=0.0, tolerance_change=0.0,
-                                  line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        levels,
+        lr=1.0,
+        max_iter=args.evaluations,
+        max_eval=args.evaluations,
+        history_size=args.history,
+        tolerance_grad=0.0,
+        tolerance_change=0.0,
+        line_search_fn="strong_wolfe",
+    )
     best, evaluations, reached = float("inf"), 0, None
 
     def closure() -> torch.Tensor:
@@ -75,11 +83,15 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     optimizer.step(closure)
-    print(f"{args.size} px, {args.levels} levels, decay {args.decay:g}, history {args.history}: best loss "
-          f"{best:.6g} after {evaluations} evaluations ({time.perf_counter() - start:.0f} s)")
+    print(
+        f"{args.size} px, {args.levels} levels, decay {args.decay:g}, history {args.history}: best loss "
+        f"{best:.6g} after {evaluations} evaluations ({time.perf_counter() - start:.0f} s)"
+    )
     if args.target is not None:
-        print(f"target {args.target:.6g}: best / target {best / args.target:.3f}; "
-              + (f"first reached after {reached} evaluations" if reached else "not reached"))
+        print(
+            f"target {args.target:.6g}: best / target {best / args.target:.3f}; "
+            + (f"first reached after {reached} evaluations" if reached else "not reached")
+        )
 
 
 if __name__ == "__main__":

@@ -56,9 +56,16 @@ def reference_objective(weights, params: StyleParams, content: Image.Image, styl
     dims = fit_long_side(content.size, params.size)
     style_dims = fit_long_side(style.size, max(round(params.style_scale * max(dims)), 1))
     content_t, style_t = to_tensor(content, dims), to_tensor(style, style_dims)
-    objective = ReferenceObjective({k: v.clone() for k, v in weights.state.items()}, content_t, style_t,
-                                   params.content_layers, params.style_layers,
-                                   params.content_weight, params.style_weight, params.tv_weight)
+    objective = ReferenceObjective(
+        {k: v.clone() for k, v in weights.state.items()},
+        content_t,
+        style_t,
+        params.content_layers,
+        params.style_layers,
+        params.content_weight,
+        params.style_weight,
+        params.tv_weight,
+    )
     return objective, content_t
 
 
@@ -67,8 +74,7 @@ def total_loss(objective, pixels: torch.Tensor) -> torch.Tensor:
     return content + style + tv
 
 
-def run_reference(weights, params: StyleParams, content: Image.Image, style: Image.Image,
-                  iterations: int) -> dict:
+def run_reference(weights, params: StyleParams, content: Image.Image, style: Image.Image, iterations: int) -> dict:
     """Plain L-BFGS from the content image, as the classic implementations run it: one
     `step` of `iterations` iterations (so no point is evaluated twice).
 
@@ -78,9 +84,16 @@ def run_reference(weights, params: StyleParams, content: Image.Image, style: Ima
     start = time.perf_counter()
     objective, content_t = reference_objective(weights, params, content, style)
     image = content_t.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([image], lr=1.0, max_iter=iterations, max_eval=iterations * 20,
-                                  history_size=100, tolerance_grad=0.0, tolerance_change=0.0,
-                                  line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [image],
+        lr=1.0,
+        max_iter=iterations,
+        max_eval=iterations * 20,
+        history_size=100,
+        tolerance_grad=0.0,
+        tolerance_change=0.0,
+        line_search_fn="strong_wolfe",
+    )
     best = float("inf")
     evaluations = 0
     curve: list[tuple[float, float, int]] = []
@@ -147,18 +160,36 @@ def first_reaching(curve: list[tuple[float, float, float]], target: float) -> tu
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="long side in pixels (default 256)")
-    parser.add_argument("--reference-iterations", type=int, default=500,
-                        help="L-BFGS iterations of the reference (default 500, the issue's figure)")
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
-                        help=f"folder with {CONTENT_FILE} and {STYLE_FILE} (default tests/data)")
-    parser.add_argument("--skip-reference", type=float, default=None, metavar="LOSS",
-                        help="use this target loss instead of running the reference (for quick trials)")
+    parser.add_argument(
+        "--reference-iterations",
+        type=int,
+        default=500,
+        help="L-BFGS iterations of the reference (default 500, the issue's figure)",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=DEFAULT_IMAGES,
+        help=f"folder with {CONTENT_FILE} and {STYLE_FILE} (default tests/data)",
+    )
+    parser.add_argument(
+        "--skip-reference",
+        type=float,
+        default=None,
+        metavar="LOSS",
+        help="use this target loss instead of running the reference (for quick trials)",
+    )
     variants = parser.add_argument_group("other schedules than the defaults, to compare them")
     variants.add_argument("--scales", type=int, default=None, help="coarse-to-fine scales")
-    variants.add_argument("--final-share", type=float, default=None,
-                          help=f"share of the iterations at the final size (default {optimize.FINAL_SCALE_SHARE})")
-    variants.add_argument("--history", type=int, default=None,
-                          help=f"L-BFGS history (default {optimize.LBFGS_HISTORY})")
+    variants.add_argument(
+        "--final-share",
+        type=float,
+        default=None,
+        help=f"share of the iterations at the final size (default {optimize.FINAL_SCALE_SHARE})",
+    )
+    variants.add_argument(
+        "--history", type=int, default=None, help=f"L-BFGS history (default {optimize.LBFGS_HISTORY})"
+    )
     args = parser.parse_args(argv)
     if args.final_share is not None:
         optimize.FINAL_SCALE_SHARE = args.final_share
@@ -167,20 +198,28 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(0)
     weights = load_weights("random")
-    params = StyleParams(size=args.size, weights="random",
-                         **({"scales": args.scales} if args.scales is not None else {}))
+    params = StyleParams(
+        size=args.size, weights="random", **({"scales": args.scales} if args.scales is not None else {})
+    )
     content, style = load(args.images / CONTENT_FILE), load(args.images / STYLE_FILE)
-    print(f"torch {torch.__version__}, cpu ({device_name(torch.device('cpu'))}), {torch.get_num_threads()} "
-          f"threads; content {CONTENT_FILE} {content.size}, style {STYLE_FILE} {style.size} from {args.images}")
-    print(f"engine: size {params.size}, {params.iterations} iterations over {params.scales} scales "
-          f"({optimize.FINAL_SCALE_SHARE:g} of them at the final size), {params.optimizer} "
-          f"(history {optimize.LBFGS_HISTORY}), init {params.init}")
+    print(
+        f"torch {torch.__version__}, cpu ({device_name(torch.device('cpu'))}), {torch.get_num_threads()} "
+        f"threads; content {CONTENT_FILE} {content.size}, style {STYLE_FILE} {style.size} from {args.images}"
+    )
+    print(
+        f"engine: size {params.size}, {params.iterations} iterations over {params.scales} scales "
+        f"({optimize.FINAL_SCALE_SHARE:g} of them at the final size), {params.optimizer} "
+        f"(history {optimize.LBFGS_HISTORY}), init {params.init}"
+    )
 
     engine = run_engine(weights, params, content, style)
     first = engine["curve"][0]
-    print(f"engine: {engine['result'].iterations} iterations in {engine['seconds']:.1f} s; the last scale began "
-          f"after {first[0]:.1f} s (cost {first[2]:.0f} full-size evaluations) at loss {first[1]:.6g}; "
-          f"best full-size loss {engine['loss']:.6g}", flush=True)
+    print(
+        f"engine: {engine['result'].iterations} iterations in {engine['seconds']:.1f} s; the last scale began "
+        f"after {first[0]:.1f} s (cost {first[2]:.0f} full-size evaluations) at loss {first[1]:.6g}; "
+        f"best full-size loss {engine['loss']:.6g}",
+        flush=True,
+    )
     if args.skip_reference is None:
         reference = run_reference(weights, params, content, style, args.reference_iterations)
         target = reference["loss"]
@@ -194,8 +233,10 @@ def main(argv: list[str] | None = None) -> None:
 
     print()
     if reference is not None:
-        print(f"reference: {args.reference_iterations} L-BFGS iterations, {reference['evaluations']} evaluations, "
-              f"{reference['seconds']:.1f} s, loss {reference['loss']:.6g} (the target)")
+        print(
+            f"reference: {args.reference_iterations} L-BFGS iterations, {reference['evaluations']} evaluations, "
+            f"{reference['seconds']:.1f} s, loss {reference['loss']:.6g} (the target)"
+        )
         for fraction in (0.1, 0.25, 0.5, 1.0):
             i = max(1, round(fraction * args.reference_iterations))
             seconds, loss, evaluations = reference["curve"][i - 1]
@@ -203,9 +244,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"reference skipped; target loss {target:.6g} given on the command line")
     last = engine["curve"][-1]
-    print(f"engine: {engine['result'].iterations} iterations, {engine['seconds']:.1f} s, "
-          f"best full-size loss {engine['loss']:.6g} (cost {last[2]:.0f} full-size evaluations); "
-          f"its output PNG re-evaluated by the reference objective: {output_loss:.6g}")
+    print(
+        f"engine: {engine['result'].iterations} iterations, {engine['seconds']:.1f} s, "
+        f"best full-size loss {engine['loss']:.6g} (cost {last[2]:.0f} full-size evaluations); "
+        f"its output PNG re-evaluated by the reference objective: {output_loss:.6g}"
+    )
     reached = first_reaching(engine["curve"], target)
     if reached is None:
         print(f"engine: did NOT reach the target; its best is {engine['loss'] / target:.3f}x the target")
@@ -213,9 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     seconds, cost = reached
     print(f"engine reaches the target after {seconds:.1f} s ({cost:.0f} full-size evaluations)")
     if reference is not None:
-        print(f"time to quality, engine / reference: {seconds / reference['seconds']:.3f} "
-              f"(goal <= 0.25); evaluations, engine (full-size equivalents) / reference: "
-              f"{cost / reference['evaluations']:.3f}")
+        print(
+            f"time to quality, engine / reference: {seconds / reference['seconds']:.3f} "
+            f"(goal <= 0.25); evaluations, engine (full-size equivalents) / reference: "
+            f"{cost / reference['evaluations']:.3f}"
+        )
 
 
 if __name__ == "__main__":

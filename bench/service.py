@@ -42,8 +42,14 @@ if str(REPO_ROOT) not in sys.path:
 from shared.db import make_engine, session_factory  # noqa: E402
 from shared.launcher import free_port  # noqa: E402
 from shared.models import Job  # noqa: E402
-from tests.servers import (service_env, start, stop, temporary_postgres_database, wait_for_http,  # noqa: E402
-                           wait_for_log)
+from tests.servers import (  # noqa: E402
+    service_env,
+    start,
+    stop,
+    temporary_postgres_database,
+    wait_for_http,
+    wait_for_log,
+)
 
 CONTENT = REPO_ROOT / "tests" / "data" / "tubingen.jpg"
 STYLE = REPO_ROOT / "tests" / "data" / "starry_night.jpg"
@@ -60,17 +66,21 @@ class Service:
     def submit(self, http: requests.Session, **fields: object) -> str:
         return self.submit_with_token(http, **fields)[0]
 
-    def submit_with_token(self, http: requests.Session, style_path: Path = STYLE,
-                          **fields: object) -> tuple[str, str]:
+    def submit_with_token(self, http: requests.Session, style_path: Path = STYLE, **fields: object) -> tuple[str, str]:
         with open(CONTENT, "rb") as content, open(style_path, "rb") as style:
-            answer = http.post(f"{self.base}/api/v1/jobs", files={"content": content, "style": style},
-                               data={"weights": "random", **{k: str(v) for k, v in fields.items()}}, timeout=30)
+            answer = http.post(
+                f"{self.base}/api/v1/jobs",
+                files={"content": content, "style": style},
+                data={"weights": "random", **{k: str(v) for k, v in fields.items()}},
+                timeout=30,
+            )
         if answer.status_code != 202:
             raise SystemExit(f"submission refused: {answer.status_code} {answer.text[:500]}")
         return answer.json()["id"], answer.json()["token"]
 
-    def wait(self, http: requests.Session, job_id: str, statuses: set[str], every: float = 0.01,
-             timeout: float = 600) -> dict:
+    def wait(
+        self, http: requests.Session, job_id: str, statuses: set[str], every: float = 0.01, timeout: float = 600
+    ) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = http.get(f"{self.base}/api/v1/jobs/{job_id}", timeout=10).json()
@@ -92,9 +102,15 @@ class Service:
 def running_service(postgres: str, redis: str) -> Iterator[Service]:
     folder = Path(tempfile.mkdtemp(prefix="impasto-bench-"))
     with temporary_postgres_database(postgres) as database_url:
-        env = service_env({"IMPASTO_DATA_DIR": str(folder / "data"), "IMPASTO_DATABASE_URL": database_url,
-                           "IMPASTO_BROKER_URL": redis, "IMPASTO_QUEUE": f"impasto-bench-{uuid.uuid4().hex[:8]}",
-                           "IMPASTO_ANONYMOUS_JOBS_PER_HOUR": "0"})
+        env = service_env(
+            {
+                "IMPASTO_DATA_DIR": str(folder / "data"),
+                "IMPASTO_DATABASE_URL": database_url,
+                "IMPASTO_BROKER_URL": redis,
+                "IMPASTO_QUEUE": f"impasto-bench-{uuid.uuid4().hex[:8]}",
+                "IMPASTO_ANONYMOUS_JOBS_PER_HOUR": "0",
+            }
+        )
         migrate = start(["db", "upgrade"], env, folder / "migrate.log")
         if migrate.wait(timeout=120) != 0:
             raise SystemExit((folder / "migrate.log").read_text())
@@ -118,8 +134,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "median": statistics.median(values), "p90": percentile(values, 90),
-            "p99": percentile(values, 99), "min": min(values), "max": max(values)}
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def table(title: str, unit: str, rows: dict[str, dict[str, float]]) -> None:
@@ -130,6 +152,7 @@ def table(title: str, unit: str, rows: dict[str, dict[str, float]]) -> None:
 
 
 # -- 6. submit -> running -------------------------------------------------------------------
+
 
 def latency(service: Service, jobs: int, size: int, iterations: int) -> dict:
     """Tiny jobs one after another, each submitted to an idle worker once the last is over."""
@@ -151,20 +174,31 @@ def latency(service: Service, jobs: int, size: int, iterations: int) -> dict:
     queue_ms = [(rows[i].started_at - rows[i].created_at).total_seconds() * 1000 for i in ids]
     post_ms = [(posted[i][1] - posted[i][0]) * 1000 for i in ids]
     observed_ms = [observed[i] * 1000 for i in ids]
-    result = {"first_job_queue_ms": first_ms, "queue_ms": summary(queue_ms), "post_ms": summary(post_ms), "client_running_ms": summary(observed_ms)}
-    table(f"6. submit -> running, idle worker ({jobs} jobs, {size} px, {iterations} iterations)", "ms", {
-        "row started_at - created_at": result["queue_ms"],
-        "client POST round trip": result["post_ms"],
-        "client POST -> sees running (5ms)": result["client_running_ms"],
-    })
+    result = {
+        "first_job_queue_ms": first_ms,
+        "queue_ms": summary(queue_ms),
+        "post_ms": summary(post_ms),
+        "client_running_ms": summary(observed_ms),
+    }
+    table(
+        f"6. submit -> running, idle worker ({jobs} jobs, {size} px, {iterations} iterations)",
+        "ms",
+        {
+            "row started_at - created_at": result["queue_ms"],
+            "client POST round trip": result["post_ms"],
+            "client POST -> sees running (5ms)": result["client_running_ms"],
+        },
+    )
     print(f"the worker's first job (not counted above): started_at - created_at {first_ms:.1f} ms")
     met = result["queue_ms"]["median"] < 100
-    print(f"target: median queue overhead < 100 ms: {'met' if met else 'MISSED'} "
-          f"({result['queue_ms']['median']:.1f} ms)")
+    print(
+        f"target: median queue overhead < 100 ms: {'met' if met else 'MISSED'} ({result['queue_ms']['median']:.1f} ms)"
+    )
     return result
 
 
 # -- 7. status polling ------------------------------------------------------------------------
+
 
 def poll_phase(url: str, clients: int, seconds: float, interval: float) -> dict:
     """`clients` threads, each with its own connection, GET `url` for `seconds`: back to back
@@ -205,9 +239,16 @@ def poll_phase(url: str, clients: int, seconds: float, interval: float) -> dict:
     elapsed = time.monotonic() - began
     cpu = os.times()
     values = [v for per in latencies for v in per]
-    return {"clients": clients, "interval": interval, "seconds": round(elapsed, 1), "requests": len(values),
-            "errors": sum(errors), "rps": len(values) / elapsed, "latency_ms": summary(values),
-            "client_cpu_cores": (cpu.user - cpu_before.user + cpu.system - cpu_before.system) / elapsed}
+    return {
+        "clients": clients,
+        "interval": interval,
+        "seconds": round(elapsed, 1),
+        "requests": len(values),
+        "errors": sum(errors),
+        "rps": len(values) / elapsed,
+        "latency_ms": summary(values),
+        "client_cpu_cores": (cpu.user - cpu_before.user + cpu.system - cpu_before.system) / elapsed,
+    }
 
 
 def polling(service: Service, clients: int, seconds: float, interval: float) -> dict:
@@ -217,17 +258,24 @@ def polling(service: Service, clients: int, seconds: float, interval: float) -> 
     job_id, token = service.submit_with_token(http, size=256, iterations=5000)
     service.wait(http, job_id, {"running"}, every=0.05)
     url = f"{service.base}/api/v1/jobs/{job_id}"
-    phases = {"1 client, back to back": poll_phase(url, 1, seconds / 2, 0),
-              f"{clients} clients, each every {interval:g} s": poll_phase(url, clients, seconds, interval),
-              f"{clients} clients, back to back": poll_phase(url, clients, seconds, 0)}
+    phases = {
+        "1 client, back to back": poll_phase(url, 1, seconds / 2, 0),
+        f"{clients} clients, each every {interval:g} s": poll_phase(url, clients, seconds, interval),
+        f"{clients} clients, back to back": poll_phase(url, clients, seconds, 0),
+    }
     progress = http.get(url, timeout=10).json()
     http.post(f"{url}/cancel", headers={"X-Job-Token": token}, timeout=10)
     service.wait(http, job_id, FINAL, every=0.1)
-    table(f"7. polling GET /api/v1/jobs/{{id}} while the worker runs that job", "ms",
-          {name: phase["latency_ms"] for name, phase in phases.items()})
+    table(
+        "7. polling GET /api/v1/jobs/{id} while the worker runs that job",
+        "ms",
+        {name: phase["latency_ms"] for name, phase in phases.items()},
+    )
     for name, phase in phases.items():
-        print(f"{name:34} {phase['rps']:>6.0f} requests/s, {phase['errors']} errors, "
-              f"client used {phase['client_cpu_cores']:.2f} CPU cores")
+        print(
+            f"{name:34} {phase['rps']:>6.0f} requests/s, {phase['errors']} errors, "
+            f"client used {phase['client_cpu_cores']:.2f} CPU cores"
+        )
     print(f"the job was {progress['status']} at iteration {progress['progress']['iteration']} afterwards")
     for name, phase in list(phases.items())[1:]:
         p99 = phase["latency_ms"]["p99"]
@@ -236,6 +284,7 @@ def polling(service: Service, clients: int, seconds: float, interval: float) -> 
 
 
 # -- 8. overhead around the engine -------------------------------------------------------------
+
 
 def overhead(service: Service, size: int, iterations: int, repeats: int) -> dict:
     """The same job through the service and through `impasto stylize`, alternately."""
@@ -253,22 +302,45 @@ def overhead(service: Service, size: int, iterations: int, repeats: int) -> dict
                 image.putpixel((0, 0), (repeat % 256, 0, 0))
                 image.save(style)
             began = time.perf_counter()
-            run = subprocess.run([sys.executable, "-m", "shared.cli", "stylize", str(CONTENT), str(style),
-                                  "-o", f"{out}/out.png", "--size", str(size), "--iterations", str(iterations),
-                                  "--weights", "random", "--snapshot-every", str(snapshot_every),
-                                  "--snapshot-dir", f"{out}/snapshots", "--json"],
-                                 env=service.env, cwd=REPO_ROOT, capture_output=True, text=True,
-                                 # a session of its own, as the worker has, so that Linux's autogroup
-                                 # scheduling treats both sides alike on a busy machine
-                                 start_new_session=True)
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "shared.cli",
+                    "stylize",
+                    str(CONTENT),
+                    str(style),
+                    "-o",
+                    f"{out}/out.png",
+                    "--size",
+                    str(size),
+                    "--iterations",
+                    str(iterations),
+                    "--weights",
+                    "random",
+                    "--snapshot-every",
+                    str(snapshot_every),
+                    "--snapshot-dir",
+                    f"{out}/snapshots",
+                    "--json",
+                ],
+                env=service.env,
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                # a session of its own, as the worker has, so that Linux's autogroup
+                # scheduling treats both sides alike on a busy machine
+                start_new_session=True,
+            )
             cli_wall.append(time.perf_counter() - began)
             if run.returncode != 0:
                 raise SystemExit(f"impasto stylize failed:\n{run.stderr[-3000:]}")
             cli.append(json.loads(run.stdout.strip().splitlines()[-1])["seconds"])
             time.sleep(0.3)
             began = time.time()
-            job_id = service.submit(http, style_path=style, size=size, iterations=iterations,
-                                    snapshot_every=snapshot_every)
+            job_id = service.submit(
+                http, style_path=style, size=size, iterations=iterations, snapshot_every=snapshot_every
+            )
         job = service.wait(http, job_id, FINAL, every=0.05)
         client.append(time.time() - began)
         if job["status"] != "succeeded":
@@ -276,35 +348,54 @@ def overhead(service: Service, size: int, iterations: int, repeats: int) -> dict
         r = service.rows([job_id])[job_id]
         row.append((r.finished_at - r.started_at).total_seconds())
     # `impasto stylize` counts loading the weights in its `seconds`; a worker has them already.
-    load = subprocess.run([sys.executable, "-c", "import time\nfrom worker.engine import load_weights\n"
-                           "t = time.perf_counter(); load_weights('random'); print(time.perf_counter() - t)"],
-                          env=service.env, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    load = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom worker.engine import load_weights\n"
+            "t = time.perf_counter(); load_weights('random'); print(time.perf_counter() - t)",
+        ],
+        env=service.env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     load_s = float(load.stdout.strip().splitlines()[-1])
-    rows = {"impasto stylize: engine `seconds`": summary(cli),
-            "impasto stylize: process wall": summary(cli_wall),
-            "service: row finished - started": summary(row),
-            "service: client submit -> final": summary(client)}
+    rows = {
+        "impasto stylize: engine `seconds`": summary(cli),
+        "impasto stylize: process wall": summary(cli_wall),
+        "service: row finished - started": summary(row),
+        "service: client submit -> final": summary(client),
+    }
     table(f"8. one job, {size} px, {iterations} iterations, {repeats} runs each, alternating", "s", rows)
     print(f"load_weights('random') alone: {load_s:.2f} s (inside `seconds`; the worker loaded them before)")
     base = statistics.median(cli)
     for name, key in (("row started -> finished", row), ("client submit -> final", client)):
         extra = statistics.median(key) / base - 1
-        print(f"service {name} vs engine seconds: {extra * 100:+.1f}%  "
-              f"(target < 5%: {'met' if extra < 0.05 else 'MISSED'})")
+        print(
+            f"service {name} vs engine seconds: {extra * 100:+.1f}%  "
+            f"(target < 5%: {'met' if extra < 0.05 else 'MISSED'})"
+        )
     return {**rows, "load_weights_random_s": load_s}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["latency", "polling", "overhead", "all"])
-    parser.add_argument("--postgres", default=os.environ.get("IMPASTO_BENCH_POSTGRES",
-                                                             "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--postgres", default=os.environ.get("IMPASTO_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+    )
     parser.add_argument("--redis", default=os.environ.get("IMPASTO_BENCH_REDIS", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--jobs", type=int, default=40, help="latency: tiny jobs (default 40)")
     parser.add_argument("--clients", type=int, default=50, help="polling: concurrent clients (default 50)")
     parser.add_argument("--seconds", type=float, default=15, help="polling: how long each phase (default 15)")
-    parser.add_argument("--interval", type=float, default=0.5,
-                        help="polling: seconds between one client's requests in the paced phase (default 0.5)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.5,
+        help="polling: seconds between one client's requests in the paced phase (default 0.5)",
+    )
     parser.add_argument("--size", type=int, default=256, help="overhead: image size (default 256)")
     parser.add_argument("--iterations", type=int, default=30, help="overhead: iterations (default 30)")
     parser.add_argument("--repeats", type=int, default=3, help="overhead: runs of each (default 3)")
@@ -313,8 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     # A SIGTERM (timeout, Ctrl-C from a supervisor) still stops the processes and drops the database.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.stdout.reconfigure(line_buffering=True)  # figures show as they come, even if it is stopped
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} {platform.node()} "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} {platform.node()} "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        file=sys.stderr,
+    )
     figures: dict[str, dict] = {}
     with running_service(args.postgres, args.redis) as service:
         if args.what in ("latency", "all"):

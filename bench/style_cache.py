@@ -56,8 +56,7 @@ def targets_seconds(content, style, params, weights, repeats: int) -> tuple[floa
     net = VGGFeatures(weights, layers, params.pooling)
     network = NetworkKey(weights.state, params.pooling, "cpu")
     sizes = scale_sizes(content.size, params.size, params.scales, _min_side(layers))
-    styles = [to_tensor(style, fit_long_side(style.size, max(round(params.style_scale * max(d)), 1)))
-              for d in sizes]
+    styles = [to_tensor(style, fit_long_side(style.size, max(round(params.style_scale * max(d)), 1))) for d in sizes]
     cache = TargetCache()
     made, found = [], []
     for _ in range(repeats):
@@ -79,16 +78,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, nargs="+", default=[256, 512], help="long sides (default 256 512)")
     parser.add_argument("--iterations", type=int, default=10, help="iterations of the short job (default 10)")
     parser.add_argument("--repeats", type=int, default=3, help="cold and warm runs each, alternating (default 3)")
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder with tubingen.jpg and "
-                        "starry_night.jpg (default tests/data)")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=DEFAULT_IMAGES,
+        help="folder with tubingen.jpg and starry_night.jpg (default tests/data)",
+    )
     args = parser.parse_args(argv)
 
     weights = load_weights("random")
     content, style = load(args.images / "tubingen.jpg"), load(args.images / "starry_night.jpg")
-    print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads; default StyleParams with "
-          f"random weights; a job of {args.iterations} iterations; medians of {args.repeats}")
-    print(f"{'size':>6}  {'targets ms':>10}  {'hit ms':>7}  {'cold job s':>10}  {'warm job s':>10}  "
-          f"{'saved s':>7}  {'saved':>6}")
+    print(
+        f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads; default StyleParams with "
+        f"random weights; a job of {args.iterations} iterations; medians of {args.repeats}"
+    )
+    print(
+        f"{'size':>6}  {'targets ms':>10}  {'hit ms':>7}  {'cold job s':>10}  {'warm job s':>10}  "
+        f"{'saved s':>7}  {'saved':>6}"
+    )
     for size in args.size:
         params = StyleParams(size=size, iterations=args.iterations, weights="random")
         made, found = targets_seconds(content, style, params, weights, args.repeats)
@@ -100,10 +107,15 @@ def main(argv: list[str] | None = None) -> None:
             cold.append(job_seconds(content, style, params, weights, TargetCache()))
             warm.append(job_seconds(content, style, params, weights, warm_cache))
         cold_s, warm_s = statistics.median(cold), statistics.median(warm)
-        print(f"{size:>6}  {made * 1e3:>10.1f}  {found * 1e3:>7.2f}  {cold_s:>10.2f}  {warm_s:>10.2f}  "
-              f"{cold_s - warm_s:>7.2f}  {(cold_s - warm_s) / cold_s:>6.1%}", flush=True)
-        print(f"{'':>6}  cold {', '.join(f'{s:.2f}' for s in cold)} s; warm {', '.join(f'{s:.2f}' for s in warm)} s; "
-              f"cache holds {len(warm_cache)} entries, {warm_cache.bytes / 2**20:.1f} MiB")
+        print(
+            f"{size:>6}  {made * 1e3:>10.1f}  {found * 1e3:>7.2f}  {cold_s:>10.2f}  {warm_s:>10.2f}  "
+            f"{cold_s - warm_s:>7.2f}  {(cold_s - warm_s) / cold_s:>6.1%}",
+            flush=True,
+        )
+        print(
+            f"{'':>6}  cold {', '.join(f'{s:.2f}' for s in cold)} s; warm {', '.join(f'{s:.2f}' for s in warm)} s; "
+            f"cache holds {len(warm_cache)} entries, {warm_cache.bytes / 2**20:.1f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     connect_args = {k: v for k, v in POSTGRES_CONNECT_ARGS.items() if k not in parsed.query}
     # pre_ping: a pooled connection is tested (a round trip) before each use, so connections
     # that died in an outage are replaced by fresh ones once the database is back.
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_timeout": POOL_TIMEOUT_S,
-                               "connect_args": connect_args}
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_timeout": POOL_TIMEOUT_S, "connect_args": connect_args}
     engine = create_engine(url, **{**options, **kwargs})
     event.listen(engine, "handle_error", _failed_ping_is_a_disconnect)
     return engine
@@ -54,7 +53,8 @@ def database_unreachable(err: BaseException) -> bool:
     if isinstance(err, PoolTimeout):
         return True
     return isinstance(err, (OperationalError, InterfaceError)) or (
-        isinstance(err, DBAPIError) and err.connection_invalidated)
+        isinstance(err, DBAPIError) and err.connection_invalidated
+    )
 
 
 def describe_error(err: BaseException) -> str:

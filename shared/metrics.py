@@ -47,12 +47,14 @@ class Histogram:
 JOB_DURATION = Histogram(
     "impasto_job_duration_seconds",
     "Seconds from a worker's claim of a job to its end (succeeded, failed or canceled).",
-    (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
+    (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
 # From a 2048 px job on a CPU to a small one on a fast GPU.
 ITERATIONS_PER_SECOND = Histogram(
     "impasto_job_iterations_per_second",
     "Optimizer iterations a job's attempt made per second of its duration (attempts that made none are left out).",
-    (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250))
+    (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250),
+)
 
 
 def _key(namespace: str, what: str) -> str:
@@ -72,23 +74,42 @@ class Recorder:
         client = redis.Redis.from_url(settings.require_broker(), socket_timeout=5, socket_connect_timeout=2)
         return cls(client, settings.queue)
 
-    def observe_job(self, *, status: str, queue: str, seconds: float,
-                    iterations_per_second: float | None) -> None:
+    def observe_job(self, *, status: str, queue: str, seconds: float, iterations_per_second: float | None) -> None:
         """Count one finished job: both histograms move together (one MULTI/EXEC)."""
         pipe = self.client.pipeline(transaction=True)
         _observe(pipe, _key(self.namespace, JOB_DURATION.name), JOB_DURATION, (status, queue), seconds)
         if iterations_per_second is not None:
-            _observe(pipe, _key(self.namespace, ITERATIONS_PER_SECOND.name), ITERATIONS_PER_SECOND,
-                     (status, queue), iterations_per_second)
+            _observe(
+                pipe,
+                _key(self.namespace, ITERATIONS_PER_SECOND.name),
+                ITERATIONS_PER_SECOND,
+                (status, queue),
+                iterations_per_second,
+            )
         self._run(pipe.execute)
 
-    def worker_heartbeat(self, name: str, *, node: str | None, device: str, gpu_memory_allocated: int,
-                         gpu_memory_reserved: int, gpu_memory_total: int, job: str | None) -> None:
+    def worker_heartbeat(
+        self,
+        name: str,
+        *,
+        node: str | None,
+        device: str,
+        gpu_memory_allocated: int,
+        gpu_memory_reserved: int,
+        gpu_memory_total: int,
+        job: str | None,
+    ) -> None:
         """Say that the pool process `name` is alive now, on `device`, running `job` (None: idle).
         `node` is its Celery worker's name (what Flower lists)."""
-        entry = {"time": time.time(), "node": node, "device": device, "job": job,
-                 "gpu_memory_allocated": gpu_memory_allocated, "gpu_memory_reserved": gpu_memory_reserved,
-                 "gpu_memory_total": gpu_memory_total}
+        entry = {
+            "time": time.time(),
+            "node": node,
+            "device": device,
+            "job": job,
+            "gpu_memory_allocated": gpu_memory_allocated,
+            "gpu_memory_reserved": gpu_memory_reserved,
+            "gpu_memory_total": gpu_memory_total,
+        }
         self._run(lambda: self.client.hset(_key(self.namespace, "workers"), name, json.dumps(entry)))
 
     def forget_workers(self, *, name: str | None = None, node: str | None = None) -> None:
@@ -99,8 +120,15 @@ class Recorder:
             return
 
         def forget() -> None:
-            names = [name] if name else [field for field, entry in _entries(self.client.hgetall(key))
-                                         if entry is not None and entry.get("node") == node]
+            names = (
+                [name]
+                if name
+                else [
+                    field
+                    for field, entry in _entries(self.client.hgetall(key))
+                    if entry is not None and entry.get("node") == node
+                ]
+            )
             if names:
                 self.client.hdel(key, *names)
 
@@ -152,25 +180,52 @@ def render(session: Session, client: redis.Redis, settings: Settings, *, now: fl
         raise MetricsUnavailable(str(err)) from err
 
     out: list[str] = []
-    _family(out, "impasto_jobs", "gauge", "Jobs in the database by state.",
-            [([("state", status)], counts.get(status, 0)) for status in STATUSES])
-    _family(out, "impasto_queue_depth", "gauge",
-            "Messages waiting in the broker for a worker, per queue (every priority; taken ones not counted).",
-            [([("queue", queue)], depth) for queue, depth in depths.items()])
+    _family(
+        out,
+        "impasto_jobs",
+        "gauge",
+        "Jobs in the database by state.",
+        [([("state", status)], counts.get(status, 0)) for status in STATUSES],
+    )
+    _family(
+        out,
+        "impasto_queue_depth",
+        "gauge",
+        "Messages waiting in the broker for a worker, per queue (every priority; taken ones not counted).",
+        [([("queue", queue)], depth) for queue, depth in depths.items()],
+    )
     expected = [(status, queue) for status in FINAL_STATUSES for queue in settings.queues]
     _histogram(out, JOB_DURATION, durations, expected)
     _histogram(out, ITERATIONS_PER_SECOND, rates, expected)
-    _family(out, "impasto_worker_last_heartbeat_timestamp_seconds", "gauge",
-            "Unix time of a worker pool process's last heartbeat (one every 10 s; silent for 10 minutes: dropped).",
-            [([("worker", name), ("node", entry.get("node") or ""), ("device", entry["device"])], entry["time"])
-             for name, entry in workers])
-    _family(out, "impasto_worker_gpu_memory_bytes", "gauge",
-            "GPU memory of a worker pool process: allocated by tensors, reserved by PyTorch's caching "
-            "allocator, and the device's total (0 on a CPU).",
-            [([("worker", name), ("device", entry["device"]), ("kind", kind)], entry.get(f"gpu_memory_{kind}") or 0)
-             for name, entry in workers for kind in ("allocated", "reserved", "total")])
-    _family(out, "impasto_worker_busy", "gauge", "1 while a worker pool process runs a job, else 0.",
-            [([("worker", name)], int(entry.get("job") is not None)) for name, entry in workers])
+    _family(
+        out,
+        "impasto_worker_last_heartbeat_timestamp_seconds",
+        "gauge",
+        "Unix time of a worker pool process's last heartbeat (one every 10 s; silent for 10 minutes: dropped).",
+        [
+            ([("worker", name), ("node", entry.get("node") or ""), ("device", entry["device"])], entry["time"])
+            for name, entry in workers
+        ],
+    )
+    _family(
+        out,
+        "impasto_worker_gpu_memory_bytes",
+        "gauge",
+        "GPU memory of a worker pool process: allocated by tensors, reserved by PyTorch's caching "
+        "allocator, and the device's total (0 on a CPU).",
+        [
+            ([("worker", name), ("device", entry["device"]), ("kind", kind)], entry.get(f"gpu_memory_{kind}") or 0)
+            for name, entry in workers
+            for kind in ("allocated", "reserved", "total")
+        ],
+    )
+    _family(
+        out,
+        "impasto_worker_busy",
+        "gauge",
+        "1 while a worker pool process runs a job, else 0.",
+        [([("worker", name)], int(entry.get("job") is not None)) for name, entry in workers],
+    )
     return "\n".join(out) + "\n"
 
 
@@ -187,8 +242,12 @@ def _live_workers(client: redis.Redis, key: str, now: float) -> list[tuple[str, 
     """The heartbeats of the last WORKER_SILENT_S, by name; older or unreadable ones are deleted."""
     live, dead = [], []
     for name, entry in _entries(client.hgetall(key)):
-        if (entry is None or not isinstance(entry.get("time"), (int, float)) or not entry.get("device")
-                or entry["time"] < now - WORKER_SILENT_S):
+        if (
+            entry is None
+            or not isinstance(entry.get("time"), (int, float))
+            or not entry.get("device")
+            or entry["time"] < now - WORKER_SILENT_S
+        ):
             dead.append(name)
         else:
             live.append((name, entry))
@@ -197,8 +256,9 @@ def _live_workers(client: redis.Redis, key: str, now: float) -> list[tuple[str, 
     return sorted(live)
 
 
-def _histogram(out: list[str], histogram: Histogram, raw: dict[bytes, bytes],
-               expected: Sequence[tuple[str, str]]) -> None:
+def _histogram(
+    out: list[str], histogram: Histogram, raw: dict[bytes, bytes], expected: Sequence[tuple[str, str]]
+) -> None:
     """Cumulative buckets, _sum and _count per (status, queue); the expected label sets appear
     with zeros before their first job, so rates over them are defined from the start."""
     counts: dict[tuple[str, str], dict[float, int]] = {labels: {} for labels in expected}
@@ -223,8 +283,9 @@ def _histogram(out: list[str], histogram: Histogram, raw: dict[bytes, bytes],
     out.extend(lines)
 
 
-def _family(out: list[str], name: str, kind: str, help_text: str,
-            samples: Iterable[tuple[list[tuple[str, str]], float]]) -> None:
+def _family(
+    out: list[str], name: str, kind: str, help_text: str, samples: Iterable[tuple[list[tuple[str, str]], float]]
+) -> None:
     out.append(f"# HELP {name} {help_text}")
     out.append(f"# TYPE {name} {kind}")
     out.extend(_sample(name, labels, value) for labels, value in samples)

@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
             command.revision(alembic_config(url), message=args.message, autogenerate=True)
     except sqlalchemy.exc.OperationalError as err:
-        print(f"impasto db: error: cannot reach the database: {describe_error(err)}",
-              file=sys.stderr)
+        print(f"impasto db: error: cannot reach the database: {describe_error(err)}", file=sys.stderr)
         return 1
     except CommandError as err:
         print(f"impasto db: error: {err}", file=sys.stderr)

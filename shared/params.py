@@ -63,7 +63,10 @@ class StyleParams(BaseModel):
 
     size: int = Field(512, ge=16, le=8192, description="long side of the output in pixels")
     iterations: int = Field(
-        500, ge=1, le=100_000, description="optimizer iterations in all: three quarters at the final size, the rest at the coarser scales"
+        500,
+        ge=1,
+        le=100_000,
+        description="optimizer iterations in all: three quarters at the final size, the rest at the coarser scales",
     )
     optimizer: Literal["lbfgs", "adam"] = Field("lbfgs", description="the optimizer over the pixels")
     learning_rate: float | None = Field(
@@ -72,12 +75,8 @@ class StyleParams(BaseModel):
         le=1000,
         description="step size (default: 1.0 for lbfgs, 0.02 for adam)",
     )
-    init: Literal["content", "style", "noise"] = Field(
-        "content", description="the image the optimization starts from"
-    )
-    pooling: Literal["avg", "max"] = Field(
-        "avg", description="VGG pooling; the paper prefers average pooling"
-    )
+    init: Literal["content", "style", "noise"] = Field("content", description="the image the optimization starts from")
+    pooling: Literal["avg", "max"] = Field("avg", description="VGG pooling; the paper prefers average pooling")
     content_weight: float = Field(1.0, ge=0, le=1e12, description="weight of the content loss")
     style_weight: float = Field(1e6, ge=0, le=1e15, description="weight of the style loss")
     # Not in the paper; a light smoothing that removes the high-frequency speckle L-BFGS
@@ -107,9 +106,7 @@ class StyleParams(BaseModel):
         description="one weight per style image, as many as there are style images (default: equal)",
         json_schema_extra=_WEIGHT_LIST_SCHEMA,
     )
-    style_scale: float = Field(
-        1.0, ge=0.1, le=4.0, description="size of the style image relative to the output"
-    )
+    style_scale: float = Field(1.0, ge=0.1, le=4.0, description="size of the style image relative to the output")
     preserve_colors: Literal["none", "luminance", "histogram"] = Field(
         "none",
         description="keep the content's colours: luminance-only transfer, or match the "
@@ -141,8 +138,7 @@ class StyleParams(BaseModel):
         for name in layers:
             if name not in VGG19_LAYERS:
                 raise ValueError(
-                    f"unknown VGG-19 layer {name!r}; use names like conv4_2, relu4_2 or pool4 "
-                    f"(conv1_1 to conv5_4)"
+                    f"unknown VGG-19 layer {name!r}; use names like conv4_2, relu4_2 or pool4 (conv1_1 to conv5_4)"
                 )
         if len(set(layers)) != len(layers):
             raise ValueError(f"a layer is named twice in {' '.join(layers)}; name each once")
@@ -166,9 +162,7 @@ class StyleParams(BaseModel):
     def _one_weight_per_layer(cls, values: tuple[float, ...] | None, info: ValidationInfo):
         layers = info.data.get("style_layers")  # absent when the layers were invalid
         if values is not None and layers is not None and len(values) != len(layers):
-            raise ValueError(
-                f"{len(values)} numbers for {len(layers)} style layers; give one weight per layer"
-            )
+            raise ValueError(f"{len(values)} numbers for {len(layers)} style layers; give one weight per layer")
         return values
 
     @model_validator(mode="after")
@@ -185,8 +179,6 @@ class StyleParams(BaseModel):
         """The blend weights for `count` style images, normalised to sum to 1."""
         blend = self.style_blend if self.style_blend is not None else (1.0,) * count
         if len(blend) != count:
-            raise ValueError(
-                f"{len(blend)} numbers for {count} style images; give one weight per style image"
-            )
+            raise ValueError(f"{len(blend)} numbers for {count} style images; give one weight per style image")
         total = sum(blend)
         return tuple(b / total for b in blend)

@@ -54,8 +54,14 @@ class Report:
         return bool(self.requeued or self.lost or self.resent)
 
 
-def reconcile(session: Session, settings: Settings, send: Callable[[str, str], None],
-              broker_job_ids: Callable[[], set[str]], *, judge_leases: bool = True) -> Report:
+def reconcile(
+    session: Session,
+    settings: Settings,
+    send: Callable[[str, str], None],
+    broker_job_ids: Callable[[], set[str]],
+    *,
+    judge_leases: bool = True,
+) -> Report:
     """One pass. `send(job_id, queue)` enqueues a job; `broker_job_ids()` says which jobs the broker
     holds a message for (waiting or delivered and not yet acknowledged). `judge_leases`: False
     while this reconciler has not yet watched the database for a whole lease (it just started,
@@ -64,27 +70,43 @@ def reconcile(session: Session, settings: Settings, send: Callable[[str, str], N
     now = utcnow()
     expired = now - timedelta(seconds=settings.job_lease)
     last_sign = func.coalesce(Job.heartbeat_at, Job.started_at, Job.created_at)
-    stale = session.execute(
-        select(Job.id, Job.workers_lost, Job.queue).where(Job.status == RUNNING, last_sign < expired)
-    ).all() if judge_leases else []
+    stale = (
+        session.execute(
+            select(Job.id, Job.workers_lost, Job.queue).where(Job.status == RUNNING, last_sign < expired)
+        ).all()
+        if judge_leases
+        else []
+    )
     for job_id, workers_lost, queue in stale:
         guard = update(Job).where(Job.id == job_id, Job.status == RUNNING, last_sign < expired)
         lost = workers_lost + 1
         if lost >= settings.max_attempts:
-            if session.execute(guard.values(
-                status=FAILED, finished_at=now, worker=None, workers_lost=lost, error_code=WORKER_LOST,
-                error_message=f"the worker running this job was lost {lost} times (killed, or its machine gone); "
-                              f"the job may be too large for the workers' memory: submit it again with a "
-                              f"smaller size",
-            )).rowcount:
+            if session.execute(
+                guard.values(
+                    status=FAILED,
+                    finished_at=now,
+                    worker=None,
+                    workers_lost=lost,
+                    error_code=WORKER_LOST,
+                    error_message=f"the worker running this job was lost {lost} times (killed, or its machine gone); "
+                    f"the job may be too large for the workers' memory: submit it again with a "
+                    f"smaller size",
+                )
+            ).rowcount:
                 report.lost.append(job_id)
             session.commit()
             continue
         # Back to the queue, or to `canceled` if its owner asked for that while it ran.
-        status = session.execute(guard.values(
-            status=case((Job.cancel_requested, CANCELED), else_=QUEUED), worker=None, heartbeat_at=None,
-            workers_lost=lost, enqueued_at=now, finished_at=case((Job.cancel_requested, now), else_=None),
-        ).returning(Job.status)).scalar()
+        status = session.execute(
+            guard.values(
+                status=case((Job.cancel_requested, CANCELED), else_=QUEUED),
+                worker=None,
+                heartbeat_at=None,
+                workers_lost=lost,
+                enqueued_at=now,
+                finished_at=case((Job.cancel_requested, now), else_=None),
+            ).returning(Job.status)
+        ).scalar()
         session.commit()  # queued in SQL before its message exists: a worker can claim it
         if status == QUEUED:
             send(job_id, queue or settings.gpu_queue)
@@ -98,8 +120,11 @@ def reconcile(session: Session, settings: Settings, send: Callable[[str, str], N
         for job_id, queue in waiting:
             if job_id in held:
                 continue
-            won = session.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED, last_sent < unsent_before)
-                                  .values(enqueued_at=now)).rowcount
+            won = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == QUEUED, last_sent < unsent_before)
+                .values(enqueued_at=now)
+            ).rowcount
             session.commit()
             if won:
                 send(job_id, queue or settings.gpu_queue)
@@ -117,8 +142,9 @@ def redis_job_ids(client: Any, queues: Sequence[str], delivered_since: float | N
         ids.update(_job_ids(client.lrange(key, 0, -1)))
     unacked = client.hgetall("unacked")
     if delivered_since is not None:
-        recent = {tag for tag, when in client.zrange("unacked_index", 0, -1, withscores=True)
-                  if when >= delivered_since}
+        recent = {
+            tag for tag, when in client.zrange("unacked_index", 0, -1, withscores=True) if when >= delivered_since
+        }
         unacked = {tag: raw for tag, raw in unacked.items() if tag in recent}
     ids.update(_job_ids(json.loads(raw)[0] for raw in unacked.values()))
     return ids
@@ -144,8 +170,14 @@ def _job_ids(messages: Iterable[Any]) -> Iterable[str]:
 class Reconciler:
     """Runs a pass, then retention's cleanup, every `reconcile_interval` seconds in a thread."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], send: Callable[[str, str], None],
-                 broker_job_ids: Callable[[], set[str]], storage: Any = None):
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        send: Callable[[str, str], None],
+        broker_job_ids: Callable[[], set[str]],
+        storage: Any = None,
+    ):
         self.settings, self.sessions, self.send, self.broker_job_ids = settings, sessions, send, broker_job_ids
         self.storage = storage
         self._stop = threading.Event()
@@ -162,8 +194,12 @@ class Reconciler:
         with self.sessions() as session:
             report = reconcile(session, self.settings, self.send, self.broker_job_ids, judge_leases=judge_leases)
         if report:
-            log.warning("event=reconciled requeued=%s lost=%s resent=%s", ",".join(report.requeued) or "-",
-                        ",".join(report.lost) or "-", ",".join(report.resent) or "-")
+            log.warning(
+                "event=reconciled requeued=%s lost=%s resent=%s",
+                ",".join(report.requeued) or "-",
+                ",".join(report.lost) or "-",
+                ",".join(report.resent) or "-",
+            )
         for job_id in report.requeued:
             log.warning("job=%s event=requeued reason=lease-expired", job_id)
         for job_id in report.lost:
@@ -227,12 +263,12 @@ def reconciler_for(settings: Settings, celery_app: Any) -> Reconciler:
     # A forked child must not use, or close, the parent's pooled connections.
     os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
     return Reconciler(
-        settings, session_factory(engine),
+        settings,
+        session_factory(engine),
         send=lambda job_id, queue: enqueue_stylize(celery_app, job_id, queue),
         # A message a worker took more than a lease ago and whose job is still queued was taken
         # by a worker that died before it could claim the job.
-        broker_job_ids=lambda: redis_job_ids(client, settings.queues,
-                                             delivered_since=time.time() - settings.job_lease),
+        broker_job_ids=lambda: redis_job_ids(client, settings.queues, delivered_since=time.time() - settings.job_lease),
         storage=open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url),
     )
 

@@ -42,8 +42,13 @@ def delete_job(session: Session, storage: Storage, job_id: str) -> bool:
     return _delete_job(session, storage, job_id, finished_before=None, skip_locked=False)
 
 
-def purge_expired(sessions: sessionmaker[Session], storage: Storage, retention_seconds: int,
-                  now: datetime | None = None, batch: int = 100) -> int:
+def purge_expired(
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    retention_seconds: int,
+    now: datetime | None = None,
+    batch: int = 100,
+) -> int:
     """Delete every finished job that finished more than `retention_seconds` ago (0: keep
     forever), with its images; returns how many jobs this call deleted."""
     if retention_seconds <= 0:
@@ -53,8 +58,9 @@ def purge_expired(sessions: sessionmaker[Session], storage: Storage, retention_s
     while True:
         # Pages by id, so the pass ends even while other cleaners take some of the same jobs.
         with sessions() as session:
-            ids = session.scalars(select(Job.id).where(_expired(before), Job.id > after)
-                                  .order_by(Job.id).limit(batch)).all()
+            ids = session.scalars(
+                select(Job.id).where(_expired(before), Job.id > after).order_by(Job.id).limit(batch)
+            ).all()
         for job_id in ids:
             with sessions() as session:
                 deleted += _delete_job(session, storage, job_id, finished_before=before, skip_locked=True)
@@ -66,8 +72,13 @@ def purge_expired(sessions: sessionmaker[Session], storage: Storage, retention_s
     return deleted
 
 
-def purge_orphans(sessions: sessionmaker[Session], storage: Storage, *, older_than: timedelta = ORPHAN_AGE,
-                  now: datetime | None = None) -> int:
+def purge_orphans(
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    *,
+    older_than: timedelta = ORPHAN_AGE,
+    now: datetime | None = None,
+) -> int:
     """Delete the job folders in storage (`jobs/<id>/`) that no job row owns and that nothing
     was written to for `older_than`; returns how many folders were deleted.
 
@@ -83,11 +94,15 @@ def purge_orphans(sessions: sessionmaker[Session], storage: Storage, *, older_th
     owned: set[str] = set()
     with sessions() as session:
         for start in range(0, len(stale), 500):
-            owned.update(session.scalars(select(Job.id).where(Job.id.in_(stale[start:start + 500]))))
+            owned.update(session.scalars(select(Job.id).where(Job.id.in_(stale[start : start + 500]))))
     orphans = [job_id for job_id in stale if job_id not in owned]
     if len(orphans) > len(folders) - len(orphans):
-        log.warning("event=orphans-kept folders=%d without_row=%d reason=more folders without a row than with "
-                    "one; is this the right database? delete them by hand if it is", len(folders), len(orphans))
+        log.warning(
+            "event=orphans-kept folders=%d without_row=%d reason=more folders without a row than with "
+            "one; is this the right database? delete them by hand if it is",
+            len(folders),
+            len(orphans),
+        )
         return 0
     for job_id in orphans:
         for item in folders[job_id]:
@@ -98,20 +113,24 @@ def purge_orphans(sessions: sessionmaker[Session], storage: Storage, *, older_th
 
 def _expired(before: datetime) -> Any:
     """Final, and finished before `before` (a final job with no finish time: created before)."""
-    return and_(Job.status.in_(FINAL_STATUSES),
-                or_(Job.finished_at < before, and_(Job.finished_at.is_(None), Job.created_at < before)))
+    return and_(
+        Job.status.in_(FINAL_STATUSES),
+        or_(Job.finished_at < before, and_(Job.finished_at.is_(None), Job.created_at < before)),
+    )
 
 
-def _delete_job(session: Session, storage: Storage, job_id: str, *, finished_before: datetime | None,
-                skip_locked: bool) -> bool:
+def _delete_job(
+    session: Session, storage: Storage, job_id: str, *, finished_before: datetime | None, skip_locked: bool
+) -> bool:
     guard = [Job.id == job_id, Job.status.in_(FINAL_STATUSES)]
     if finished_before is not None:
         guard.append(_expired(finished_before))
     try:
         # FOR UPDATE (PostgreSQL; SQLite has one writer anyway): no one changes or deletes the
         # row until this transaction ends. The purge skips rows another cleaner holds.
-        row = session.execute(select(Job.inputs, Job.output_key).where(*guard)
-                              .with_for_update(skip_locked=skip_locked)).first()
+        row = session.execute(
+            select(Job.inputs, Job.output_key).where(*guard).with_for_update(skip_locked=skip_locked)
+        ).first()
         if row is None:
             session.rollback()
             return False
@@ -145,8 +164,9 @@ def _keys(inputs: dict[str, Any] | None, output_key: str | None, snapshots: Iter
 def main(argv: list[str] | None = None) -> int:
     """Delete finished jobs past the retention period, and stored files no job owns (one pass)."""
     parser = argparse.ArgumentParser(prog="impasto cleanup", description=main.__doc__)
-    parser.add_argument("--no-orphans", action="store_true",
-                        help="only jobs past the retention; do not look for files without a job")
+    parser.add_argument(
+        "--no-orphans", action="store_true", help="only jobs past the retention; do not look for files without a job"
+    )
     args = parser.parse_args(argv)
 
     import sqlalchemy.exc

@@ -86,8 +86,12 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     queue = _text(env, "IMPASTO_QUEUE", "impasto")
     settings = Settings(
         data_dir=data_dir,
-        database_url=_url(env, "IMPASTO_DATABASE_URL", f"sqlite:///{data_dir / 'impasto.db'}",
-                          ("sqlite", "postgresql", "postgresql+psycopg")),
+        database_url=_url(
+            env,
+            "IMPASTO_DATABASE_URL",
+            f"sqlite:///{data_dir / 'impasto.db'}",
+            ("sqlite", "postgresql", "postgresql+psycopg"),
+        ),
         broker_url=_url(env, "IMPASTO_BROKER_URL", None, ("redis", "rediss")),
         storage_url=_storage_url(env, data_dir),
         queue=queue,
@@ -125,8 +129,7 @@ def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[
         return default
     scheme = urlsplit(value).scheme
     if scheme not in schemes:
-        raise SettingsError(f"{name}={value!r}: expected a URL starting with "
-                            f"{' or '.join(s + '://' for s in schemes)}")
+        raise SettingsError(f"{name}={value!r}: expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
     return value
 
 

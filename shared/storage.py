@@ -134,8 +134,7 @@ class S3Storage:
     S3 server instead of passing every image's bytes through itself.
     """
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 client: Any = None):
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, client: Any = None):
         import boto3  # only machines that use S3 pay for importing it
 
         self.bucket = bucket
@@ -177,8 +176,15 @@ class S3Storage:
                 return
             request["ContinuationToken"] = page["NextContinuationToken"]
 
-    def presigned_url(self, key: str, expires: int, *, endpoint_url: str | None = None,
-                      content_type: str = "application/octet-stream", download_name: str | None = None) -> str:
+    def presigned_url(
+        self,
+        key: str,
+        expires: int,
+        *,
+        endpoint_url: str | None = None,
+        content_type: str = "application/octet-stream",
+        download_name: str | None = None,
+    ) -> str:
         """A GET URL for the object that works without credentials for `expires` seconds.
 
         `endpoint_url` is the address browsers reach the S3 server at, when it is not the one
@@ -217,7 +223,8 @@ class S3Storage:
             if endpoint_url not in self._signers:
                 config = Config(signature_version="s3v4", s3={"addressing_style": "path"})
                 self._signers[endpoint_url] = boto3.client(
-                    "s3", endpoint_url=endpoint_url, region_name=self.client.meta.region_name, config=config)
+                    "s3", endpoint_url=endpoint_url, region_name=self.client.meta.region_name, config=config
+                )
             return self._signers[endpoint_url]
 
     def _call(self, operation: str, **kwargs: Any) -> Any:

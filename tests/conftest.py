@@ -87,8 +87,11 @@ def run_engine(random_weights):
     def run(content, styles, should_stop=None, resume=None, **overrides):
         settings = {"size": 48, "iterations": 6, "scales": 1, "weights": "random", **overrides}
         params = StyleParams(**settings)
-        events = list(stylize(content, styles, params, device="cpu", weights=random_weights,
-                              should_stop=should_stop, resume=resume))
+        events = list(
+            stylize(
+                content, styles, params, device="cpu", weights=random_weights, should_stop=should_stop, resume=resume
+            )
+        )
         assert isinstance(events[-1], Result)
         return events, events[-1]
 
@@ -132,8 +135,11 @@ def make_settings(tmp_path, queue_name):
     from shared.settings import load_settings
 
     def make(**overrides):
-        env = {"IMPASTO_DATA_DIR": str(tmp_path / "data"), "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
-               "IMPASTO_QUEUE": queue_name}
+        env = {
+            "IMPASTO_DATA_DIR": str(tmp_path / "data"),
+            "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
+            "IMPASTO_QUEUE": queue_name,
+        }
         env.update({k: str(v) for k, v in overrides.items()})
         return load_settings(env)
 

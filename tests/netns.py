@@ -40,14 +40,31 @@ class Host:
 
     def command(self, argv: list[str]) -> list[str]:
         """`argv` run on this host: in its network namespace, under its own hostname."""
-        return ["ip", "netns", "exec", self.namespace, "unshare", "--uts", "sh", "-c",
-                f'hostname {self.name} && exec "$@"', "sh", *argv]
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.namespace,
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            f'hostname {self.name} && exec "$@"',
+            "sh",
+            *argv,
+        ]
 
-    def start(self, argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None,
-              ) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        log: Path,
+        cwd: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
-            process = subprocess.Popen(self.command(argv), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                self.command(argv), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.processes.append(process)
         return process
 
@@ -98,8 +115,11 @@ class Network:
         _ip("link", "set", outside, "master", self.bridge)
         _ip("link", "set", outside, "up")
         address = f"{self.subnet}.{number}"
-        for args in (("addr", "add", f"{address}/24", "dev", inside), ("link", "set", inside, "up"),
-                     ("link", "set", "lo", "up")):
+        for args in (
+            ("addr", "add", f"{address}/24", "dev", inside),
+            ("link", "set", inside, "up"),
+            ("link", "set", "lo", "up"),
+        ):
             _ip("netns", "exec", namespace, "ip", *args)
         host = Host(name, namespace, address, outside)
         self.hosts[name] = host

@@ -22,8 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @contextlib.contextmanager
 def temporary_postgres_database(admin_url: str) -> Iterator[str]:
     name = f"impasto_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1),
-                          isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     try:
@@ -44,8 +43,14 @@ def service_env(settings_env: dict[str, str]) -> dict[str, str]:
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """`impasto ARGS` in its own process group, its output in `log`."""
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=env, cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:

@@ -48,8 +48,9 @@ def queued(settings):
 
 def files(content=PHOTO, styles=(PAINTING,)):
     data = {"content": (io.BytesIO(content.read_bytes() if hasattr(content, "read_bytes") else content), "photo.jpg")}
-    data["style"] = [(io.BytesIO(s.read_bytes() if hasattr(s, "read_bytes") else s), f"style{i}.jpg")
-                     for i, s in enumerate(styles)]
+    data["style"] = [
+        (io.BytesIO(s.read_bytes() if hasattr(s, "read_bytes") else s), f"style{i}.jpg") for i, s in enumerate(styles)
+    ]
     return data
 
 
@@ -75,7 +76,9 @@ def png(width=40, height=30, mode="RGB") -> bytes:
 
 
 def test_submit_answers_202_with_the_job_and_enqueues_it(client, queued):
-    response = post(client, {"size": "128", "iterations": "40", "weights": "random", "style_layers": "conv1_1, conv3_1"})
+    response = post(
+        client, {"size": "128", "iterations": "40", "weights": "random", "style_layers": "conv1_1, conv3_1"}
+    )
     assert response.status_code == 202
     job = response.get_json()
     assert response.headers["Location"] == f"/api/v1/jobs/{job['id']}"
@@ -85,8 +88,11 @@ def test_submit_answers_202_with_the_job_and_enqueues_it(client, queued):
     assert job["params"]["style_weight"] == 1e6  # defaults filled in
     assert job["snapshots"] == [] and job["output_url"] is None and job["error"] is None
     assert queued() == 1
-    message = json.loads(redis.Redis.from_url(client.application.extensions["impasto"].settings.broker_url)
-                         .lindex(client.application.extensions["impasto"].settings.queue_for(job["params"]["size"]), 0))
+    message = json.loads(
+        redis.Redis.from_url(client.application.extensions["impasto"].settings.broker_url).lindex(
+            client.application.extensions["impasto"].settings.queue_for(job["params"]["size"]), 0
+        )
+    )
     assert message["headers"]["task"] == "impasto.stylize" and job["id"] in message["headers"]["argsrepr"]
     shown = client.get(job["inputs"][0])
     assert shown.status_code == 200 and shown.data == PHOTO.read_bytes()
@@ -98,27 +104,30 @@ def test_submit_answers_202_with_the_job_and_enqueues_it(client, queued):
     assert second["queue_position"] == 1 and second["style_preset"] == "the_scream"
 
 
-@pytest.mark.parametrize(("fields", "kw", "field", "says"), [
-    ({"size": "5"}, {}, "size", "greater than or equal to 16"),
-    ({"size": "2048"}, {}, "size", "at most 1024 on this service"),
-    ({"size": "big"}, {}, "size", "valid integer"),
-    ({"iterations": "1e9"}, {}, "iterations", ""),
-    ({"style_weight": "nan"}, {}, "style_weight", "finite number"),
-    ({"content_weight": "inf"}, {}, "content_weight", "finite number"),
-    ({"colour": "red"}, {}, "colour", "unknown parameter 'colour'"),
-    ({"style_layers": "conv9_9"}, {}, "style_layers", "unknown VGG-19 layer 'conv9_9'"),
-    ({"weights": "/etc/passwd"}, {}, "weights", "use one of auto, imagenet, random"),
-    ({"optimizer": "sgd"}, {}, "optimizer", "'lbfgs' or 'adam'"),
-    ({"style_preset": "mona_lisa"}, {"styles": ()}, "style_preset", "unknown style 'mona_lisa'"),
-    ({"style_preset": "the_scream"}, {}, "style_preset", "not both"),
-    ({}, {"styles": ()}, "style", "upload a style image"),
-    ({}, {"styles": (PAINTING, PAINTING, PAINTING)}, "style", "3 style images; at most 2"),
-    ({"style_blend": "1 2"}, {}, "style_blend", "2 numbers for 1 style images"),
-    ({}, {"content": b""}, "content", "empty"),
-    ({}, {"content": b"<html><script>alert(1)</script></html>"}, "content", "not an image that can be read"),
-    ({}, {"content": png()[:60]}, "content", "truncated"),
-    ({}, {"styles": (png(9000, 9000, "P"),)}, "style", "over the limit"),
-])
+@pytest.mark.parametrize(
+    ("fields", "kw", "field", "says"),
+    [
+        ({"size": "5"}, {}, "size", "greater than or equal to 16"),
+        ({"size": "2048"}, {}, "size", "at most 1024 on this service"),
+        ({"size": "big"}, {}, "size", "valid integer"),
+        ({"iterations": "1e9"}, {}, "iterations", ""),
+        ({"style_weight": "nan"}, {}, "style_weight", "finite number"),
+        ({"content_weight": "inf"}, {}, "content_weight", "finite number"),
+        ({"colour": "red"}, {}, "colour", "unknown parameter 'colour'"),
+        ({"style_layers": "conv9_9"}, {}, "style_layers", "unknown VGG-19 layer 'conv9_9'"),
+        ({"weights": "/etc/passwd"}, {}, "weights", "use one of auto, imagenet, random"),
+        ({"optimizer": "sgd"}, {}, "optimizer", "'lbfgs' or 'adam'"),
+        ({"style_preset": "mona_lisa"}, {"styles": ()}, "style_preset", "unknown style 'mona_lisa'"),
+        ({"style_preset": "the_scream"}, {}, "style_preset", "not both"),
+        ({}, {"styles": ()}, "style", "upload a style image"),
+        ({}, {"styles": (PAINTING, PAINTING, PAINTING)}, "style", "3 style images; at most 2"),
+        ({"style_blend": "1 2"}, {}, "style_blend", "2 numbers for 1 style images"),
+        ({}, {"content": b""}, "content", "empty"),
+        ({}, {"content": b"<html><script>alert(1)</script></html>"}, "content", "not an image that can be read"),
+        ({}, {"content": png()[:60]}, "content", "truncated"),
+        ({}, {"styles": (png(9000, 9000, "P"),)}, "style", "over the limit"),
+    ],
+)
 def test_bad_input_is_422_naming_the_field(client, queued, fields, kw, field, says):
     response = post(client, fields, **kw)
     assert response.status_code == 422, response.get_data(as_text=True)
@@ -162,8 +171,12 @@ def test_an_upload_over_the_byte_limit_is_413_json(client, queued):
 
 
 def test_unknown_jobs_and_images_are_404_json(client):
-    for url in ("/api/v1/jobs/nope", "/api/v1/jobs/nope/output.png", "/api/v1/jobs/nope/events",
-                "/api/v1/jobs/nope/snapshots/1.png"):
+    for url in (
+        "/api/v1/jobs/nope",
+        "/api/v1/jobs/nope/output.png",
+        "/api/v1/jobs/nope/events",
+        "/api/v1/jobs/nope/snapshots/1.png",
+    ):
         response = client.get(url)
         assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
     assert client.post("/api/v1/jobs/nope/cancel").status_code == 404
@@ -197,8 +210,11 @@ def test_events_of_a_finished_job_end_with_its_status(client, queued):
 def test_health_reports_database_and_broker(client, settings):
     response = client.get("/healthz")
     assert response.status_code == 200 and response.get_json() == {"status": "ok", "database": "ok", "broker": "ok"}
-    broken = create_app(services=Services.from_settings(
-        settings.with_broker("redis://127.0.0.1:9/0"))).test_client().get("/healthz")
+    broken = (
+        create_app(services=Services.from_settings(settings.with_broker("redis://127.0.0.1:9/0")))
+        .test_client()
+        .get("/healthz")
+    )
     assert broken.status_code == 503 and broken.get_json()["broker"].startswith("unreachable")
 
 
@@ -210,14 +226,22 @@ def test_the_openapi_document_lists_every_route_and_parameter(client, app):
 
     assert set(StyleParams.model_fields) | {"content", "style", "style_preset"} == set(form["properties"])
     assert form["properties"]["size"]["minimum"] == 16
-    routes = {rule.rule.replace("<job_id>", "{job_id}").replace("<int:iteration>", "{iteration}")
-              .replace("<int:index>", "{index}") for rule in app.url_map.iter_rules() if rule.rule.startswith(("/api", "/healthz"))}
+    routes = {
+        rule.rule.replace("<job_id>", "{job_id}")
+        .replace("<int:iteration>", "{iteration}")
+        .replace("<int:index>", "{index}")
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith(("/api", "/healthz"))
+    }
     assert routes == set(document["paths"])
 
 
 def test_the_form_shows_its_errors_beside_the_fields(client, queued):
-    response = client.post("/jobs", data={"size": "5", "style_preset": "starry_night", "csrf_token": form_token(client)},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/jobs",
+        data={"size": "5", "style_preset": "starry_night", "csrf_token": form_token(client)},
+        content_type="multipart/form-data",
+    )
     page = response.get_data(as_text=True)
     assert response.status_code == 422
     assert 'data-error-for="size"' in page and 'data-error-for="content"' in page
@@ -227,11 +251,14 @@ def test_the_form_shows_its_errors_beside_the_fields(client, queued):
 def test_the_form_says_when_the_upload_is_too_large(client, queued):
     response = post_oversized(client, "/jobs")
     assert response.status_code == 413
-    assert 'data-error-for="content"' in response.get_data(as_text=True) and "over 2 MB" in response.get_data(as_text=True)
+    assert 'data-error-for="content"' in response.get_data(as_text=True) and "over 2 MB" in response.get_data(
+        as_text=True
+    )
 
 
-@pytest.mark.parametrize("path", ["/api/v1/jobs/%00", "/api/v1/jobs/a%00b/events", "/jobs/%00",
-                                  "/api/v1/jobs/" + "x" * 300])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/jobs/%00", "/api/v1/jobs/a%00b/events", "/jobs/%00", "/api/v1/jobs/" + "x" * 300]
+)
 def test_ids_that_cannot_exist_are_404_before_any_query(client, path):
     assert client.get(path).status_code == 404
 
@@ -248,10 +275,17 @@ def test_the_job_json_names_no_worker_host(client, queued):
     assert "worker" not in post(client).get_json()
 
 
-@pytest.mark.parametrize(("fields", "field", "says"), [
-    ({"iterations": "1000", "snapshot_every": "1"}, "snapshot_every", "at most 100 snapshots per job; use 10 or more"),
-    ({"size": "512", "style_scale": "4"}, "style_scale", "at most 1024 on this service; use at most 2.00"),
-])
+@pytest.mark.parametrize(
+    ("fields", "field", "says"),
+    [
+        (
+            {"iterations": "1000", "snapshot_every": "1"},
+            "snapshot_every",
+            "at most 100 snapshots per job; use 10 or more",
+        ),
+        ({"size": "512", "style_scale": "4"}, "style_scale", "at most 1024 on this service; use at most 2.00"),
+    ],
+)
 def test_service_limits_beyond_the_params_model(client, queued, fields, field, says):
     response = post(client, fields)
     assert response.status_code == 422

@@ -9,12 +9,30 @@ import sys
 import pytest
 
 CHECKS = {
-    "web": (["web.app", "web.api", "web.pages", "web.serve", "web.submit", "web.openapi", "web.access"],
-            ["torch", "worker"]),
-    "shared": (["shared.settings", "shared.models", "shared.db", "shared.jobs", "shared.storage", "shared.tasks",
-                "shared.migrate", "shared.launcher", "shared.params", "shared.images", "shared.cli", "shared.flags",
-                "shared.reconcile", "shared.retention", "shared.keys"],
-               ["flask", "torch", "web", "worker"]),
+    "web": (
+        ["web.app", "web.api", "web.pages", "web.serve", "web.submit", "web.openapi", "web.access"],
+        ["torch", "worker"],
+    ),
+    "shared": (
+        [
+            "shared.settings",
+            "shared.models",
+            "shared.db",
+            "shared.jobs",
+            "shared.storage",
+            "shared.tasks",
+            "shared.migrate",
+            "shared.launcher",
+            "shared.params",
+            "shared.images",
+            "shared.cli",
+            "shared.flags",
+            "shared.reconcile",
+            "shared.retention",
+            "shared.keys",
+        ],
+        ["flask", "torch", "web", "worker"],
+    ),
     "worker.engine": (["worker.engine"], ["flask", "sqlalchemy", "celery", "shared", "web"]),
     "worker": (["worker.runner", "worker.service", "worker.cli"], ["flask", "web"]),
 }

@@ -21,8 +21,14 @@ from tests.conftest import PAINTING, PHOTO
 from tests.servers import service_env, start, stop, wait_for_http
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 30
@@ -48,8 +54,9 @@ def server(tmp_path_factory) -> str:
         stop(process, signal.SIGINT, timeout=STOP_TIMEOUT_S)  # Ctrl-C, as a person would
 
 
-MISSING_CHROMIUM = (f"{CHROMIUM} is missing: the browser tests need Debian's Chromium "
-                    f"(as root: apt-get install -y chromium)")
+MISSING_CHROMIUM = (
+    f"{CHROMIUM} is missing: the browser tests need Debian's Chromium (as root: apt-get install -y chromium)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -251,15 +258,23 @@ def test_cancel_a_running_job(page: Page, problems: list[str], browser, server):
     watcher.goto(page.url)
     expect(watcher.locator("#status")).to_have_text("running")
     expect(watcher.locator("#cancel")).to_have_count(0)
-    refused = watcher.evaluate("""async (url) => (await fetch(url, {method: "POST", headers: {
-        "X-CSRF-Token": document.querySelector('meta[name="csrf-token"]').content}})).status""", cancel_url)
+    refused = watcher.evaluate(
+        """async (url) => (await fetch(url, {method: "POST", headers: {
+        "X-CSRF-Token": document.querySelector('meta[name="csrf-token"]').content}})).status""",
+        cancel_url,
+    )
     assert refused == 403
     stranger.close()
     # A page on another site, in the submitter's own browser, posts a form to the cancel URL:
     # the browser holds the SameSite cookie back, and no other site can send the CSRF header.
     evil = page.context.new_page()
-    evil.route("http://evil.test/", lambda route: route.fulfill(content_type="text/html", body=(
-        f'<form method="post" action="{cancel_url}"><button id="prize">Win a prize</button></form>')))
+    evil.route(
+        "http://evil.test/",
+        lambda route: route.fulfill(
+            content_type="text/html",
+            body=(f'<form method="post" action="{cancel_url}"><button id="prize">Win a prize</button></form>'),
+        ),
+    )
     evil.goto("http://evil.test/")
     with evil.expect_response(cancel_url) as forged:
         evil.click("#prize")

@@ -8,21 +8,28 @@ import sys
 import time
 
 import pytest
+from conftest import PAINTING, PHOTO, load
 from PIL import Image
 
-from conftest import PAINTING, PHOTO, load
 from shared.params import StyleParams
 
 
 def impasto(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "shared.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env or os.environ.copy(), timeout=240, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or os.environ.copy(),
+        timeout=240,
+        **kwargs,
+    )
 
 
 def test_stylize_prints_the_promised_json(tmp_path):
     out = tmp_path / "out.png"
-    done = impasto("stylize", PHOTO, PAINTING, "-o", out, "--size", 64, "--iterations", 12,
-                   "--weights", "random", "--json")
+    done = impasto(
+        "stylize", PHOTO, PAINTING, "-o", out, "--size", 64, "--iterations", 12, "--weights", "random", "--json"
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["output"] == str(out.resolve())
@@ -36,8 +43,7 @@ def test_stylize_prints_the_promised_json(tmp_path):
 
 
 def test_auto_weights_fall_back_with_an_unmissable_warning(tmp_path):
-    done = impasto("stylize", PHOTO, PAINTING, "-o", tmp_path / "o.png", "--size", 32,
-                   "--iterations", 2, "--json")
+    done = impasto("stylize", PHOTO, PAINTING, "-o", tmp_path / "o.png", "--size", 32, "--iterations", 2, "--json")
     assert done.returncode == 0, done.stderr
     assert "WARNING" in done.stderr and "RANDOM weights" in done.stderr
     report = json.loads(done.stdout)
@@ -45,9 +51,25 @@ def test_auto_weights_fall_back_with_an_unmissable_warning(tmp_path):
 
 
 def test_snapshots_are_written_where_asked(tmp_path):
-    done = impasto("stylize", PHOTO, PAINTING, "-o", tmp_path / "o.jpg", "--size", 32, "--iterations", 6,
-                   "--weights", "random", "--snapshot-every", 2, "--snapshot-dir", tmp_path / "snaps",
-                   "--scales", 1)
+    done = impasto(
+        "stylize",
+        PHOTO,
+        PAINTING,
+        "-o",
+        tmp_path / "o.jpg",
+        "--size",
+        32,
+        "--iterations",
+        6,
+        "--weights",
+        "random",
+        "--snapshot-every",
+        2,
+        "--snapshot-dir",
+        tmp_path / "snaps",
+        "--scales",
+        1,
+    )
     assert done.returncode == 0, done.stderr
     names = sorted(os.listdir(tmp_path / "snaps"))
     assert names == ["snapshot_00002.png", "snapshot_00004.png", "snapshot_00006.png"]
@@ -58,10 +80,33 @@ def test_snapshots_are_written_where_asked(tmp_path):
 def test_ctrl_c_saves_the_current_image(tmp_path):
     out, snaps = tmp_path / "interrupted.png", tmp_path / "snaps"
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "stylize", PHOTO, PAINTING, "-o", out, "--size", "64",
-         "--iterations", "5000", "--weights", "random", "--json", "--scales", "1",
-         "--snapshot-every", "1", "--snapshot-dir", snaps],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "stylize",
+            PHOTO,
+            PAINTING,
+            "-o",
+            out,
+            "--size",
+            "64",
+            "--iterations",
+            "5000",
+            "--weights",
+            "random",
+            "--json",
+            "--scales",
+            "1",
+            "--snapshot-every",
+            "1",
+            "--snapshot-dir",
+            snaps,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # The first snapshot on disk says the optimization is under way.
     deadline = time.monotonic() + 120
     while not (snaps.is_dir() and os.listdir(snaps)) and process.poll() is None:
@@ -83,9 +128,24 @@ def test_help_lists_every_flag():
     for flag in (*from_the_model, "--snapshot-dir", "--device", "--json", "--output"):
         assert flag in done.stdout
     # The list, so that a renamed field cannot drop one silently.
-    for flag in ("--size", "--iterations", "--optimizer", "--learning-rate", "--init", "--pooling",
-                 "--content-weight", "--style-weight", "--tv-weight", "--style-blend", "--style-scale",
-                 "--preserve-colors", "--scales", "--snapshot-every", "--seed", "--weights"):
+    for flag in (
+        "--size",
+        "--iterations",
+        "--optimizer",
+        "--learning-rate",
+        "--init",
+        "--pooling",
+        "--content-weight",
+        "--style-weight",
+        "--tv-weight",
+        "--style-blend",
+        "--style-scale",
+        "--preserve-colors",
+        "--scales",
+        "--snapshot-every",
+        "--seed",
+        "--weights",
+    ):
         assert flag in from_the_model
 
 
@@ -111,8 +171,10 @@ def test_help_lists_every_flag():
         ([PHOTO, PAINTING, "--device", "mps"], "unknown device 'mps'"),
         ([PHOTO, PAINTING, "--device", "toaster"], "unknown device 'toaster'"),
         ([PHOTO, PAINTING, "--style-layers", "pool5", "--size", "16", "--weights", "random"], "needs at least 32 px"),
-        ([PHOTO, PAINTING, "--style-layers", "conv1_1", "--style-layer-weights", "1", "2"],
-         "--style-layer-weights: 2 numbers for 1 style layers"),
+        (
+            [PHOTO, PAINTING, "--style-layers", "conv1_1", "--style-layer-weights", "1", "2"],
+            "--style-layer-weights: 2 numbers for 1 style layers",
+        ),
         ([PHOTO, PAINTING, "--style-layers", "conv1_1", "conv1_1"], "a layer is named twice"),
         ([PHOTO, PAINTING, "--size", "16", "--weights", "random"], "needs at least 16 px"),
     ],
@@ -142,8 +204,7 @@ def test_bad_output_path_is_refused_before_any_work(tmp_path, output, message):
     (tmp_path / "folder.png").mkdir()
     # 50,000 iterations at 512 px would take hours: only a check before any work answers fast.
     started = time.monotonic()
-    done = impasto("stylize", PHOTO, PAINTING, "-o", tmp_path / output, "--iterations", "50000",
-                   "--weights", "random")
+    done = impasto("stylize", PHOTO, PAINTING, "-o", tmp_path / output, "--iterations", "50000", "--weights", "random")
     assert done.returncode == 2 and time.monotonic() - started < 60
     assert done.stderr.startswith("impasto stylize: error: " + message.replace("{tmp}", str(tmp_path)))
     assert len(done.stderr.strip().splitlines()) == 1

@@ -95,8 +95,9 @@ def test_compose_parses_with_the_needed_services(compose):
 
 def test_every_interpolation_has_a_default():
     """`docker compose up` must work with no .env file: each ${VAR} carries a :-default."""
-    bare = [m.group(0) for m in INTERPOLATION.finditer(COMPOSE.read_text())
-            if m.group(0) != "$$" and m.group(2) is None]
+    bare = [
+        m.group(0) for m in INTERPOLATION.finditer(COMPOSE.read_text()) if m.group(0) != "$$" and m.group(2) is None
+    ]
     assert not bare, f"variables without a default: {bare}"
 
 
@@ -105,7 +106,7 @@ def test_impasto_commands_are_registered_subcommands(compose, pyproject):
     assert set(pyproject["project"]["scripts"]) == {"impasto"}
     services = compose["services"]
     for name, expected in PROJECT_COMMANDS.items():
-        assert argv(services[name])[:1 + len(expected)] == ["impasto", *expected], name
+        assert argv(services[name])[: 1 + len(expected)] == ["impasto", *expected], name
     for name, service in services.items():
         command = argv(service)
         built_here = "build" in service or str(service.get("image", "")).startswith("impasto")
@@ -113,8 +114,8 @@ def test_impasto_commands_are_registered_subcommands(compose, pyproject):
             assert command[:1] == ["impasto"], f"service {name} runs the project image but not `impasto`"
         if command[:1] == ["impasto"]:
             assert len(command) > 1 and command[1] in registered, (
-                f"service {name} runs `{' '.join(command)}`, but pyproject.toml registers only "
-                f"{sorted(registered)}")
+                f"service {name} runs `{' '.join(command)}`, but pyproject.toml registers only {sorted(registered)}"
+            )
 
 
 def test_project_services_share_one_image_built_here(compose):
@@ -162,11 +163,14 @@ def test_redis_persists_to_a_named_volume(compose):
     assert_named_volume(compose, "redis", "/data")
 
 
-@pytest.mark.parametrize(("service", "path"), [
-    ("postgres", "/var/lib/postgresql/data"),
-    ("minio", "/data"),
-    ("worker", "/models/torch"),
-])
+@pytest.mark.parametrize(
+    ("service", "path"),
+    [
+        ("postgres", "/var/lib/postgresql/data"),
+        ("minio", "/data"),
+        ("worker", "/models/torch"),
+    ],
+)
 def test_state_lives_in_named_volumes(compose, service, path):
     assert_named_volume(compose, service, path)
 
@@ -191,8 +195,12 @@ def test_minio_serves_data_and_the_bucket_is_the_storage_bucket(compose):
     assert bucket == "impasto"
     createbucket = services["createbucket"]
     assert str(createbucket["image"]).startswith("minio/mc")
-    script = interpolate(" ".join(argv(createbucket)) if isinstance(createbucket["command"], str)
-                         else "\n".join(createbucket["command"]), {})
+    script = interpolate(
+        " ".join(argv(createbucket))
+        if isinstance(createbucket["command"], str)
+        else "\n".join(createbucket["command"]),
+        {},
+    )
     made = re.findall(r"\bmc mb\b[^\n]*?\s\S+/(\S+)\s*$", script, re.MULTILINE)
     assert made == [bucket], f"createbucket makes {made}, the storage URL names {bucket!r}"
 
@@ -217,7 +225,8 @@ def test_shared_environment(compose):
     for name in PROJECT_COMMANDS:
         service_env = environment(compose["services"][name])
         assert {key: service_env.get(key) for key in compose["x-impasto-env"]} == {
-            key: str(value) for key, value in compose["x-impasto-env"].items()}, name
+            key: str(value) for key, value in compose["x-impasto-env"].items()
+        }, name
 
 
 def test_every_impasto_variable_is_a_setting(compose):
@@ -241,19 +250,29 @@ def test_the_settings_accept_the_compose_defaults(compose):
 
 def test_dockerfile_installs_the_project(pyproject):
     text = DOCKERFILE.read_text()
-    lines = [line.strip() for line in text.replace("\\\n", " ").splitlines()
-             if line.strip() and not line.lstrip().startswith("#")]
+    lines = [
+        line.strip()
+        for line in text.replace("\\\n", " ").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     base = [line.split()[1] for line in lines if line.upper().startswith("FROM ")]
     assert base and re.match(r"(python:3\.11-slim|pytorch/pytorch)\b", base[-1]), base
     runs = [line for line in lines if line.upper().startswith("RUN ")]
     assert any(re.search(r"pip install\b[^&;|]*\s\.(\s|$|&|;)", run) for run in runs), (
-        "no RUN line does `pip install .`")
-    copied = {source.rstrip("/")
-              for line in lines if line.upper().startswith("COPY ")
-              for source in line.split()[1:-1] if not source.startswith("--")}
+        "no RUN line does `pip install .`"
+    )
+    copied = {
+        source.rstrip("/")
+        for line in lines
+        if line.upper().startswith("COPY ")
+        for source in line.split()[1:-1]
+        if not source.startswith("--")
+    }
     if "." not in copied:
-        needed = [pattern.rstrip("*").rstrip(".") for pattern in
-                  pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+        needed = [
+            pattern.rstrip("*").rstrip(".")
+            for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+        ]
         needed += ["pyproject.toml", pyproject["project"]["readme"]]
         missing = [path for path in needed if path not in copied]
         assert not missing, f"the Dockerfile does not copy {missing}, which `pip install .` needs"

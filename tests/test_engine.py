@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import make_content, make_style
+
 from shared.params import StyleParams
 from worker.engine import EngineError, Progress, Result, Resume, Snapshot, StyleObjective, VGGFeatures, stylize
 from worker.engine.color import rgb_to_yiq
@@ -125,8 +125,9 @@ def test_colour_modes_keep_the_contents_colours(random_weights, mode):
         *_, results[colours] = stylize(content, [style], params, device="cpu", weights=random_weights)
     source = _chroma(content.resize(results["none"].size))
     pixel_shift = {k: (_chroma(r.image) - source).abs().mean().item() for k, r in results.items()}
-    mean_shift = {k: (_chroma(r.image).mean((2, 3)) - source.mean((2, 3))).abs().max().item()
-                  for k, r in results.items()}
+    mean_shift = {
+        k: (_chroma(r.image).mean((2, 3)) - source.mean((2, 3))).abs().max().item() for k, r in results.items()
+    }
     assert mean_shift["none"] > 0.05, "the style should pull plain transfer's colours away"
     assert mean_shift[mode] < 0.3 * mean_shift["none"]
     if mode == "luminance":
@@ -159,8 +160,7 @@ def test_no_interval_snapshots_when_turned_off(content_image, style_image, run_e
 
 def test_output_is_the_lowest_loss_image(content_image, style_image, run_engine):
     # Adam at a large step overshoots, so the last iterate is not the best one.
-    events, result = run_engine(content_image, [style_image], optimizer="adam", learning_rate=1.0,
-                                iterations=12)
+    events, result = run_engine(content_image, [style_image], optimizer="adam", learning_rate=1.0, iterations=12)
     totals = [e.losses.total for e in progress(events)]
     assert result.losses.total == min(totals + [result.initial_losses.total])
     assert totals[-1] > result.losses.total
@@ -187,8 +187,9 @@ def test_cancel_stops_within_one_iteration_and_keeps_the_image(content_image, st
 
 def test_cancel_at_a_coarse_scale_still_returns_the_requested_size(content_image, style_image, run_engine):
     polls = iter(range(100))  # the engine polls once before each iteration
-    events, result = run_engine(content_image, [style_image], size=128, scales=2, iterations=20,
-                                should_stop=lambda: next(polls) >= 2)
+    events, result = run_engine(
+        content_image, [style_image], size=128, scales=2, iterations=20, should_stop=lambda: next(polls) >= 2
+    )
     assert result.canceled and result.iterations == 2
     assert result.size == (128, 96)
 
@@ -205,8 +206,7 @@ def test_cancel_before_the_first_iteration_returns_the_start(content_image, styl
         ({"size": 16, "style_layers": ("conv5_1",)}, "needs at least 16 px on the short side"),
     ],
 )
-def test_sizes_too_small_for_the_layers_are_clear_errors(content_image, style_image, run_engine,
-                                                          options, message):
+def test_sizes_too_small_for_the_layers_are_clear_errors(content_image, style_image, run_engine, options, message):
     with pytest.raises(EngineError, match=message):
         run_engine(content_image, [style_image], **options)
 
@@ -303,8 +303,7 @@ def test_a_run_resumes_from_a_snapshot_and_the_count_goes_on(content_image, styl
     assert result.losses.total < 0.5 * full.initial_losses.total
 
 
-def test_a_run_interrupted_after_its_last_iteration_only_makes_the_output(content_image, style_image,
-                                                                         run_engine):
+def test_a_run_interrupted_after_its_last_iteration_only_makes_the_output(content_image, style_image, run_engine):
     events, full = run_engine(content_image, [style_image], iterations=6)
     resumed, result = run_engine(content_image, [style_image], iterations=6, resume=Resume(6, full.image))
     assert not [e for e in resumed if isinstance(e, Progress)]
@@ -349,10 +348,11 @@ def test_objective_agrees_with_a_textbook_nchw_computation(random_weights):
     with torch.no_grad():
         c_target, s_feats = plain(content)["conv4_2"], plain(style)
     feats = plain(theirs)
-    expected = (params.content_weight * F.mse_loss(feats["conv4_2"], c_target),
-                params.style_weight * sum(F.mse_loss(gram(feats[n]), gram(s_feats[n]))
-                                          for n in params.style_layers),
-                params.tv_weight * tv_loss(theirs))
+    expected = (
+        params.content_weight * F.mse_loss(feats["conv4_2"], c_target),
+        params.style_weight * sum(F.mse_loss(gram(feats[n]), gram(s_feats[n])) for n in params.style_layers),
+        params.tv_weight * tv_loss(theirs),
+    )
     for got, want in zip(terms, expected):
         assert got.item() == pytest.approx(want.item(), rel=1e-4)
     sum(terms).backward()

@@ -58,9 +58,11 @@ class Cluster:
     def submit(self, **fields: str) -> str:
         with open(PHOTO, "rb") as photo, open(PAINTING, "rb") as painting:
             response = requests.post(
-                f"{self.base}/api/v1/jobs", timeout=30,
+                f"{self.base}/api/v1/jobs",
+                timeout=30,
                 files={"content": ("tubingen.jpg", photo), "style": ("starry_night.jpg", painting)},
-                data={"size": "64", "iterations": "100", "snapshot_every": "5", "weights": "random", **fields})
+                data={"size": "64", "iterations": "100", "snapshot_every": "5", "weights": "random", **fields},
+            )
         assert response.status_code == 202, response.text
         return response.json()["id"]
 
@@ -89,8 +91,23 @@ class Cluster:
 
 def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
     with open(folder / "redis.log", "ab") as log:
-        redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no", "--dir", str(folder)], stdout=log, stderr=subprocess.STDOUT)
+        redis = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(folder),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 10
     while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
         assert time.monotonic() < deadline and redis.poll() is None, "redis-server did not start"
@@ -99,8 +116,11 @@ def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
 
 
 def pool_pids(worker: subprocess.Popen[bytes]) -> list[int]:
-    return [int(pid) for children in Path(f"/proc/{worker.pid}/task").glob("*/children")
-            for pid in children.read_text().split()]
+    return [
+        int(pid)
+        for children in Path(f"/proc/{worker.pid}/task").glob("*/children")
+        for pid in children.read_text().split()
+    ]
 
 
 def events(log: Path, job_id: str, event: str) -> list[str]:
@@ -114,12 +134,19 @@ def cluster(tmp_path_factory):
     redis = start_redis(redis_port, folder)
     with temporary_postgres_database(POSTGRES_ADMIN_URL) as database, tcp_proxy("127.0.0.1", 5432) as proxy:
         via_proxy = make_url(database).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-        env = service_env({
-            "IMPASTO_DATA_DIR": str(folder / "data"), "IMPASTO_DATABASE_URL": via_proxy,
-            "IMPASTO_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0", "IMPASTO_QUEUE": f"faults-{uuid.uuid4().hex[:8]}",
-            "IMPASTO_JOB_LEASE": str(LEASE_S), "IMPASTO_RECONCILE_INTERVAL": "1", "IMPASTO_ENQUEUE_GRACE": "2",
-            "IMPASTO_MAX_ATTEMPTS": "2", "IMPASTO_DB_RETRY": "60",
-        })
+        env = service_env(
+            {
+                "IMPASTO_DATA_DIR": str(folder / "data"),
+                "IMPASTO_DATABASE_URL": via_proxy,
+                "IMPASTO_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+                "IMPASTO_QUEUE": f"faults-{uuid.uuid4().hex[:8]}",
+                "IMPASTO_JOB_LEASE": str(LEASE_S),
+                "IMPASTO_RECONCILE_INTERVAL": "1",
+                "IMPASTO_ENQUEUE_GRACE": "2",
+                "IMPASTO_MAX_ATTEMPTS": "2",
+                "IMPASTO_DB_RETRY": "60",
+            }
+        )
         migrate = start(["db", "upgrade"], env, folder / "migrate.log")
         assert migrate.wait(timeout=120) == 0, (folder / "migrate.log").read_text()
         port = free_port()
@@ -167,8 +194,10 @@ def test_a_job_whose_worker_keeps_dying_ends_failed_with_worker_lost(cluster, wo
     process, log = worker
     job_id = cluster.submit(iterations="3000", snapshot_every="50")
     for attempt in (1, 2):
-        cluster.wait(job_id, lambda j, a=attempt: j["status"] == "running" and j["attempts"] == a
-                     and j["progress"]["iteration"] > 0)
+        cluster.wait(
+            job_id,
+            lambda j, a=attempt: j["status"] == "running" and j["attempts"] == a and j["progress"]["iteration"] > 0,
+        )
         for pid in pool_pids(process):  # the process running the job, as the kernel's OOM killer would
             subprocess.run(["kill", "-KILL", str(pid)], check=True)
     lost = cluster.wait(job_id, lambda j: j["status"] == "failed", timeout=60)

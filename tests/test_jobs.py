@@ -7,19 +7,34 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from shared.db import make_engine, session_factory
-from shared.jobs import (JobError, add_snapshot, claim_job, create_job, fail_unclaimed, finish_job,
-                         queue_position, recent_jobs, record_progress, request_cancel)
+from shared.jobs import (
+    JobError,
+    add_snapshot,
+    claim_job,
+    create_job,
+    fail_unclaimed,
+    finish_job,
+    queue_position,
+    recent_jobs,
+    record_progress,
+    request_cancel,
+)
 from shared.migrate import upgrade
 from shared.models import Job, Snapshot
 from shared.params import StyleParams
 
-INPUTS = {"content": {"key": "jobs/x/inputs/0-content.png", "name": "photo.png"}, "styles": [],
-          "style_preset": "starry_night"}
+INPUTS = {
+    "content": {"key": "jobs/x/inputs/0-content.png", "name": "photo.png"},
+    "styles": [],
+    "style_preset": "starry_night",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def sessions(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'impasto.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    url = (
+        f"sqlite:///{tmp_path / 'impasto.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    )
     upgrade(url)
     engine = make_engine(url)
     yield session_factory(engine)
@@ -67,8 +82,17 @@ def test_finish_is_guarded_by_the_status_and_the_worker(sessions):
         assert not finish_job(session, job.id, "w2", "succeeded")
         add_snapshot(session, job.id, 5, "jobs/x/snapshots/000005.png", {"total": 2.0})
         add_snapshot(session, job.id, 5, "jobs/x/snapshots/000005b.png", {"total": 1.0})  # replaces
-        assert finish_job(session, job.id, "w1", "succeeded", iteration=10, losses={"total": 0.5},
-                          output_key="jobs/x/output.png", weights="random", weights_warning="w")
+        assert finish_job(
+            session,
+            job.id,
+            "w1",
+            "succeeded",
+            iteration=10,
+            losses={"total": 0.5},
+            output_key="jobs/x/output.png",
+            weights="random",
+            weights_warning="w",
+        )
         assert not finish_job(session, job.id, "w1", "failed", error=JobError("late", "too late"))
     stored = fetch(sessions, job.id)
     assert stored.status == "succeeded" and stored.output_key == "jobs/x/output.png" and stored.error_code is None

@@ -29,8 +29,15 @@ from shared.settings import Settings, load_settings
 from shared.storage import LocalStorage
 from shared.tasks import STYLIZE, make_celery, queue_keys
 from tests.conftest import PAINTING, PHOTO, POSTGRES_ADMIN_URL, SYSTEM_REDIS_URL
-from tests.servers import (service_env, start, stop, temporary_postgres_database, wait_for_http, wait_for_log,
-                           wait_for_status)
+from tests.servers import (
+    service_env,
+    start,
+    stop,
+    temporary_postgres_database,
+    wait_for_http,
+    wait_for_log,
+    wait_for_status,
+)
 from tests.test_runner import queue as queue_job
 from web.app import create_app
 from worker.runner import JobRunner
@@ -55,9 +62,14 @@ def service(tmp_path_factory):
     folder = tmp_path_factory.mktemp("metrics")
     node = f"impasto-metrics-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
     with temporary_postgres_database(POSTGRES_ADMIN_URL) as database_url:
-        env = service_env({"IMPASTO_DATA_DIR": str(folder / "data"), "IMPASTO_DATABASE_URL": database_url,
-                           "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
-                           "IMPASTO_QUEUE": f"impasto-metrics-{uuid.uuid4().hex[:8]}"})
+        env = service_env(
+            {
+                "IMPASTO_DATA_DIR": str(folder / "data"),
+                "IMPASTO_DATABASE_URL": database_url,
+                "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
+                "IMPASTO_QUEUE": f"impasto-metrics-{uuid.uuid4().hex[:8]}",
+            }
+        )
         settings = load_settings(env)
         upgrade(database_url)
         port = free_port()
@@ -71,16 +83,21 @@ def service(tmp_path_factory):
             stop(web)
             stop(worker)
             client = redis.Redis.from_url(SYSTEM_REDIS_URL)
-            client.delete(*[key for queue in settings.queues for key in queue_keys(queue)],
-                          *client.keys(f"impasto:{settings.queue}:metrics:*"))
+            client.delete(
+                *[key for queue in settings.queues for key in queue_keys(queue)],
+                *client.keys(f"impasto:{settings.queue}:metrics:*"),
+            )
             client.close()
 
 
 def submit(service: Service, size: int) -> dict:
     with open(PHOTO, "rb") as photo, open(PAINTING, "rb") as painting:
-        response = requests.post(f"{service.base}/api/v1/jobs", timeout=30,
-                                 files={"content": ("tubingen.jpg", photo), "style": ("starry_night.jpg", painting)},
-                                 data={"size": str(size), "weights": "random", **{k: str(v) for k, v in QUICK.items()}})
+        response = requests.post(
+            f"{service.base}/api/v1/jobs",
+            timeout=30,
+            files={"content": ("tubingen.jpg", photo), "style": ("starry_night.jpg", painting)},
+            data={"size": str(size), "weights": "random", **{k: str(v) for k, v in QUICK.items()}},
+        )
     assert response.status_code == 202, response.text
     return response.json()
 
@@ -136,25 +153,32 @@ def test_metrics_show_jobs_queues_durations_and_heartbeats(service):
     assert 0 < seconds and abs(seconds - recorded) < 2, (seconds, recorded)
     bounds = [*JOB_DURATION.buckets, math.inf]
     buckets = "impasto_job_duration_seconds_bucket"
-    added = [after[buckets][labels(status="succeeded", queue=cpu, le=_le(b))]
-             - before[buckets][labels(status="succeeded", queue=cpu, le=_le(b))] for b in bounds]
+    added = [
+        after[buckets][labels(status="succeeded", queue=cpu, le=_le(b))]
+        - before[buckets][labels(status="succeeded", queue=cpu, le=_le(b))]
+        for b in bounds
+    ]
     first = added.index(1)  # cumulative: 0 below the job's bucket, 1 from it on
     assert set(added[:first]) <= {0} and set(added[first:]) == {1}
     assert (bounds[first - 1] if first else 0) < seconds <= bounds[first]
-    rate = (after["impasto_job_iterations_per_second_sum"][ours]
-            - before["impasto_job_iterations_per_second_sum"][ours])
+    rate = after["impasto_job_iterations_per_second_sum"][ours] - before["impasto_job_iterations_per_second_sum"][ours]
     assert math.isclose(rate, ITERATIONS / seconds, rel_tol=1e-6)
     failed = labels(status="failed", queue=gpu)  # every status and queue is there before its first job
     assert after[count][failed] == 0 and after[buckets][labels(status="failed", queue=gpu, le="+Inf")] == 0
 
-    heartbeats = {dict(key)["worker"]: (dict(key), value)
-                  for key, value in after["impasto_worker_last_heartbeat_timestamp_seconds"].items()}
+    heartbeats = {
+        dict(key)["worker"]: (dict(key), value)
+        for key, value in after["impasto_worker_last_heartbeat_timestamp_seconds"].items()
+    }
     assert len(heartbeats) == 1, heartbeats  # the worker's one pool process
     [(name, (beat_labels, when))] = heartbeats.items()
     assert beat_labels["device"] == "cpu" and beat_labels["node"] == service.node
     assert time.time() - 60 < when <= time.time() + 1
-    memory = {dict(key)["kind"]: value for key, value in after["impasto_worker_gpu_memory_bytes"].items()
-              if dict(key)["worker"] == name}
+    memory = {
+        dict(key)["kind"]: value
+        for key, value in after["impasto_worker_gpu_memory_bytes"].items()
+        if dict(key)["worker"] == name
+    }
     assert memory == {"allocated": 0, "reserved": 0, "total": 0}
     assert after["impasto_worker_busy"] == {labels(worker=name): 0}
     assert name.startswith(f"{socket.gethostname()}:")  # as on the job's row and in its log lines
@@ -166,27 +190,36 @@ def test_flower_on_the_same_broker_lists_the_worker_and_its_tasks(service, tmp_p
     celery = str(Path(sys.executable).parent / "celery")
     # The command docs/monitoring.md gives; its API answers only with auth or this variable.
     with open(log, "wb") as out:
-        flower = subprocess.Popen([celery, f"--broker={SYSTEM_REDIS_URL}", "flower", f"--port={port}"],
-                                  env={**service.env, "FLOWER_UNAUTHENTICATED_API": "true"},
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        flower = subprocess.Popen(
+            [celery, f"--broker={SYSTEM_REDIS_URL}", "flower", f"--port={port}"],
+            env={**service.env, "FLOWER_UNAUTHENTICATED_API": "true"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/healthcheck", flower, log, timeout=30)
-        workers = _poll(lambda: requests.get(f"{base}/api/workers?refresh=1", timeout=10).json(),
-                        lambda found: service.node in found)
+        workers = _poll(
+            lambda: requests.get(f"{base}/api/workers?refresh=1", timeout=10).json(),
+            lambda found: service.node in found,
+        )
         assert STYLIZE in workers[service.node]["registered"]
         assert {q["name"] for q in workers[service.node]["active_queues"]} == {service.settings.cpu_queue}
-        _poll(lambda: requests.get(f"{base}/api/workers?status=1", timeout=10).json(),  # from the worker's events
-              lambda alive: alive.get(service.node) is True)
+        _poll(
+            lambda: requests.get(f"{base}/api/workers?status=1", timeout=10).json(),  # from the worker's events
+            lambda alive: alive.get(service.node) is True,
+        )
         assert service.node in requests.get(f"{base}/workers", timeout=10).text  # the page people look at
 
         # Flower turns the workers' task events on itself (every 5 s): no setting needed.
         wait_for_log(service.worker_log, "enabled by remote", flower, timeout=30)
         job = submit(service, 64)
         assert wait_for_status(service.base, job["id"], {"succeeded", "failed"}, timeout=60)["status"] == "succeeded"
-        tasks = _poll(lambda: requests.get(f"{base}/api/tasks", timeout=10).json(),
-                      lambda found: any(job["id"] in (t.get("args") or "") and t["state"] == "SUCCESS"
-                                        for t in found.values()))
+        tasks = _poll(
+            lambda: requests.get(f"{base}/api/tasks", timeout=10).json(),
+            lambda found: any(job["id"] in (t.get("args") or "") and t["state"] == "SUCCESS" for t in found.values()),
+        )
         assert any(t["name"] == STYLIZE and t["worker"] == service.node for t in tasks.values())
     finally:
         stop(flower)
@@ -195,8 +228,10 @@ def test_flower_on_the_same_broker_lists_the_worker_and_its_tasks(service, tmp_p
 def test_metrics_answer_503_when_the_broker_or_the_database_is_down(make_settings):
     settings = make_settings()
     upgrade(settings.database_url)
-    for broken, what in [(settings.with_broker("redis://127.0.0.1:9/0"), "broker"),
-                         (make_settings(IMPASTO_DATABASE_URL="postgresql://postgres@127.0.0.1:9/none"), "database")]:
+    for broken, what in [
+        (settings.with_broker("redis://127.0.0.1:9/0"), "broker"),
+        (make_settings(IMPASTO_DATABASE_URL="postgresql://postgres@127.0.0.1:9/none"), "database"),
+    ]:
         response = create_app(broken).test_client().get("/metrics")
         assert response.status_code == 503 and response.mimetype == "text/plain"
         body = response.get_data(as_text=True)
@@ -213,8 +248,13 @@ def runner(make_settings):
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     client = redis.Redis.from_url(SYSTEM_REDIS_URL)
-    yield JobRunner(settings, session_factory(engine), LocalStorage(settings.data_dir / "storage"), device="cpu",
-                    metrics=Recorder(client, settings.queue))
+    yield JobRunner(
+        settings,
+        session_factory(engine),
+        LocalStorage(settings.data_dir / "storage"),
+        device="cpu",
+        metrics=Recorder(client, settings.queue),
+    )
     client.delete(*client.keys(f"impasto:{settings.queue}:metrics:*") or ["-"])
     client.close()
     engine.dispose()
@@ -224,8 +264,11 @@ def figures(runner: JobRunner) -> dict[str, float]:
     """What /metrics would say, as {'name[[label, value], ...]': value}."""
     with runner.sessions() as session:
         text = render(session, runner.metrics.client, runner.settings)
-    return {sample.name + json.dumps(sorted(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        sample.name + json.dumps(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def test_the_runner_counts_ended_jobs_but_not_handed_back_ones(runner):

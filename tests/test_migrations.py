@@ -51,18 +51,21 @@ def test_upgrade_gives_the_models_schema_and_downgrade_removes_it(database_url):
 
 def test_impasto_db_upgrade_command(database_url, tmp_path):
     env = {"IMPASTO_DATABASE_URL": database_url, "IMPASTO_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    run = subprocess.run([sys.executable, "-m", "shared.cli", "db", "upgrade"], env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
-    current = subprocess.run([sys.executable, "-m", "shared.cli", "db", "current"], env=env,
-                             capture_output=True, text=True, timeout=120)
+    current = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "db", "current"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert current.stdout.strip() == "0003"
 
 
 def test_unreachable_database_is_one_line(tmp_path):
     env = {"IMPASTO_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none", "PATH": "/usr/bin:/bin"}
-    run = subprocess.run([sys.executable, "-m", "shared.cli", "db", "upgrade"], env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 1
     assert run.stderr.startswith("impasto db: error: cannot reach the database:")
     assert run.stderr.count("\n") == 1
@@ -70,7 +73,12 @@ def test_unreachable_database_is_one_line(tmp_path):
 
 def test_an_unknown_revision_is_one_line(tmp_path):
     env = {"IMPASTO_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    run = subprocess.run([sys.executable, "-m", "shared.cli", "db", "downgrade", "nonsense"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "db", "downgrade", "nonsense"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2
     assert run.stderr.startswith("impasto db: error:") and "nonsense" in run.stderr and run.stderr.count("\n") == 1

@@ -70,15 +70,49 @@ def start_postgres(host, logs: Path, folder: Path) -> None:
     if not binaries:
         pytest.fail("PostgreSQL's server binaries are not installed (Debian package postgresql)")
     shutil.chown(folder, "postgres", "postgres")
-    initdb = subprocess.run(["runuser", "-u", "postgres", "--", f"{binaries[-1]}/initdb", "-D", str(folder / "db"),
-                             "-A", "trust", "-U", "postgres", "--no-sync"], capture_output=True, text=True)
+    initdb = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            f"{binaries[-1]}/initdb",
+            "-D",
+            str(folder / "db"),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert initdb.returncode == 0, initdb.stderr
     subnet = host.address.rsplit(".", 1)[0] + ".0/24"
     with open(folder / "db" / "pg_hba.conf", "a") as hba:  # the other hosts of the network may connect
         hba.write(f"host all all {subnet} trust\n")
-    host.start(["runuser", "-u", "postgres", "--", f"{binaries[-1]}/postgres", "-D", str(folder / "db"),
-                "-c", f"listen_addresses={host.address}", "-c", f"unix_socket_directories={folder}",
-                "-c", "fsync=off", "-p", "5432"], os.environ.copy(), logs / "postgres.log")
+    host.start(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            f"{binaries[-1]}/postgres",
+            "-D",
+            str(folder / "db"),
+            "-c",
+            f"listen_addresses={host.address}",
+            "-c",
+            f"unix_socket_directories={folder}",
+            "-c",
+            "fsync=off",
+            "-p",
+            "5432",
+        ],
+        os.environ.copy(),
+        logs / "postgres.log",
+    )
 
 
 @pytest.fixture
@@ -90,34 +124,66 @@ def cluster(tmp_path):
     pg_folder = Path(tempfile.mkdtemp(prefix="impasto-pg-"))
     try:
         start_postgres(store, logs, pg_folder)
-        store.start(["redis-server", "--bind", store.address, "--port", "6379", "--save", "", "--appendonly", "no",
-                     "--protected-mode", "no"], os.environ.copy(), logs / "redis.log")
+        store.start(
+            [
+                "redis-server",
+                "--bind",
+                store.address,
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ],
+            os.environ.copy(),
+            logs / "redis.log",
+        )
         moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
         store.start([moto, "-H", store.address, "-p", "9000"], os.environ.copy(), logs / "s3.log")
-        admin = create_engine(f"postgresql+psycopg://postgres@{store.address}:5432/postgres",
-                              isolation_level="AUTOCOMMIT")
+        admin = create_engine(
+            f"postgresql+psycopg://postgres@{store.address}:5432/postgres", isolation_level="AUTOCOMMIT"
+        )
         wait_until(lambda: admin.connect().close() or True, 60, "PostgreSQL on the store host", [logs / "postgres.log"])
         with admin.connect() as connection:
             connection.execute(text("CREATE DATABASE impasto"))
         admin.dispose()
-        wait_until(lambda: requests.get(f"http://{store.address}:9000", timeout=15).ok, 60, "S3 on the store host",
-                   [logs / "s3.log"])
+        wait_until(
+            lambda: requests.get(f"http://{store.address}:9000", timeout=15).ok,
+            60,
+            "S3 on the store host",
+            [logs / "s3.log"],
+        )
 
         # The settings every Impasto host is given (docs/deploy.md, "Several GPU machines").
-        env = service_env({
-            "IMPASTO_DATABASE_URL": f"postgresql://postgres@{store.address}:5432/impasto",
-            "IMPASTO_BROKER_URL": f"redis://{store.address}:6379/0",
-            "IMPASTO_STORAGE_URL": "s3://impasto/jobs",
-            "IMPASTO_S3_ENDPOINT_URL": f"http://{store.address}:9000",
-            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-            # Short enough for a test: a lost worker is noticed after 6 s without a heartbeat.
-            "IMPASTO_JOB_LEASE": "6", "IMPASTO_RECONCILE_INTERVAL": "1", "IMPASTO_ENQUEUE_GRACE": "5",
-            "IMPASTO_DB_RETRY": "5", "OMP_NUM_THREADS": "1",
-        })
+        env = service_env(
+            {
+                "IMPASTO_DATABASE_URL": f"postgresql://postgres@{store.address}:5432/impasto",
+                "IMPASTO_BROKER_URL": f"redis://{store.address}:6379/0",
+                "IMPASTO_STORAGE_URL": "s3://impasto/jobs",
+                "IMPASTO_S3_ENDPOINT_URL": f"http://{store.address}:9000",
+                "AWS_ACCESS_KEY_ID": "test",
+                "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                # Short enough for a test: a lost worker is noticed after 6 s without a heartbeat.
+                "IMPASTO_JOB_LEASE": "6",
+                "IMPASTO_RECONCILE_INTERVAL": "1",
+                "IMPASTO_ENQUEUE_GRACE": "5",
+                "IMPASTO_DB_RETRY": "5",
+                "OMP_NUM_THREADS": "1",
+            }
+        )
         import boto3
 
-        boto3.client("s3", endpoint_url=f"http://{store.address}:9000", aws_access_key_id="test",
-                     aws_secret_access_key="test", region_name="us-east-1").create_bucket(Bucket="impasto")
+        boto3.client(
+            "s3",
+            endpoint_url=f"http://{store.address}:9000",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="impasto")
 
         for command in WEB_COMMANDS:
             log = logs / ("migrate.log" if "upgrade" in command else "web.log")
@@ -127,11 +193,19 @@ def cluster(tmp_path):
         base = f"http://{web.address}:8000"
         wait_until(lambda: requests.get(f"{base}/healthz", timeout=5).ok, 90, "the web host", [logs / "web.log"])
         for worker in workers:
-            worker.start(impasto(WORKER_COMMAND), {**env, "IMPASTO_DATA_DIR": str(tmp_path / worker.name)},
-                         logs / f"{worker.name}.log", cwd=ROOT)
+            worker.start(
+                impasto(WORKER_COMMAND),
+                {**env, "IMPASTO_DATA_DIR": str(tmp_path / worker.name)},
+                logs / f"{worker.name}.log",
+                cwd=ROOT,
+            )
         for worker in workers:
-            wait_until(lambda: "ready." in (logs / f"{worker.name}.log").read_text(), 120,
-                       f"the worker on {worker.name}", [logs / f"{worker.name}.log"])
+            wait_until(
+                lambda log=logs / f"{worker.name}.log": "ready." in log.read_text(),
+                120,
+                f"the worker on {worker.name}",
+                [logs / f"{worker.name}.log"],
+            )
         database = create_engine(f"postgresql+psycopg://postgres@{store.address}:5432/impasto")
         yield base, workers, database, logs, store
         database.dispose()
@@ -142,17 +216,22 @@ def cluster(tmp_path):
 
 def submit(base: str, **fields: str) -> dict:
     with open(PHOTO, "rb") as photo, open(PAINTING, "rb") as painting:
-        response = requests.post(f"{base}/api/v1/jobs", timeout=30,
-                                 files={"content": ("photo.jpg", photo), "style": ("painting.jpg", painting)},
-                                 data={"weights": "random", **fields})
+        response = requests.post(
+            f"{base}/api/v1/jobs",
+            timeout=30,
+            files={"content": ("photo.jpg", photo), "style": ("painting.jpg", painting)},
+            data={"weights": "random", **fields},
+        )
     assert response.status_code == 202, response.text
     return response.json()
 
 
 def row(database, job_id: str):
     with database.connect() as connection:
-        return connection.execute(text("SELECT status, worker, attempts, workers_lost, iteration, iterations "
-                                       "FROM jobs WHERE id = :id"), {"id": job_id}).one()
+        return connection.execute(
+            text("SELECT status, worker, attempts, workers_lost, iteration, iterations FROM jobs WHERE id = :id"),
+            {"id": job_id},
+        ).one()
 
 
 @pytest.mark.timeout(600)
@@ -163,8 +242,12 @@ def test_workers_on_two_hosts_share_jobs_and_a_cut_off_host_loses_none(cluster):
     # A batch: both worker hosts take jobs.
     batch = [submit(base, size="64", iterations="30", snapshot_every="10") for _ in range(6)]
     for job in batch:
-        wait_until(lambda: row(database, job["id"]).status in ("succeeded", "failed"), 180,
-                   f"job {job['id']}", worker_logs)
+        wait_until(
+            lambda job_id=job["id"]: row(database, job_id).status in ("succeeded", "failed"),
+            180,
+            f"job {job['id']}",
+            worker_logs,
+        )
     rows = [row(database, job["id"]) for job in batch]
     assert {r.status for r in rows} == {"succeeded"}
     assert {r.worker.split(":")[0] for r in rows} == {"gpu1", "gpu2"}  # the hosts' own names
@@ -178,16 +261,24 @@ def test_workers_on_two_hosts_share_jobs_and_a_cut_off_host_loses_none(cluster):
 
     # A long job; its host is cut off the network once it has stored a snapshot.
     job = submit(base, size="96", iterations="120", snapshot_every="10", scales="1")
-    running = wait_until(lambda: (r := row(database, job["id"])).status == "running" and r.iteration >= 20 and r,
-                         120, "the long job running past its first snapshots", worker_logs)
+    running = wait_until(
+        lambda: (r := row(database, job["id"])).status == "running" and r.iteration >= 20 and r,
+        120,
+        "the long job running past its first snapshots",
+        worker_logs,
+    )
     lost_name = running.worker.split(":")[0]
     lost = next(w for w in workers if w.name == lost_name)
     survivor = next(w for w in workers if w is not lost)
     cut_at = row(database, job["id"]).iteration
     lost.cut()
 
-    final = wait_until(lambda: (r := row(database, job["id"])).status in ("succeeded", "failed") and r, 240,
-                       "the cut-off host's job finishing elsewhere", worker_logs)
+    final = wait_until(
+        lambda: (r := row(database, job["id"])).status in ("succeeded", "failed") and r,
+        240,
+        "the cut-off host's job finishing elsewhere",
+        worker_logs,
+    )
     assert final.status == "succeeded" and final.iteration == final.iterations == 120
     assert final.worker.split(":")[0] == survivor.name
     assert final.attempts == 2 and final.workers_lost == 1

@@ -9,17 +9,17 @@ broker is this machine's Redis, on a queue no worker consumes.
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import threading
-import re
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
-import psycopg
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -50,9 +50,12 @@ class Web:
 
     def submit(self) -> requests.Response:
         with open(PHOTO, "rb") as photo, open(PAINTING, "rb") as painting:
-            return requests.post(f"{self.base}/api/v1/jobs", timeout=30,
-                                 files={"content": ("photo.jpg", photo), "style": ("painting.jpg", painting)},
-                                 data={"size": "64", "iterations": "10", "weights": "random"})
+            return requests.post(
+                f"{self.base}/api/v1/jobs",
+                timeout=30,
+                files={"content": ("photo.jpg", photo), "style": ("painting.jpg", painting)},
+                data={"size": "64", "iterations": "10", "weights": "random"},
+            )
 
     def count_jobs(self) -> int:
         """Straight to PostgreSQL, not through the proxy."""
@@ -68,13 +71,20 @@ class Web:
 def web(tmp_path_factory):
     folder = tmp_path_factory.mktemp("outage")
     database = make_url(POSTGRES_ADMIN_URL)
-    with temporary_postgres_database(POSTGRES_ADMIN_URL) as url, \
-            tcp_proxy(database.host or "127.0.0.1", database.port or 5432) as proxy:
+    with (
+        temporary_postgres_database(POSTGRES_ADMIN_URL) as url,
+        tcp_proxy(database.host or "127.0.0.1", database.port or 5432) as proxy,
+    ):
         upgrade(url)
         proxied = make_url(url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-        env = service_env({"IMPASTO_DATA_DIR": str(folder / "data"), "IMPASTO_DATABASE_URL": proxied,
-                           "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
-                           "IMPASTO_QUEUE": f"impasto-outage-{uuid.uuid4().hex[:8]}"})
+        env = service_env(
+            {
+                "IMPASTO_DATA_DIR": str(folder / "data"),
+                "IMPASTO_DATABASE_URL": proxied,
+                "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
+                "IMPASTO_QUEUE": f"impasto-outage-{uuid.uuid4().hex[:8]}",
+            }
+        )
         port = free_port()
         log = folder / "web.log"
         process = start(["web", "--port", str(port), "--workers", "2", "--threads", "4"], env, log)
@@ -124,8 +134,12 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(web):
     # Two rounds: the first meets pooled connections the cut has just reset, the second only
     # refused new ones.
     for _ in range(2):
-        for path, kind in [(f"/api/v1/jobs/{job_id}", "json"), (f"/api/v1/jobs/{job_id}/events", "json"),
-                           (f"/jobs/{job_id}", "html"), ("/healthz", "health")]:
+        for path, kind in [
+            (f"/api/v1/jobs/{job_id}", "json"),
+            (f"/api/v1/jobs/{job_id}/events", "json"),
+            (f"/jobs/{job_id}", "html"),
+            ("/healthz", "health"),
+        ]:
             response, elapsed = timed(web.get, path)
             assert_unavailable(response, elapsed, kind)
             slowest, refused = max(slowest, elapsed), refused + (kind != "health")
@@ -139,8 +153,12 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(web):
     browser = requests.Session()
     token = re.search(r'name="csrf_token" value="([^"]+)"', browser.get(web.base + "/", timeout=30).text)[1]
     with open(PHOTO, "rb") as photo:
-        form = browser.post(web.base + "/jobs", timeout=30, files={"content": ("photo.jpg", photo)},
-                            data={"csrf_token": token, "style_preset": "starry_night", "iterations": "37"})
+        form = browser.post(
+            web.base + "/jobs",
+            timeout=30,
+            files={"content": ("photo.jpg", photo)},
+            data={"csrf_token": token, "style_preset": "starry_night", "iterations": "37"},
+        )
     assert form.status_code == 503 and form.headers.get("Retry-After"), form.text[:500]
     assert "database cannot be reached" in form.text and 'value="37"' in form.text
     time.sleep(max(0.0, 3 - (time.monotonic() - cut_at)))  # a few seconds' outage in all
@@ -249,19 +267,26 @@ def test_an_unreachable_image_store_answers_503_not_500(make_settings, monkeypat
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # boto3's retries would only make the test slow
-    settings = make_settings(IMPASTO_STORAGE_URL="s3://impasto/jobs",
-                             IMPASTO_S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+    settings = make_settings(
+        IMPASTO_STORAGE_URL="s3://impasto/jobs", IMPASTO_S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}"
+    )
     upgrade(settings.database_url)
     client = create_app(settings).test_client()
     fields = {"size": "64", "iterations": "10", "weights": "random"}
     with open(PHOTO, "rb") as photo, open(PAINTING, "rb") as painting:
         api = client.post("/api/v1/jobs", data={**fields, "content": (photo, "p.jpg"), "style": (painting, "s.jpg")})
     assert api.status_code == 503 and api.headers["Retry-After"] == "5"
-    assert api.get_json()["error"] == {"code": "unavailable", "field": None,
-                                       "message": "the image storage cannot be reached right now; try again in a minute"}
+    assert api.get_json()["error"] == {
+        "code": "unavailable",
+        "field": None,
+        "message": "the image storage cannot be reached right now; try again in a minute",
+    }
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").get_data(as_text=True))[1]
     with open(PHOTO, "rb") as photo:
-        page = client.post("/jobs", data={**fields, "csrf_token": token, "content": (photo, "p.jpg"),
-                                          "style_preset": "starry_night"}, content_type="multipart/form-data")
+        page = client.post(
+            "/jobs",
+            data={**fields, "csrf_token": token, "content": (photo, "p.jpg"), "style_preset": "starry_night"},
+            content_type="multipart/form-data",
+        )
     assert page.status_code == 503 and page.mimetype == "text/html"
     assert "image storage cannot be reached" in page.get_data(as_text=True)

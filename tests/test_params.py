@@ -61,8 +61,20 @@ def test_blend_is_normalised_and_counted():
 def test_flags_are_derived_from_the_model():
     parser = argparse.ArgumentParser()
     add_model_flags(parser, StyleParams)
-    args = parser.parse_args(["--size", "256", "--style-layers", "relu1_1", "relu2_1",
-                              "--preserve-colors", "luminance", "--style-blend", "1", "2"])
+    args = parser.parse_args(
+        [
+            "--size",
+            "256",
+            "--style-layers",
+            "relu1_1",
+            "relu2_1",
+            "--preserve-colors",
+            "luminance",
+            "--style-blend",
+            "1",
+            "2",
+        ]
+    )
     params = params_from_args(StyleParams, args)
     assert params.size == 256 and params.style_layers == ("relu1_1", "relu2_1")
     assert params.style_layer_weights == (1.0, 1.0)

@@ -62,29 +62,55 @@ def test_each_gpu_gets_a_process_pinned_to_it_with_concurrency_one():
     assert [c.env["CUDA_VISIBLE_DEVICES"] for c in built] == ["0", "2"]
     for child in built:
         assert child.argv[:4] == [sys.executable, "-m", "shared.cli", "worker"]
-        assert child.argv[4:] == ["--queues=a,b", "--device", "cuda:0", "--concurrency", "1", "--hostname",
-                                  f"{child.name}.impasto-7@host"]
+        assert child.argv[4:] == [
+            "--queues=a,b",
+            "--device",
+            "cuda:0",
+            "--concurrency",
+            "1",
+            "--hostname",
+            f"{child.name}.impasto-7@host",
+        ]
     assert len({c.argv[-1] for c in built}) == 2  # Celery needs a name per process
 
 
 def test_gpus_names_only_gpus_the_machine_has(tmp_path):
     env = service_env({"IMPASTO_DATA_DIR": str(tmp_path), "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL})
-    run = subprocess.run([sys.executable, "-m", "shared.cli", "worker", "--gpus", "0"], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "worker", "--gpus", "0"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
         "impasto worker: error: --gpus '0': there is no GPU 0; this machine has no GPU "
-        "(use --gpus all to run one CPU worker)"]
-    run = subprocess.run([sys.executable, "-m", "shared.cli", "worker", "--gpus", "all", "--device", "cpu"],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        "(use --gpus all to run one CPU worker)"
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "worker", "--gpus", "all", "--device", "cpu"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and "leave out --device and --concurrency" in run.stderr
 
 
 @pytest.fixture
 def web(tmp_path, postgres_url):
     """`impasto web` on PostgreSQL and this machine's Redis, with queues of this test's own."""
-    env = service_env({"IMPASTO_DATA_DIR": str(tmp_path / "data"), "IMPASTO_DATABASE_URL": postgres_url,
-                       "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL, "IMPASTO_QUEUE": f"q-{uuid.uuid4().hex[:8]}"})
+    env = service_env(
+        {
+            "IMPASTO_DATA_DIR": str(tmp_path / "data"),
+            "IMPASTO_DATABASE_URL": postgres_url,
+            "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
+            "IMPASTO_QUEUE": f"q-{uuid.uuid4().hex[:8]}",
+        }
+    )
     migrate = start(["db", "upgrade"], env, tmp_path / "migrate.log")
     assert migrate.wait(timeout=120) == 0, (tmp_path / "migrate.log").read_text()
     port = free_port()
@@ -101,9 +127,12 @@ def web(tmp_path, postgres_url):
 
 def submit(base: str, size: int, iterations: int = 10) -> dict:
     with open(PHOTO, "rb") as photo, open(PAINTING, "rb") as painting:
-        response = requests.post(f"{base}/api/v1/jobs", timeout=30,
-                                 files={"content": ("photo.jpg", photo), "style": ("painting.jpg", painting)},
-                                 data={"size": str(size), "iterations": str(iterations), "weights": "random"})
+        response = requests.post(
+            f"{base}/api/v1/jobs",
+            timeout=30,
+            files={"content": ("photo.jpg", photo), "style": ("painting.jpg", painting)},
+            data={"size": str(size), "iterations": str(iterations), "weights": "random"},
+        )
     assert response.status_code == 202, response.text
     return response.json()
 
@@ -113,8 +142,10 @@ def test_a_cpu_only_worker_takes_previews_and_leaves_gpu_jobs_waiting(web, tmp_p
     settings = load_settings(env)
     preview, large = submit(base, 64), submit(base, 300)
     connection = redis.Redis.from_url(SYSTEM_REDIS_URL)
-    waiting = {queue: [json.loads(m)["headers"]["argsrepr"] for m in connection.lrange(queue, 0, -1)]
-               for queue in settings.queues}
+    waiting = {
+        queue: [json.loads(m)["headers"]["argsrepr"] for m in connection.lrange(queue, 0, -1)]
+        for queue in settings.queues
+    }
     assert [preview["id"] in repr(m) for m in waiting[settings.cpu_queue]] == [True]
     assert [large["id"] in repr(m) for m in waiting[settings.gpu_queue]] == [True]
 
@@ -159,8 +190,14 @@ def test_the_supervisor_keeps_one_worker_per_device_and_stops_them_all(web, tmp_
         "sys.exit(supervise(workers, restart_delay=0.5, stop_grace=60))\n"
     )
     with open(tmp_path / "supervisor.log", "wb") as out:
-        supervisor = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT, start_new_session=True,
-                                      stdout=out, stderr=subprocess.STDOUT)
+        supervisor = subprocess.Popen(
+            [sys.executable, "-c", script],
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         for log in logs:
             wait_for_log(log, "ready.", supervisor)

@@ -26,8 +26,12 @@ INPUTS = {"content": {"key": "jobs/x/inputs/0-content.png"}, "styles": [], "styl
 @pytest.fixture(params=["sqlite", "postgresql"])
 def sessions(request, make_settings):
     url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
-    settings = make_settings(**({"IMPASTO_DATABASE_URL": url} if url else {}),
-                             IMPASTO_JOB_LEASE=30, IMPASTO_MAX_ATTEMPTS=2, IMPASTO_ENQUEUE_GRACE=10)
+    settings = make_settings(
+        **({"IMPASTO_DATABASE_URL": url} if url else {}),
+        IMPASTO_JOB_LEASE=30,
+        IMPASTO_MAX_ATTEMPTS=2,
+        IMPASTO_ENQUEUE_GRACE=10,
+    )
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     factory = session_factory(engine)
@@ -36,18 +40,28 @@ def sessions(request, make_settings):
     engine.dispose()
 
 
-def new_job(sessions, *, running_for: float | None = None, workers_lost: int = 0, queued_for: float = 0,
-            cancel_requested: bool = False) -> str:
+def new_job(
+    sessions,
+    *,
+    running_for: float | None = None,
+    workers_lost: int = 0,
+    queued_for: float = 0,
+    cancel_requested: bool = False,
+) -> str:
     with sessions() as session:
         job_id = create_job(session, params=PARAMS, inputs=INPUTS).id
         if running_for is not None:
             claim_job(session, job_id, "gone:1")
             then = utcnow() - timedelta(seconds=running_for)
-            session.execute(update(Job).where(Job.id == job_id).values(
-                heartbeat_at=then, attempts=3, workers_lost=workers_lost, cancel_requested=cancel_requested))
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(heartbeat_at=then, attempts=3, workers_lost=workers_lost, cancel_requested=cancel_requested)
+            )
         else:
-            session.execute(update(Job).where(Job.id == job_id)
-                            .values(enqueued_at=utcnow() - timedelta(seconds=queued_for)))
+            session.execute(
+                update(Job).where(Job.id == job_id).values(enqueued_at=utcnow() - timedelta(seconds=queued_for))
+            )
         session.commit()
     return job_id
 
@@ -92,7 +106,7 @@ def test_a_lost_job_whose_owner_canceled_it_ends_canceled(sessions):
 
 
 def test_queued_jobs_the_broker_lost_are_sent_again_once(sessions):
-    lost, held, new = new_job(sessions, queued_for=60), new_job(sessions, queued_for=60), new_job(sessions)
+    lost, held, _new = new_job(sessions, queued_for=60), new_job(sessions, queued_for=60), new_job(sessions)
     sent = []
     with sessions() as session:
         report = reconcile(session, sessions.settings, lambda job_id, queue: sent.append(job_id), lambda: {held})
@@ -172,8 +186,11 @@ def test_each_reconciler_pass_also_deletes_expired_jobs(sessions, tmp_path):
     old, running = new_job(sessions), new_job(sessions, running_for=1)
     storage.put(f"jobs/{old}/output.png", b"png", "image/png")
     with sessions() as session:
-        session.execute(update(Job).where(Job.id == old).values(
-            status=SUCCEEDED, finished_at=utcnow() - timedelta(hours=2), output_key=f"jobs/{old}/output.png"))
+        session.execute(
+            update(Job)
+            .where(Job.id == old)
+            .values(status=SUCCEEDED, finished_at=utcnow() - timedelta(hours=2), output_key=f"jobs/{old}/output.png")
+        )
         session.commit()
     settings = replace(sessions.settings, retention=3600)
     Reconciler(settings, sessions, send=lambda job_id, queue: None, broker_job_ids=set, storage=storage).run_once()

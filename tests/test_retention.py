@@ -47,21 +47,40 @@ def storage(request, tmp_path):
     return LocalStorage(tmp_path / "storage") if request.param == "local" else request.getfixturevalue("s3_storage")
 
 
-def make_job(sessions: sessionmaker[Session], storage: Storage, status: str, *, age: float,
-             snapshots: int = 2, output: bool = True) -> str:
+def make_job(
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    status: str,
+    *,
+    age: float,
+    snapshots: int = 2,
+    output: bool = True,
+) -> str:
     """A job with its files in storage, created `age` seconds ago and, if final, finished then."""
-    inputs = {"content": {"key": "", "name": "photo.jpg"}, "styles": [{"key": "", "name": "painting.jpg"}],
-              "style_preset": None}
+    inputs = {
+        "content": {"key": "", "name": "photo.jpg"},
+        "styles": [{"key": "", "name": "painting.jpg"}],
+        "style_preset": None,
+    }
     with sessions() as session:
         job_id = create_job(session, params={"iterations": 10}, inputs=inputs).id
         then = utcnow() - timedelta(seconds=age)
         keys = {"content": job_key(job_id, "inputs/0-content.jpg"), "style": job_key(job_id, "inputs/1-style.jpg")}
         inputs["content"]["key"], inputs["styles"][0]["key"] = keys["content"], keys["style"]
         output_key = job_key(job_id, "output.png") if output else None
-        session.execute(update(Job).where(Job.id == job_id).values(
-            status=status, inputs=inputs, created_at=then, started_at=then if status != QUEUED else None,
-            heartbeat_at=then if status == RUNNING else None, output_key=output_key,
-            finished_at=then if status in (SUCCEEDED, FAILED, CANCELED) else None))
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=status,
+                inputs=inputs,
+                created_at=then,
+                started_at=then if status != QUEUED else None,
+                heartbeat_at=then if status == RUNNING else None,
+                output_key=output_key,
+                finished_at=then if status in (SUCCEEDED, FAILED, CANCELED) else None,
+            )
+        )
         for iteration in range(1, snapshots + 1):
             key = job_key(job_id, f"snapshots/{iteration:06d}.png")
             session.add(Snapshot(job_id=job_id, iteration=iteration, key=key, created_at=then))
@@ -79,17 +98,21 @@ def files_of(storage: Storage, job_id: str) -> list[str]:
 def rows(sessions: sessionmaker[Session], job_id: str) -> tuple[int, int]:
     """(jobs, snapshots) rows for this id."""
     with sessions() as session:
-        return (session.scalar(select(func.count()).select_from(Job).where(Job.id == job_id)),
-                session.scalar(select(func.count()).select_from(Snapshot).where(Snapshot.job_id == job_id)))
+        return (
+            session.scalar(select(func.count()).select_from(Job).where(Job.id == job_id)),
+            session.scalar(select(func.count()).select_from(Snapshot).where(Snapshot.job_id == job_id)),
+        )
 
 
 def test_old_finished_jobs_go_with_their_files_and_others_stay(sessions, storage):
     old = {status: make_job(sessions, storage, status, age=10 * DAY) for status in (SUCCEEDED, FAILED, CANCELED)}
     # A snapshot written by a worker that lost the job, with no row: it goes with the job's folder.
     storage.put(job_key(old[FAILED], "snapshots/000099.png"), b"png", "image/png")
-    kept = {"fresh": make_job(sessions, storage, SUCCEEDED, age=3600),
-            "running": make_job(sessions, storage, RUNNING, age=30 * DAY),
-            "queued": make_job(sessions, storage, QUEUED, age=30 * DAY, snapshots=0, output=False)}
+    kept = {
+        "fresh": make_job(sessions, storage, SUCCEEDED, age=3600),
+        "running": make_job(sessions, storage, RUNNING, age=30 * DAY),
+        "queued": make_job(sessions, storage, QUEUED, age=30 * DAY, snapshots=0, output=False),
+    }
     files_before = {name: files_of(storage, job_id) for name, job_id in kept.items()}
     assert len(files_of(storage, old[SUCCEEDED])) == 5 and len(files_before["queued"]) == 2
 
@@ -162,8 +185,9 @@ def test_two_cleaners_at_once_delete_each_job_once(sessions, tmp_path):
     storage = SlowStorage(tmp_path / "storage")
     jobs = [make_job(sessions, storage, SUCCEEDED, age=10 * DAY, snapshots=1) for _ in range(12)]
     keep = make_job(sessions, storage, RUNNING, age=10 * DAY, snapshots=1)
-    first, second = race(lambda: purge_expired(sessions, storage, WEEK, batch=5),
-                         lambda: purge_expired(sessions, storage, WEEK, batch=5))
+    first, second = race(
+        lambda: purge_expired(sessions, storage, WEEK, batch=5), lambda: purge_expired(sessions, storage, WEEK, batch=5)
+    )
     assert first + second == len(jobs)
     assert all(rows(sessions, job_id) == (0, 0) and files_of(storage, job_id) == [] for job_id in jobs)
     assert rows(sessions, keep) == (1, 1)

@@ -26,12 +26,17 @@ def runner(make_settings):
     engine.dispose()
 
 
-def queue(runner, content=PHOTO.read_bytes(), style=PAINTING.read_bytes(), **params):
+def queue(runner, content: bytes | None = None, style: bytes | None = None, **params):
+    content = PHOTO.read_bytes() if content is None else content
+    style = PAINTING.read_bytes() if style is None else style
     storage = runner.storage
     storage.put("jobs/t/inputs/0-content.jpg", content, "image/jpeg")
     storage.put("jobs/t/inputs/1-style.jpg", style, "image/jpeg")
-    inputs = {"content": {"key": "jobs/t/inputs/0-content.jpg", "name": "photo.jpg"},
-              "styles": [{"key": "jobs/t/inputs/1-style.jpg", "name": "painting.jpg"}], "style_preset": None}
+    inputs = {
+        "content": {"key": "jobs/t/inputs/0-content.jpg", "name": "photo.jpg"},
+        "styles": [{"key": "jobs/t/inputs/1-style.jpg", "name": "painting.jpg"}],
+        "style_preset": None,
+    }
     settings = {"size": 48, "iterations": 8, "snapshot_every": 2, "weights": "random", **params}
     with runner.sessions() as session:
         return create_job(session, params=StyleParams(**settings).model_dump(mode="json"), inputs=inputs).id
@@ -40,7 +45,7 @@ def queue(runner, content=PHOTO.read_bytes(), style=PAINTING.read_bytes(), **par
 def row(runner, job_id) -> Job:
     with runner.sessions() as session:
         job = session.get(Job, job_id)
-        job.snapshots  # load them while the session is open
+        _ = job.snapshots  # load them while the session is open
         return job
 
 
@@ -81,10 +86,13 @@ def test_a_cancel_stops_the_job_between_iterations(runner, monkeypatch):
     assert job.status == "canceled" and 1 <= job.iteration < 10 and job.output_key
 
 
-@pytest.mark.parametrize(("change", "code", "says"), [
-    ("not an image", "bad_input", "not an image that can be read"),
-    ("missing", "input_missing", "no longer in storage"),
-])
+@pytest.mark.parametrize(
+    ("change", "code", "says"),
+    [
+        ("not an image", "bad_input", "not an image that can be read"),
+        ("missing", "input_missing", "no longer in storage"),
+    ],
+)
 def test_bad_inputs_fail_with_a_code(runner, change, code, says):
     job_id = queue(runner, content=b"<svg></svg>" if change == "not an image" else PHOTO.read_bytes())
     if change == "missing":
@@ -203,14 +211,22 @@ def test_the_next_job_with_the_same_style_reuses_its_targets(runner):
     assert cache.hits == len(cache)
 
 
-@pytest.mark.parametrize("error, code", [
-    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
-                  "to allocate 805306368 bytes"), "out_of_memory"),
-    (RuntimeError("std::bad_alloc"), "out_of_memory"),
-    (RuntimeError("CUDA error: out of memory"), "out_of_memory"),
-    (MemoryError(), "out_of_memory"),
-    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), "internal_error"),
-    (ValueError("out of memory"), "internal_error"),  # not torch's way of saying it
-])
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
+                "to allocate 805306368 bytes"
+            ),
+            "out_of_memory",
+        ),
+        (RuntimeError("std::bad_alloc"), "out_of_memory"),
+        (RuntimeError("CUDA error: out of memory"), "out_of_memory"),
+        (MemoryError(), "out_of_memory"),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), "internal_error"),
+        (ValueError("out of memory"), "internal_error"),  # not torch's way of saying it
+    ],
+)
 def test_unexpected_failures_are_classified_by_what_they_say(error, code):
     assert _classify(error)[0] == code

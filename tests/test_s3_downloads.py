@@ -52,8 +52,12 @@ def service(s3_server, tmp_path_factory):  # noqa: F811
         for name, value in AWS.items():
             patch.setenv(name, value)
         boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="impasto")
-        env = {"IMPASTO_DATA_DIR": str(tmp_path_factory.mktemp("s3-downloads")), "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
-               "IMPASTO_STORAGE_URL": f"s3://impasto/{uuid.uuid4().hex}", "IMPASTO_S3_ENDPOINT_URL": s3_server}
+        env = {
+            "IMPASTO_DATA_DIR": str(tmp_path_factory.mktemp("s3-downloads")),
+            "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
+            "IMPASTO_STORAGE_URL": f"s3://impasto/{uuid.uuid4().hex}",
+            "IMPASTO_S3_ENDPOINT_URL": s3_server,
+        }
         settings = load_settings(env)
         upgrade(settings.database_url)
         engine = make_engine(settings.database_url)
@@ -70,10 +74,13 @@ def storage_of(env: dict[str, str]) -> S3Storage:
 def queue_a_job(sessions, storage) -> str:
     """What the web's submission leaves: the inputs in storage under generated keys, a queued row."""
     job_id = new_job_id()
-    inputs = {"content": {"key": job_key(job_id, "inputs/0-content.jpg"), "name": "photo.jpg",
-                          "content_type": "image/jpeg"},
-              "styles": [{"key": job_key(job_id, "inputs/1-style.jpg"), "name": "painting.jpg",
-                          "content_type": "image/jpeg"}], "style_preset": None}
+    inputs = {
+        "content": {"key": job_key(job_id, "inputs/0-content.jpg"), "name": "photo.jpg", "content_type": "image/jpeg"},
+        "styles": [
+            {"key": job_key(job_id, "inputs/1-style.jpg"), "name": "painting.jpg", "content_type": "image/jpeg"}
+        ],
+        "style_preset": None,
+    }
     storage.put(inputs["content"]["key"], PHOTO.read_bytes(), "image/jpeg")
     storage.put(inputs["styles"][0]["key"], PAINTING.read_bytes(), "image/jpeg")
     params = StyleParams(size=48, iterations=4, snapshot_every=2, weights="random")
@@ -93,8 +100,11 @@ def make_app(service, queue_name):
     env, _ = service
 
     def make(**overrides):
-        return create_app(load_settings({**env, "IMPASTO_QUEUE": queue_name,
-                                         **{name: str(value) for name, value in overrides.items()}}))
+        return create_app(
+            load_settings(
+                {**env, "IMPASTO_QUEUE": queue_name, **{name: str(value) for name, value in overrides.items()}}
+            )
+        )
 
     yield make
     queues = load_settings({**env, "IMPASTO_QUEUE": queue_name}).queues
@@ -156,8 +166,10 @@ def test_images_redirect_to_s3_which_serves_the_workers_pngs(service, job, make_
 
 def test_a_download_is_an_attachment_from_s3(job, make_app):
     client = make_app().test_client()
-    for url, name in [(job["output_url"], f"impasto-{job['id']}.png"),
-                      (job["snapshots"][0]["url"], f"impasto-{job['id']}-2.png")]:
+    for url, name in [
+        (job["output_url"], f"impasto-{job['id']}.png"),
+        (job["snapshots"][0]["url"], f"impasto-{job['id']}-2.png"),
+    ]:
         answer = client.get(url + "?download=1")
         assert answer.status_code == 302
         image = requests.get(answer.headers["Location"], timeout=10)
@@ -204,8 +216,11 @@ def test_stream_mode_serves_the_bytes_from_the_web(service, job, make_app):
 @pytest.mark.parametrize("mode", ["redirect", "stream"])
 def test_the_csp_adds_the_s3_origin_to_images_only_when_redirecting(job, make_app, s3_server, mode):  # noqa: F811
     client = make_app(IMPASTO_S3_DOWNLOADS=mode).test_client()
-    expected = (CONTENT_SECURITY_POLICY.replace("img-src 'self' data: blob:", f"img-src 'self' data: blob: {s3_server}")
-                if mode == "redirect" else CONTENT_SECURITY_POLICY)
+    expected = (
+        CONTENT_SECURITY_POLICY.replace("img-src 'self' data: blob:", f"img-src 'self' data: blob: {s3_server}")
+        if mode == "redirect"
+        else CONTENT_SECURITY_POLICY
+    )
     for url in ("/", f"/jobs/{job['id']}", job["output_url"], "/api/v1/jobs/nope"):
         assert client.get(url).headers["Content-Security-Policy"] == expected, url
 

@@ -10,7 +10,8 @@ import io
 import pytest
 import redis
 import schemathesis
-from hypothesis import HealthCheck, given, reject, settings, strategies as st
+from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -22,8 +23,9 @@ from web.app import create_app
 
 # The document lists the image types a file part may hold; schemathesis cannot draw an image,
 # so it is given a few small real ones (for valid requests: invalid ones get random bytes).
-schemathesis.openapi.media_type("image/png", st.sampled_from(
-    [encode(make_content()), encode(make_style(24, 24).convert("P"))]))
+schemathesis.openapi.media_type(
+    "image/png", st.sampled_from([encode(make_content()), encode(make_style(24, 24).convert("P"))])
+)
 schemathesis.openapi.media_type("image/jpeg", st.just(encode(make_style(), "JPEG")))
 
 # Rules between two fields, which JSON Schema cannot say (the document says them in words): a
@@ -33,14 +35,20 @@ CROSS_FIELD_RULES = {"style_scale", "snapshot_every", "style_layer_weights", "st
 # Cases per operation and mode (valid, invalid), and sequences of calls: about 20 s in all.
 EXAMPLES = 30
 SEQUENCES = 15
-QUIET = {"deadline": None, "database": None, "derandomize": True, "suppress_health_check": list(HealthCheck),
-         "print_blob": False}
+QUIET = {
+    "deadline": None,
+    "database": None,
+    "derandomize": True,
+    "suppress_health_check": list(HealthCheck),
+    "print_blob": False,
+}
 
 
 @pytest.fixture
 def app(make_settings, monkeypatch):
-    settings_ = make_settings(IMPASTO_MAX_UPLOAD_BYTES=2_000_000, IMPASTO_MAX_STYLES=2,
-                              IMPASTO_ANONYMOUS_JOBS_PER_HOUR=0)
+    settings_ = make_settings(
+        IMPASTO_MAX_UPLOAD_BYTES=2_000_000, IMPASTO_MAX_STYLES=2, IMPASTO_ANONYMOUS_JOBS_PER_HOUR=0
+    )
     upgrade(settings_.database_url)
     monkeypatch.setattr("web.api.EVENT_STREAM_S", 0.1)  # a queued job's event stream ends at once
     yield create_app(settings_)
@@ -123,8 +131,9 @@ def test_job_sequences_answer_as_documented(app):
             as_multipart_sends_it(case)
 
         def validate_response(self, response, case, additional_checks=None, **kwargs):
-            case.validate_response(response, transport_kwargs=kwargs or None,
-                                   recorder=getattr(self, "recorder", None), **checks_for(case))
+            case.validate_response(
+                response, transport_kwargs=kwargs or None, recorder=getattr(self, "recorder", None), **checks_for(case)
+            )
 
     Jobs.run(settings=settings(max_examples=SEQUENCES, stateful_step_count=6, **QUIET))
 
@@ -146,8 +155,10 @@ def test_every_documented_limit_is_the_servers(app):
             if "minimum" in field:
                 sent += [(name, field["minimum"], True), (name, _just_outside(field["minimum"], kind, -1), False)]
             if "exclusiveMinimum" in field:
-                sent += [(name, _just_outside(field["exclusiveMinimum"], kind, +1), True),
-                         (name, field["exclusiveMinimum"], False)]
+                sent += [
+                    (name, _just_outside(field["exclusiveMinimum"], kind, +1), True),
+                    (name, field["exclusiveMinimum"], False),
+                ]
             if "maximum" in field:
                 sent += [(name, field["maximum"], True), (name, _just_outside(field["maximum"], kind, +1), False)]
             sent += [(name, "nan", False), (name, "inf", False), (name, "a", False)]
@@ -155,13 +166,20 @@ def test_every_documented_limit_is_the_servers(app):
             sent += [(name, choice, True) for choice in field["enum"]] + [(name, field["enum"][0] + "x", False)]
         elif kind == "array" and "enum" in field["items"]:
             choices = field["items"]["enum"]
-            sent += [(name, choices[: field["maxItems"]], True), (name, choices[: field["maxItems"] + 1], False),
-                     (name, [choices[0], choices[0]], False), (name, [choices[0] + "x"], False)]
+            sent += [
+                (name, choices[: field["maxItems"]], True),
+                (name, choices[: field["maxItems"] + 1], False),
+                (name, [choices[0], choices[0]], False),
+                (name, [choices[0] + "x"], False),
+            ]
     assert len(sent) > 60
     wrong = []
     for name, value, valid in sent:
-        data = {"content": (io.BytesIO(encode(make_content())), "photo.png"), "style_preset": "starry_night",
-                name: [str(v) for v in value] if isinstance(value, list) else str(value)}
+        data = {
+            "content": (io.BytesIO(encode(make_content())), "photo.png"),
+            "style_preset": "starry_night",
+            name: [str(v) for v in value] if isinstance(value, list) else str(value),
+        }
         response = client.post("/api/v1/jobs", data=data, content_type="multipart/form-data")
         error = response.get_json().get("error") or {}
         if (response.status_code, error.get("field")) != ((202, None) if valid else (422, name)):

@@ -75,8 +75,13 @@ def forget_redis(queue_name):
 
 def api_submit(client, headers=None, address="127.0.0.1", **fields):
     data = {"content": (io.BytesIO(png()), "photo.png"), "style_preset": "starry_night", **fields}
-    return client.post("/api/v1/jobs", data=data, headers=headers or {}, environ_base={"REMOTE_ADDR": address},
-                       content_type="multipart/form-data")
+    return client.post(
+        "/api/v1/jobs",
+        data=data,
+        headers=headers or {},
+        environ_base={"REMOTE_ADDR": address},
+        content_type="multipart/form-data",
+    )
 
 
 def form_submit(client, csrf_token, address="127.0.0.1"):
@@ -129,13 +134,21 @@ def test_the_token_is_given_once_and_only_its_hash_is_kept(client, sessions):
 @pytest.mark.parametrize("sent", ["nothing", "a wrong token", "another job's token", "its hash"])
 def test_cancel_and_delete_without_the_jobs_token_are_403(client, sent):
     job, other = api_submit(client).get_json(), api_submit(client).get_json()
-    token = {"nothing": None, "a wrong token": "x" * 32, "another job's token": other["token"],
-             "its hash": sha256(job["token"])}[sent]
+    token = {
+        "nothing": None,
+        "a wrong token": "x" * 32,
+        "another job's token": other["token"],
+        "its hash": sha256(job["token"]),
+    }[sent]
     headers = {"X-Job-Token": token} if token else {}
-    for answer in (client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=headers),
-                   client.delete(f"/api/v1/jobs/{job['id']}", headers=headers)):
+    for answer in (
+        client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=headers),
+        client.delete(f"/api/v1/jobs/{job['id']}", headers=headers),
+    ):
         assert answer.status_code == 403
-        assert answer.get_json()["error"]["code"] == "forbidden" and "X-Job-Token" in answer.get_json()["error"]["message"]
+        assert (
+            answer.get_json()["error"]["code"] == "forbidden" and "X-Job-Token" in answer.get_json()["error"]["message"]
+        )
     assert client.get(f"/api/v1/jobs/{job['id']}").get_json()["status"] == "queued"  # untouched
 
 
@@ -167,8 +180,9 @@ def test_delete_takes_a_finished_job_with_every_file_and_row(app, client, sessio
 # --- API keys and quotas ------------------------------------------------------------------------
 
 
-def test_keys_made_with_the_command_line_are_stored_hashed_and_can_be_revoked(client, sessions, monkeypatch,
-                                                                               capsys, tmp_path):
+def test_keys_made_with_the_command_line_are_stored_hashed_and_can_be_revoked(
+    client, sessions, monkeypatch, capsys, tmp_path
+):
     monkeypatch.setenv("IMPASTO_DATA_DIR", str(tmp_path / "data"))  # the app's database
     assert cli.main(["keys", "create", "ci robot", "--jobs-per-day", "5"]) == 0
     key = capsys.readouterr().out.strip()
@@ -192,16 +206,20 @@ def test_keys_made_with_the_command_line_are_stored_hashed_and_can_be_revoked(cl
     assert cli.main(["keys", "revoke", "nope"]) == 1
 
 
-@pytest.mark.parametrize("authorization", ["Bearer imp_0123456789ab_" + "x" * 43, "Bearer nonsense", "Bearer ",
-                                           "Basic dXNlcjpwYXNz", "revoked"])
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer imp_0123456789ab_" + "x" * 43, "Bearer nonsense", "Bearer ", "Basic dXNlcjpwYXNz", "revoked"],
+)
 def test_a_bad_or_revoked_key_is_401(client, sessions, authorization):
     if authorization == "revoked":
         with sessions() as session:
             key, secret = create_key(session, "gone")
             revoke_key(session, key.id)
         authorization = f"Bearer {secret}"
-    for answer in (api_submit(client, {"Authorization": authorization}),
-                   client.get("/api/v1/jobs", headers={"Authorization": authorization})):
+    for answer in (
+        api_submit(client, {"Authorization": authorization}),
+        client.get("/api/v1/jobs", headers={"Authorization": authorization}),
+    ):
         assert answer.status_code == 401 and answer.get_json()["error"]["code"] == "unauthorized"
         assert answer.headers["WWW-Authenticate"].startswith("Bearer")
     assert job_count(sessions) == 0
@@ -278,7 +296,9 @@ def test_anonymous_jobs_are_limited_per_address_across_api_and_form(make_app):
     assert "at most 2 jobs per hour" in over.get_json()["error"]["message"]
     page = form_submit(client, form_token(client))
     assert page.status_code == 429 and page.headers["Retry-After"]
-    assert 'data-error-for="form"' in page.get_data(as_text=True) and "at most 2 jobs per hour" in page.get_data(as_text=True)
+    assert 'data-error-for="form"' in page.get_data(as_text=True) and "at most 2 jobs per hour" in page.get_data(
+        as_text=True
+    )
     # No proxy is trusted: a forged X-Forwarded-For changes nothing.
     assert api_submit(client, {"X-Forwarded-For": "198.51.100.7"}).status_code == 429
     assert api_submit(client, address="192.0.2.44").status_code == 202  # another address
@@ -287,15 +307,18 @@ def test_anonymous_jobs_are_limited_per_address_across_api_and_form(make_app):
     assert api_submit(client, bearer(key)).status_code == 202  # a key counts against its own quota
 
 
-@pytest.mark.parametrize(("trusted", "peer", "forwarded", "counted_as"), [
-    (0, "127.0.0.1", "203.0.113.9", "127.0.0.1"),  # no proxy trusted: the header is the client's to forge
-    (1, "127.0.0.1", "203.0.113.9", "203.0.113.9"),
-    (1, "127.0.0.1", "198.51.100.1, 203.0.113.9", "203.0.113.9"),  # a forged entry on the left is ignored
-    (2, "127.0.0.1", "198.51.100.1, 203.0.113.9", "198.51.100.1"),
-    (2, "127.0.0.1", "203.0.113.9", "127.0.0.1"),  # fewer entries than proxies: the peer
-    (0, "2001:db8:1:2:aaaa::1", None, "2001:db8:1:2::/64"),  # one IPv6 subscriber, one count
-    (0, "::ffff:192.0.2.1", None, "192.0.2.1"),
-])
+@pytest.mark.parametrize(
+    ("trusted", "peer", "forwarded", "counted_as"),
+    [
+        (0, "127.0.0.1", "203.0.113.9", "127.0.0.1"),  # no proxy trusted: the header is the client's to forge
+        (1, "127.0.0.1", "203.0.113.9", "203.0.113.9"),
+        (1, "127.0.0.1", "198.51.100.1, 203.0.113.9", "203.0.113.9"),  # a forged entry on the left is ignored
+        (2, "127.0.0.1", "198.51.100.1, 203.0.113.9", "198.51.100.1"),
+        (2, "127.0.0.1", "203.0.113.9", "127.0.0.1"),  # fewer entries than proxies: the peer
+        (0, "2001:db8:1:2:aaaa::1", None, "2001:db8:1:2::/64"),  # one IPv6 subscriber, one count
+        (0, "::ffff:192.0.2.1", None, "192.0.2.1"),
+    ],
+)
 def test_the_address_a_client_is_counted_by(make_app, trusted, peer, forwarded, counted_as):
     app = make_app(IMPASTO_TRUSTED_PROXIES=trusted)
     headers = {"X-Forwarded-For": forwarded} if forwarded else {}
@@ -317,23 +340,34 @@ def test_with_redis_unreachable_a_submission_is_503_not_a_crash(make_app, sessio
 def test_the_anonymous_limit_holds_across_web_processes(tmp_path, queue_name):
     """Two `impasto web` servers (as on two machines), each with 2 gunicorn processes, take 8
     submissions from one address at once: exactly the 3 allowed become jobs."""
-    env = service_env({"IMPASTO_DATA_DIR": str(tmp_path / "data"), "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
-                       "IMPASTO_QUEUE": queue_name, "IMPASTO_ANONYMOUS_JOBS_PER_HOUR": "3"})
+    env = service_env(
+        {
+            "IMPASTO_DATA_DIR": str(tmp_path / "data"),
+            "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
+            "IMPASTO_QUEUE": queue_name,
+            "IMPASTO_ANONYMOUS_JOBS_PER_HOUR": "3",
+        }
+    )
     upgrade(load_settings(env).database_url)
     servers = []
     try:
         for n in range(2):
             port, log = free_port(), tmp_path / f"web-{n}.log"
-            servers.append((f"http://127.0.0.1:{port}", start(["web", "--port", str(port), "--workers", "2"], env, log),
-                            log))
+            servers.append(
+                (f"http://127.0.0.1:{port}", start(["web", "--port", str(port), "--workers", "2"], env, log), log)
+            )
         for base, process, log in servers:
             wait_for_http(f"{base}/healthz", process, log)
 
         def submit(n: int) -> requests.Response:
             with open(PHOTO, "rb") as photo:
-                return requests.post(f"{servers[n % 2][0]}/api/v1/jobs", files={"content": ("photo.jpg", photo)},
-                                     data={"style_preset": "starry_night"}, headers={"Connection": "close"},
-                                     timeout=30)
+                return requests.post(
+                    f"{servers[n % 2][0]}/api/v1/jobs",
+                    files={"content": ("photo.jpg", photo)},
+                    data={"style_preset": "starry_night"},
+                    headers={"Connection": "close"},
+                    timeout=30,
+                )
 
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(submit, range(8)))
@@ -362,13 +396,19 @@ def test_behind_a_trusted_https_proxy_the_cookie_is_secure(make_app, trusted, se
     assert ("Secure" in {part.strip() for part in cookie.split(";")}) == secure
 
 
-@pytest.mark.parametrize("case", ["no token", "a wrong token", "a token that is not ASCII", "another browser's token",
-                                  "no cookie"])
+@pytest.mark.parametrize(
+    "case", ["no token", "a wrong token", "a token that is not ASCII", "another browser's token", "no cookie"]
+)
 def test_the_form_without_its_csrf_token_is_403(app, client, sessions, case):
     token = form_token(client)
     stranger = app.test_client()
-    sent = {"no token": None, "a wrong token": "0" * 64, "a token that is not ASCII": "é" * 43,
-            "another browser's token": form_token(stranger), "no cookie": token}[case]
+    sent = {
+        "no token": None,
+        "a wrong token": "0" * 64,
+        "a token that is not ASCII": "é" * 43,
+        "another browser's token": form_token(stranger),
+        "no cookie": token,
+    }[case]
     sender = app.test_client() if case == "no cookie" else client
     answer = form_submit(sender, sent)
     assert answer.status_code == 403 and "reload the page" in answer.get_data(as_text=True)
@@ -401,8 +441,12 @@ def test_a_browsers_cookie_cancels_only_from_its_own_page(app, client):
     stranger_token = form_token(stranger)
     # What another site could make the browser send: its cookie (were SameSite not to hold it
     # back), but not the header, which needs the page's token and a same-origin script.
-    for sender, headers in [(client, {"Origin": "https://evil.example"}), (client, {"X-CSRF-Token": "0" * 64}),
-                            (client, {"X-CSRF-Token": stranger_token}), (stranger, {"X-CSRF-Token": stranger_token})]:
+    for sender, headers in [
+        (client, {"Origin": "https://evil.example"}),
+        (client, {"X-CSRF-Token": "0" * 64}),
+        (client, {"X-CSRF-Token": stranger_token}),
+        (stranger, {"X-CSRF-Token": stranger_token}),
+    ]:
         assert sender.post(f"{url}/cancel", headers=headers).status_code == 403
         assert sender.delete(url, headers=headers).status_code == 403
     own = {"X-CSRF-Token": token}
@@ -413,16 +457,30 @@ def test_a_browsers_cookie_cancels_only_from_its_own_page(app, client):
 # --- headers and pages --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/", "/jobs", "/jobs/{id}", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/inputs/0",
-                                  "/api/v1/jobs/nope", "/jobs/nope", "/static/style.css", "/static/job.js",
-                                  "/api/v1/openapi.json", "/healthz"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/jobs",
+        "/jobs/{id}",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/inputs/0",
+        "/api/v1/jobs/nope",
+        "/jobs/nope",
+        "/static/style.css",
+        "/static/job.js",
+        "/api/v1/openapi.json",
+        "/healthz",
+    ],
+)
 def test_every_answer_carries_the_security_headers(client, path):
     job = api_submit(client).get_json()
     answer = client.get(path.format(id=job["id"]))
     answer.close()  # a static file is streamed; a server closes it too
     csp = answer.headers["Content-Security-Policy"]
     assert {"default-src 'self'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'"} <= {
-        part.strip() for part in csp.split(";")}
+        part.strip() for part in csp.split(";")
+    }
     assert "unsafe" not in csp
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
     assert answer.headers["X-Frame-Options"] == "DENY"
@@ -446,8 +504,13 @@ class InlineCode(HTMLParser):
 
 def test_the_pages_have_nothing_the_csp_would_refuse(client):
     job_id = form_submit(client, form_token(client)).headers["Location"].rsplit("/", 1)[-1]
-    pages = [client.get("/"), client.get("/jobs"), client.get(f"/jobs/{job_id}"), client.get("/jobs/nope"),
-             client.post("/jobs", data={"size": "5", "csrf_token": form_token(client)}, content_type="multipart/form-data")]
+    pages = [
+        client.get("/"),
+        client.get("/jobs"),
+        client.get(f"/jobs/{job_id}"),
+        client.get("/jobs/nope"),
+        client.post("/jobs", data={"size": "5", "csrf_token": form_token(client)}, content_type="multipart/form-data"),
+    ]
     for page in pages:
         parser = InlineCode()
         parser.feed(page.get_data(as_text=True))
@@ -457,8 +520,17 @@ def test_the_pages_have_nothing_the_csp_would_refuse(client):
 # --- storage keys -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["../../../../etc/passwd", "..\\..\\boot.ini", "/var/lib/impasto/x.png",
-                                  "jobs/someone-else/output.png", "a" * 300 + ".png", "photo.html"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../../../etc/passwd",
+        "..\\..\\boot.ini",
+        "/var/lib/impasto/x.png",
+        "jobs/someone-else/output.png",
+        "a" * 300 + ".png",
+        "photo.html",
+    ],
+)
 def test_storage_keys_are_made_by_the_service_never_by_the_upload(app, client, name):
     data = {"content": (io.BytesIO(png()), name, "text/html"), "style": (io.BytesIO(png()), name)}
     job = client.post("/api/v1/jobs", data=data, content_type="multipart/form-data").get_json()

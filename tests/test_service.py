@@ -24,8 +24,15 @@ from shared.models import Job
 from shared.settings import Settings, load_settings
 from shared.storage import LocalStorage
 from tests.conftest import PAINTING, PHOTO, POSTGRES_ADMIN_URL, SYSTEM_REDIS_URL
-from tests.servers import (service_env, start, stop, temporary_postgres_database, wait_for_http,
-                           wait_for_log, wait_for_status)
+from tests.servers import (
+    service_env,
+    start,
+    stop,
+    temporary_postgres_database,
+    wait_for_http,
+    wait_for_log,
+    wait_for_status,
+)
 
 
 @dataclass
@@ -48,7 +55,7 @@ class Service:
         try:
             with session_factory(engine)() as session:
                 job = session.get(Job, job_id)
-                job.snapshots  # loaded before the session closes
+                _ = job.snapshots  # loaded before the session closes
                 return job
         finally:
             engine.dispose()
@@ -91,10 +98,12 @@ class _nothing:
 
 def submit(service: Service, **fields) -> requests.Response:
     with open(PHOTO, "rb") as photo, open(PAINTING, "rb") as painting:
-        return requests.post(f"{service.base}/api/v1/jobs", timeout=30,
-                             files={"content": ("tubingen.jpg", photo), "style": ("starry_night.jpg", painting)},
-                             data={"size": "64", "iterations": "20", "snapshot_every": "4", "weights": "random",
-                                   **fields})
+        return requests.post(
+            f"{service.base}/api/v1/jobs",
+            timeout=30,
+            files={"content": ("tubingen.jpg", photo), "style": ("starry_night.jpg", painting)},
+            data={"size": "64", "iterations": "20", "snapshot_every": "4", "weights": "random", **fields},
+        )
 
 
 def test_a_job_goes_queued_running_succeeded_with_snapshots_and_output(service):
@@ -189,7 +198,12 @@ def test_a_worker_stopped_with_sigterm_hands_its_job_back(service, whom):
 
 def test_worker_refuses_a_device_it_cannot_use(tmp_path):
     env = service_env({"IMPASTO_BROKER_URL": SYSTEM_REDIS_URL, "IMPASTO_DATA_DIR": str(tmp_path)})
-    run = subprocess.run([sys.executable, "-m", "shared.cli", "worker", "--device", "cuda"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "worker", "--device", "cuda"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2
     assert run.stderr.startswith("impasto worker: error: --device: device 'cuda' was asked for but no CUDA GPU")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_content, make_style
+
 from shared.params import StyleParams
 from worker.engine import Result, load_weights, stylize
 from worker.engine.targets import TargetCache
@@ -22,13 +22,17 @@ def pixels(result):
     return torch.from_numpy(np.asarray(result.image).copy())
 
 
-@pytest.mark.parametrize("options", [
-    {},
-    {"scales": 2, "size": 96, "style_scale": 0.5},
-    {"preserve_colors": "luminance"},
-    {"preserve_colors": "histogram"},
-    {"style_blend": (0.3, 0.7)},
-], ids=lambda options: ",".join(f"{k}={v}" for k, v in options.items()) or "defaults")
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"scales": 2, "size": 96, "style_scale": 0.5},
+        {"preserve_colors": "luminance"},
+        {"preserve_colors": "histogram"},
+        {"style_blend": (0.3, 0.7)},
+    ],
+    ids=lambda options: ",".join(f"{k}={v}" for k, v in options.items()) or "defaults",
+)
 def test_a_hit_gives_bit_identical_results(random_weights, options):
     params = StyleParams(**{"size": 48, "iterations": 5, "scales": 1, "weights": "random", **options})
     styles = [make_style(), make_style(seed=2)] if "style_blend" in options else [make_style()]
@@ -43,14 +47,18 @@ def test_a_hit_gives_bit_identical_results(random_weights, options):
         assert result.losses == uncached.losses and result.initial_losses == uncached.initial_losses
 
 
-@pytest.mark.parametrize("change", [
-    {"style_scale": 0.5},
-    {"size": 40},
-    {"pooling": "max"},
-    {"style_layers": ("conv1_1", "conv2_1")},
-    {"preserve_colors": "luminance"},
-    {"preserve_colors": "histogram"},
-], ids=lambda change: ",".join(f"{k}={v}" for k, v in change.items()))
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"style_scale": 0.5},
+        {"size": 40},
+        {"pooling": "max"},
+        {"style_layers": ("conv1_1", "conv2_1")},
+        {"preserve_colors": "luminance"},
+        {"preserve_colors": "histogram"},
+    ],
+    ids=lambda change: ",".join(f"{k}={v}" for k, v in change.items()),
+)
 def test_anything_the_targets_depend_on_misses(random_weights, change):
     base = {"size": 48, "iterations": 1, "scales": 1, "weights": "random"}
     cache = TargetCache()
@@ -67,8 +75,12 @@ def test_other_style_pixels_and_other_weights_miss(random_weights):
     run(params, [make_style()], load_weights("random"), cache)  # equal values, but other weights
     assert (cache.hits, cache.misses) == (0, 3)
     # What does not shape the targets still hits: the content weight, the seed, the iterations.
-    run(params.model_copy(update={"content_weight": 5.0, "seed": 3, "iterations": 2}), [make_style()],
-        random_weights, cache)
+    run(
+        params.model_copy(update={"content_weight": 5.0, "seed": 3, "iterations": 2}),
+        [make_style()],
+        random_weights,
+        cache,
+    )
     assert cache.hits == 1
 
 

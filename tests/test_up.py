@@ -16,17 +16,32 @@ import requests
 from PIL import Image
 
 from shared.launcher import free_port
-
 from tests.conftest import PAINTING, PHOTO, POSTGRES_ADMIN_URL, SYSTEM_REDIS_URL
-from tests.servers import (service_env, start, stop, temporary_postgres_database, wait_for_http,
-                           wait_for_status)
+from tests.servers import service_env, start, stop, temporary_postgres_database, wait_for_http, wait_for_status
 
 
 def curl_submit(base: str) -> dict:
     run = subprocess.run(
-        ["curl", "-sS", "-F", f"content=@{PHOTO}", "-F", f"style=@{PAINTING}", "-F", "size=128",
-         "-F", "iterations=40", "-F", "weights=random", f"{base}/api/v1/jobs"],
-        capture_output=True, text=True, timeout=60, check=True)
+        [
+            "curl",
+            "-sS",
+            "-F",
+            f"content=@{PHOTO}",
+            "-F",
+            f"style=@{PAINTING}",
+            "-F",
+            "size=128",
+            "-F",
+            "iterations=40",
+            "-F",
+            "weights=random",
+            f"{base}/api/v1/jobs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(run.stdout)
 
 
@@ -40,8 +55,10 @@ def test_up_runs_a_curl_job_to_success_and_stops_cleanly_on_ctrl_c(backing, tmp_
     with contextlib.ExitStack() as cleanup:
         env = {"IMPASTO_QUEUE": queue_name}
         if backing != "embedded":
-            env.update(IMPASTO_DATABASE_URL=cleanup.enter_context(temporary_postgres_database(POSTGRES_ADMIN_URL)),
-                       IMPASTO_BROKER_URL=SYSTEM_REDIS_URL)
+            env.update(
+                IMPASTO_DATABASE_URL=cleanup.enter_context(temporary_postgres_database(POSTGRES_ADMIN_URL)),
+                IMPASTO_BROKER_URL=SYSTEM_REDIS_URL,
+            )
         run_up_and_a_job(backing, tmp_path, env)
 
 
@@ -80,8 +97,12 @@ def test_up_refuses_a_port_in_use(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        run = subprocess.run([sys.executable, "-m", "shared.cli", "up", "--port", str(port), "--data-dir", str(tmp_path)],
-                             capture_output=True, text=True, timeout=60, env=service_env({}))
+        run = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "up", "--port", str(port), "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=service_env({}),
+        )
     assert run.returncode == 2
     assert run.stderr.strip() == f"impasto up: error: port {port} is already in use; pick another with --port"
-

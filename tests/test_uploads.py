@@ -56,8 +56,13 @@ def raw_png(pixels: np.ndarray, color_type: int, extra: bytes = b"") -> bytes:
     height, width = pixels.shape[:2]
     rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + extra
-            + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + extra
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 @cache
@@ -67,11 +72,14 @@ def bomb_png(width: int, height: int) -> bytes:
     row = b"\0" * (1 + (width + 7) // 8)
     compressor = zlib.compressobj(9)
     rows_per_piece = 1000
-    data = b"".join(compressor.compress(row * min(rows_per_piece, height - start))
-                    for start in range(0, height, rows_per_piece)) + compressor.flush()
+    data = (
+        b"".join(
+            compressor.compress(row * min(rows_per_piece, height - start)) for start in range(0, height, rows_per_piece)
+        )
+        + compressor.flush()
+    )
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data)
-            + png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
 
 
 def exif_oriented(orientation: int, format: str = "JPEG") -> bytes:
@@ -136,18 +144,44 @@ CONVERTED = [
     ("palette", encode(halves("RGB", RED, BLUE).quantize(2), "PNG"), (32, 16), {(4, 8): RED, (28, 8): BLUE}),
     ("palette with a transparent colour", transparent_palette(), (32, 16), {(4, 8): WHITE, (28, 8): BLUE}),
     ("RGBA", encode(halves("RGBA", (255, 0, 0, 0), (0, 0, 0, 255)), "PNG"), (32, 16), {(4, 8): WHITE, (28, 8): BLACK}),
-    ("half-transparent RGBA", encode(Image.new("RGBA", (8, 8), (0, 0, 0, 128)), "PNG"), (8, 8), {(4, 4): (127, 127, 127)}),
+    (
+        "half-transparent RGBA",
+        encode(Image.new("RGBA", (8, 8), (0, 0, 0, 128)), "PNG"),
+        (8, 8),
+        {(4, 4): (127, 127, 127)},
+    ),
     ("grayscale with alpha", encode(halves("LA", (0, 0), (0, 255)), "PNG"), (32, 16), {(4, 8): WHITE, (28, 8): BLACK}),
-    ("WebP with alpha", encode(halves("RGBA", (0, 0, 255, 0), (0, 0, 255, 255)), "WEBP", lossless=True), (32, 16),
-     {(4, 8): WHITE, (28, 8): BLUE}),
-    ("CMYK TIFF", encode(halves("CMYK", (0, 255, 255, 0), (255, 255, 0, 0)), "TIFF"), (32, 16), {(4, 8): RED, (28, 8): BLUE}),
+    (
+        "WebP with alpha",
+        encode(halves("RGBA", (0, 0, 255, 0), (0, 0, 255, 255)), "WEBP", lossless=True),
+        (32, 16),
+        {(4, 8): WHITE, (28, 8): BLUE},
+    ),
+    (
+        "CMYK TIFF",
+        encode(halves("CMYK", (0, 255, 255, 0), (255, 255, 0, 0)), "TIFF"),
+        (32, 16),
+        {(4, 8): RED, (28, 8): BLUE},
+    ),
     ("CMYK JPEG", cmyk_jpeg(), (32, 16), {(4, 8): RED, (28, 8): BLUE}),
-    ("16-bit grayscale", encode(Image.fromarray(np.tile(np.array([65535, 32896], np.uint16).repeat(16), (16, 1))), "PNG"),
-     (32, 16), {(4, 8): WHITE, (28, 8): (128, 128, 128)}),
-    ("16-bit RGB", raw_png(np.tile(np.array([[65535, 0, 32896]] * 16 + [[0, 0, 65535]] * 16, np.uint16), (16, 1, 1)), 2),
-     (32, 16), {(4, 8): (255, 0, 128), (28, 8): BLUE}),
-    ("16-bit grayscale with alpha", raw_png(np.tile(np.array([[0, 0]] * 16 + [[0, 65535]] * 16, np.uint16), (16, 1, 1)), 4),
-     (32, 16), {(4, 8): WHITE, (28, 8): BLACK}),
+    (
+        "16-bit grayscale",
+        encode(Image.fromarray(np.tile(np.array([65535, 32896], np.uint16).repeat(16), (16, 1))), "PNG"),
+        (32, 16),
+        {(4, 8): WHITE, (28, 8): (128, 128, 128)},
+    ),
+    (
+        "16-bit RGB",
+        raw_png(np.tile(np.array([[65535, 0, 32896]] * 16 + [[0, 0, 65535]] * 16, np.uint16), (16, 1, 1)), 2),
+        (32, 16),
+        {(4, 8): (255, 0, 128), (28, 8): BLUE},
+    ),
+    (
+        "16-bit grayscale with alpha",
+        raw_png(np.tile(np.array([[0, 0]] * 16 + [[0, 65535]] * 16, np.uint16), (16, 1, 1)), 4),
+        (32, 16),
+        {(4, 8): WHITE, (28, 8): BLACK},
+    ),
     ("EXIF orientation 1", exif_oriented(1), (32, 16), {(4, 8): RED, (28, 8): BLUE}),
     ("EXIF orientation 2 (mirrored)", exif_oriented(2), (32, 16), {(4, 8): BLUE, (28, 8): RED}),
     ("EXIF orientation 3 (upside down)", exif_oriented(3), (32, 16), {(4, 8): BLUE, (28, 8): RED}),
@@ -161,7 +195,9 @@ CONVERTED = [
 ]
 
 
-@pytest.mark.parametrize(("data", "size", "pixels"), [case[1:] for case in CONVERTED], ids=[case[0] for case in CONVERTED])
+@pytest.mark.parametrize(
+    ("data", "size", "pixels"), [case[1:] for case in CONVERTED], ids=[case[0] for case in CONVERTED]
+)
 def test_unusual_images_are_stored_as_sent_and_decode_upright_in_rgb(client, queued, data, size, pixels):
     response = submit(client, data)
     assert response.status_code == 202, response.get_json()
@@ -198,30 +234,68 @@ HTML = b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>"
 REFUSED = [
     ("text", "content", lambda: b"just some words\n", "photo.jpg", "invalid_image", "not an image that can be read"),
     ("random bytes", "content", lambda: bytes(range(256)) * 8, "photo.jpg", "invalid_image", "not an image"),
-    ("PDF", "content", lambda: b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n", "photo.jpg",
-     "invalid_image", "use a PNG, JPEG or WebP file"),
-    ("EPS (Pillow would run Ghostscript)", "content", lambda: encode(Image.new("RGB", (8, 8)), "EPS"), "photo.png",
-     "invalid_image", "not an image that can be read"),
+    (
+        "PDF",
+        "content",
+        lambda: b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n",
+        "photo.jpg",
+        "invalid_image",
+        "use a PNG, JPEG or WebP file",
+    ),
+    (
+        "EPS (Pillow would run Ghostscript)",
+        "content",
+        lambda: encode(Image.new("RGB", (8, 8)), "EPS"),
+        "photo.png",
+        "invalid_image",
+        "not an image that can be read",
+    ),
     ("PPM", "content", lambda: encode(Image.new("RGB", (8, 8)), "PPM"), "photo.png", "invalid_image", "not an image"),
     ("SVG named like a PNG", "style", lambda: SVG, "painting.png", "invalid_image", "not an image that can be read"),
     ("HTML named like a JPEG", "style", lambda: HTML, "painting.jpg", "invalid_image", "not an image that can be read"),
     ("empty style", "style", lambda: b"", "painting.png", "invalid_image", "the style image is empty"),
-    ("truncated JPEG", "content", lambda: PHOTO.read_bytes()[:5000], "photo.jpg", "invalid_image",
-     "truncated or corrupt"),
-    ("truncated PNG", "content", lambda: encode(make_style(300, 300), "PNG")[:2000], "photo.png", "invalid_image",
-     "truncated or corrupt"),
+    (
+        "truncated JPEG",
+        "content",
+        lambda: PHOTO.read_bytes()[:5000],
+        "photo.jpg",
+        "invalid_image",
+        "truncated or corrupt",
+    ),
+    (
+        "truncated PNG",
+        "content",
+        lambda: encode(make_style(300, 300), "PNG")[:2000],
+        "photo.png",
+        "invalid_image",
+        "truncated or corrupt",
+    ),
     ("PNG with a compressed-text bomb", "content", text_bomb, "photo.png", "invalid_image", "damaged image file"),
-    ("7000 x 7000 pixels (PNG, 6 KB)", "content", lambda: bomb_png(7000, 7000), "photo.png", "invalid_image",
-     "7000x7000 = 49000000 pixels, over the limit of 40000000"),
-    ("30000 x 30000 pixels (PNG, 110 KB)", "style", lambda: bomb_png(30_000, 30_000), "painting.png",
-     "invalid_image", "has too many pixels"),
+    (
+        "7000 x 7000 pixels (PNG, 6 KB)",
+        "content",
+        lambda: bomb_png(7000, 7000),
+        "photo.png",
+        "invalid_image",
+        "7000x7000 = 49000000 pixels, over the limit of 40000000",
+    ),
+    (
+        "30000 x 30000 pixels (PNG, 110 KB)",
+        "style",
+        lambda: bomb_png(30_000, 30_000),
+        "painting.png",
+        "invalid_image",
+        "has too many pixels",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("field", "make", "name", "code", "says"), [case[1:] for case in REFUSED],
-                         ids=[case[0] for case in REFUSED])
-def test_bad_files_are_refused_naming_the_field_and_nothing_is_kept(client, queued, settings, field, make, name,
-                                                                   code, says):
+@pytest.mark.parametrize(
+    ("field", "make", "name", "code", "says"), [case[1:] for case in REFUSED], ids=[case[0] for case in REFUSED]
+)
+def test_bad_files_are_refused_naming_the_field_and_nothing_is_kept(
+    client, queued, settings, field, make, name, code, says
+):
     data = make()
     if field == "content":
         response = submit(client, data, name=name)
@@ -248,23 +322,28 @@ def test_a_decompression_bomb_is_refused_from_its_header(client, queued, setting
 
 def test_an_image_sent_as_a_text_field_is_refused(client, queued, settings):
     # No filename in the part: the browser never does this, `curl -F content=<file` does.
-    response = client.post("/api/v1/jobs", data={"content": PHOTO.read_bytes().decode("latin-1"),
-                                                 "style_preset": "starry_night"},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/api/v1/jobs",
+        data={"content": PHOTO.read_bytes().decode("latin-1"), "style_preset": "starry_night"},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 422
     error = response.get_json()["error"]
     assert error["field"] == "content" and "as a file (a part with a filename)" in error["message"]
     assert_nothing_kept(client, queued, settings)
 
 
-@pytest.mark.parametrize(("name", "shown"), [
-    ("../../etc/passwd.jpg", "passwd.jpg"),
-    ("/var/www/uploads/../../x.jpg", "x.jpg"),
-    # werkzeug reads a quoted filename's backslashes as escapes: C:UsersannPicturesholiday.jpg
-    ("C:\\Users\\ann\\Pictures\\holiday.jpg", None),
-    ("<script>alert(1)</script>.jpg", "script>.jpg"),
-    ("x" * 500 + ".jpg", "x" * 200),
-])
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("../../etc/passwd.jpg", "passwd.jpg"),
+        ("/var/www/uploads/../../x.jpg", "x.jpg"),
+        # werkzeug reads a quoted filename's backslashes as escapes: C:UsersannPicturesholiday.jpg
+        ("C:\\Users\\ann\\Pictures\\holiday.jpg", None),
+        ("<script>alert(1)</script>.jpg", "script>.jpg"),
+        ("x" * 500 + ".jpg", "x" * 200),
+    ],
+)
 def test_a_file_name_never_names_a_stored_file(client, queued, name, shown):
     response = submit(client, PHOTO.read_bytes(), name=name)
     assert response.status_code == 202
@@ -279,9 +358,11 @@ def test_a_file_name_never_names_a_stored_file(client, queued, name, shown):
 
 def test_too_many_parts_is_413(client, queued, settings):
     fields = {f"f{i}": "x" for i in range(1100)}  # werkzeug's cap is 1000 parts
-    response = client.post("/api/v1/jobs", data={**fields, "content": (io.BytesIO(PHOTO.read_bytes()), "p.jpg"),
-                                                 "style_preset": "starry_night"},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/api/v1/jobs",
+        data={**fields, "content": (io.BytesIO(PHOTO.read_bytes()), "p.jpg"), "style_preset": "starry_night"},
+        content_type="multipart/form-data",
+    )
     error = response.get_json()["error"]
     assert response.status_code == 413 and error["code"] == "too_large"
     assert "MB in all" in error["message"] and "form fields" in error["message"]  # which limits, and how much
@@ -289,10 +370,15 @@ def test_too_many_parts_is_413(client, queued, settings):
 
 
 def test_a_file_under_an_unknown_name_is_refused(client, queued, settings):
-    response = client.post("/api/v1/jobs", data={"content": (io.BytesIO(PHOTO.read_bytes()), "p.jpg"),
-                                                 "mask": (io.BytesIO(PHOTO.read_bytes()), "m.jpg"),
-                                                 "style_preset": "starry_night"},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/api/v1/jobs",
+        data={
+            "content": (io.BytesIO(PHOTO.read_bytes()), "p.jpg"),
+            "mask": (io.BytesIO(PHOTO.read_bytes()), "m.jpg"),
+            "style_preset": "starry_night",
+        },
+        content_type="multipart/form-data",
+    )
     error = response.get_json()["error"]
     assert response.status_code == 422 and error["field"] == "mask" and "unknown file field" in error["message"]
     assert_nothing_kept(client, queued, settings)
@@ -306,9 +392,15 @@ LIMIT = 1024 * 1024
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
     folder = tmp_path_factory.mktemp("uploads-web")
-    env = service_env({"IMPASTO_DATA_DIR": str(folder / "data"), "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
-                       "IMPASTO_QUEUE": f"impasto-uploads-{uuid.uuid4().hex[:8]}",
-                       "IMPASTO_MAX_UPLOAD_BYTES": str(LIMIT), "IMPASTO_ANONYMOUS_JOBS_PER_HOUR": "0"})
+    env = service_env(
+        {
+            "IMPASTO_DATA_DIR": str(folder / "data"),
+            "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
+            "IMPASTO_QUEUE": f"impasto-uploads-{uuid.uuid4().hex[:8]}",
+            "IMPASTO_MAX_UPLOAD_BYTES": str(LIMIT),
+            "IMPASTO_ANONYMOUS_JOBS_PER_HOUR": "0",
+        }
+    )
     upgrade(load_settings(env).database_url)
     port = free_port()
     process = start(["web", "--port", str(port), "--workers", "2"], env, folder / "web.log")
@@ -320,13 +412,17 @@ def web(tmp_path_factory):
 
 
 def multipart_head(boundary: str, framing: str) -> bytes:
-    return (f"POST /api/v1/jobs HTTP/1.1\r\nHost: localhost\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n{framing}\r\n\r\n").encode()
+    return (
+        f"POST /api/v1/jobs HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n{framing}\r\n\r\n"
+    ).encode()
 
 
 def file_part_start(boundary: str) -> bytes:
-    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"big.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode()
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="content"; filename="big.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n"
+    ).encode()
 
 
 def send_until_answered(port: int, head: bytes, pieces, timeout: float = 10) -> tuple[int, bytes]:
@@ -429,8 +525,12 @@ def test_a_decompression_bomb_is_refused_fast_by_the_server_without_decoding_it(
     bomb = bomb_png(30_000, 30_000)
     for _ in range(4):  # both gunicorn workers get one
         started = time.monotonic()
-        response = requests.post(f"http://127.0.0.1:{port}/api/v1/jobs", timeout=10,
-                                 files={"content": ("bomb.png", bomb)}, data={"style_preset": "starry_night"})
+        response = requests.post(
+            f"http://127.0.0.1:{port}/api/v1/jobs",
+            timeout=10,
+            files={"content": ("bomb.png", bomb)},
+            data={"style_preset": "starry_night"},
+        )
         assert response.status_code == 422 and response.json()["error"]["field"] == "content"
         assert time.monotonic() - started < 2
     workers = _children(process.pid)

@@ -123,8 +123,7 @@ def test_auto_falls_back_to_random_with_a_warning(caplog):
         loaded = load_weights("auto")
     assert loaded.source == "random"
     assert "RANDOM" in loaded.warning
-    assert any("RANDOM" in record.getMessage() and record.levelno == logging.WARNING
-               for record in caplog.records)
+    assert any("RANDOM" in record.getMessage() and record.levelno == logging.WARNING for record in caplog.records)
 
 
 def test_auto_does_not_hide_a_broken_named_or_cached_file(tmp_path, monkeypatch):
@@ -182,10 +181,13 @@ def test_channels_last_features_and_pixel_gradients_match_torchvision(random_wei
     layers = ["conv1_1", "conv3_1", "conv4_2"]
     net = VGGFeatures(random_weights, layers, pooling="avg")
     reference = make_layers(cfgs["E"])[: LAYER_NAMES.index("conv4_2") + 1]
-    reference.load_state_dict({k: v for k, v in random_weights.state.items()
-                               if int(k.split(".")[0]) < len(reference)})
-    reference = nn.Sequential(*(nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) else
-                                nn.ReLU() if isinstance(m, nn.ReLU) else m for m in reference))
+    reference.load_state_dict({k: v for k, v in random_weights.state.items() if int(k.split(".")[0]) < len(reference)})
+    reference = nn.Sequential(
+        *(
+            nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) else nn.ReLU() if isinstance(m, nn.ReLU) else m
+            for m in reference
+        )
+    )
     reference.requires_grad_(False)
     image = torch.rand(1, 3, 48, 40)
     ours, theirs = image.clone().requires_grad_(True), image.clone().requires_grad_(True)

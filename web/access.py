@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import redis
 from flask import Response, current_app, g, request
 
-from shared.keys import Limit, LimitExceeded, LimiterUnavailable, RateLimiter, find_key, hash_secret, matches
+from shared.keys import Limit, LimiterUnavailable, LimitExceeded, RateLimiter, find_key, hash_secret, matches
 from shared.models import ApiKey, Job
 
 from .services import services
@@ -81,8 +81,15 @@ def browser_secret() -> str:
 def remember_browser(response: Response) -> Response:
     """Set the cookie for a browser that came without one (after a page's request)."""
     if "browser_secret" in g:
-        response.set_cookie(BROWSER_COOKIE, g.browser_secret, max_age=BROWSER_COOKIE_MAX_AGE, path="/",
-                            httponly=True, samesite="Lax", secure=_over_https())
+        response.set_cookie(
+            BROWSER_COOKIE,
+            g.browser_secret,
+            max_age=BROWSER_COOKIE_MAX_AGE,
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=_over_https(),
+        )
     return response
 
 
@@ -200,10 +207,8 @@ def limit_message(err: LimitExceeded) -> str:
     """What a person reads when a submission is over its limit."""
     wait = _duration(err.retry_after)
     if err.limit.bucket.startswith("key:"):
-        return (f"this API key may submit {err.limit.count} jobs per 24 hours; "
-                f"the next one may be submitted in {wait}")
-    return (f"at most {err.limit.count} jobs per hour from one address without an API key; "
-            f"try again in {wait}")
+        return f"this API key may submit {err.limit.count} jobs per 24 hours; the next one may be submitted in {wait}"
+    return f"at most {err.limit.count} jobs per hour from one address without an API key; try again in {wait}"
 
 
 def _duration(seconds: int) -> str:

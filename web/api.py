@@ -12,9 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, redirect, request, stream_with_context, url_for
-from werkzeug.exceptions import HTTPException
 from sqlalchemy import text
 from sqlalchemy.orm import selectinload
+from werkzeug.exceptions import HTTPException
 
 from shared.db import database_unreachable, describe_error
 from shared.jobs import queue_position, recent_jobs, request_cancel
@@ -23,8 +23,16 @@ from shared.models import Job, utcnow
 from shared.retention import delete_job
 from shared.storage import MissingObject, S3Storage
 
-from .access import (JOB_TOKEN_HEADER, Unauthorized, api_key, counted, key_owner, limit_message, may_change,
-                     submission_limit)
+from .access import (
+    JOB_TOKEN_HEADER,
+    Unauthorized,
+    api_key,
+    counted,
+    key_owner,
+    limit_message,
+    may_change,
+    submission_limit,
+)
 from .openapi import openapi_document
 from .services import Services, services
 from .submit import QueueUnavailable, SubmissionError, submit
@@ -44,8 +52,9 @@ JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _streams = threading.BoundedSemaphore(EVENT_STREAMS_PER_PROCESS)
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
     response = jsonify({"error": {"code": code, "message": message, "field": field}})
     response.status_code = status
     response.headers.update(headers or {})
@@ -56,8 +65,9 @@ def submission_error(err: SubmissionError) -> Response:
     """422 naming the first field at fault; `details` lists every problem found."""
     first = err.errors[0]
     details = [{"code": e.code, "message": e.message, "field": e.field} for e in err.errors]
-    response = jsonify({"error": {"code": first.code, "message": first.message, "field": first.field,
-                                  "details": details}})
+    response = jsonify(
+        {"error": {"code": first.code, "message": first.message, "field": first.field, "details": details}}
+    )
     response.status_code = 422
     return response
 
@@ -75,8 +85,9 @@ def over_limit(err: LimitExceeded) -> Response:
 
 @bp.errorhandler(LimiterUnavailable)
 def limiter_unavailable(err: LimiterUnavailable) -> Response:
-    return error_response(503, "unavailable", "the job queue cannot be reached; try again in a minute",
-                          headers={"Retry-After": "30"})
+    return error_response(
+        503, "unavailable", "the job queue cannot be reached; try again in a minute", headers={"Retry-After": "30"}
+    )
 
 
 @bp.post("/api/v1/jobs")
@@ -87,13 +98,19 @@ def create():
     token = new_job_token()
     try:
         with counted(submission_limit(key)):
-            job = submit(services(), request.form, request.files, owner=key_owner(key) if key else None,
-                         token_hash=hash_secret(token))
+            job = submit(
+                services(),
+                request.form,
+                request.files,
+                owner=key_owner(key) if key else None,
+                token_hash=hash_secret(token),
+            )
     except SubmissionError as err:
         return submission_error(err)
     except QueueUnavailable:
-        return error_response(503, "unavailable", "the job queue cannot be reached; try again in a minute",
-                              headers={"Retry-After": "30"})
+        return error_response(
+            503, "unavailable", "the job queue cannot be reached; try again in a minute", headers={"Retry-After": "30"}
+        )
     # The job as it was committed: a worker may already have claimed it, but the answer to a
     # submission is always the queued job.
     with services().sessions() as session:
@@ -110,8 +127,10 @@ def index():
     """The jobs of the API key sent; jobs sent without a key are reached by their own URLs."""
     key = api_key()
     if key is None:
-        raise Unauthorized("listing jobs takes an API key ('Authorization: Bearer KEY') and lists its jobs; "
-                           "a job submitted without a key is at the URL its submission returned")
+        raise Unauthorized(
+            "listing jobs takes an API key ('Authorization: Bearer KEY') and lists its jobs; "
+            "a job submitted without a key is at the URL its submission returned"
+        )
     limit = _int_arg("limit", 20, 1, 100)
     offset = _int_arg("offset", 0, 0, 10**9)
     with services().sessions() as session:
@@ -149,9 +168,13 @@ def delete(job_id: str):
         job = load_job(session, job_id)
         _refuse_unless_allowed(job, "delete")
         if not job.is_final:
-            return error_response(409, "conflict", f"the job is {job.status}: cancel it first "
-                                                   f"(POST /api/v1/jobs/{job_id}/cancel), then delete it once it "
-                                                   f"has stopped")
+            return error_response(
+                409,
+                "conflict",
+                f"the job is {job.status}: cancel it first "
+                f"(POST /api/v1/jobs/{job_id}/cancel), then delete it once it "
+                f"has stopped",
+            )
         delete_job(session, services().storage, job_id)  # False: another request deleted it first
     return Response(status=204)
 
@@ -161,10 +184,17 @@ def events(job_id: str):
     with services().sessions() as session:
         load_job(session, job_id)  # 404 before the stream starts
     if not _streams.acquire(blocking=False):
-        return error_response(503, "unavailable", "too many live pages on this server; poll "
-                              f"GET /api/v1/jobs/{job_id} instead", headers={"Retry-After": "5"})
-    response = Response(stream_with_context(_event_stream(job_id)), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return error_response(
+            503,
+            "unavailable",
+            f"too many live pages on this server; poll GET /api/v1/jobs/{job_id} instead",
+            headers={"Retry-After": "5"},
+        )
+    response = Response(
+        stream_with_context(_event_stream(job_id)),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
     # Released when the server closes the response: the stream ended, the client left, or the
     # body was never sent at all (HEAD).
     response.call_on_close(_streams.release)
@@ -189,11 +219,14 @@ def _event_stream(job_id: str) -> Iterator[str]:
             if not database_unreachable(err):
                 raise
             # The page falls back to polling, which answers 503 until the database is back.
-            log.warning("event=stream-ended reason=database-unavailable job=%s error=%r", job_id,
-                        describe_error(err))
+            log.warning("event=stream-ended reason=database-unavailable job=%s error=%r", job_id, describe_error(err))
             return
-        seen = {"status": body["status"], "progress": body["progress"]["iteration"],
-                "snapshot": len(body["snapshots"]), "queue_position": body["queue_position"]}
+        seen = {
+            "status": body["status"],
+            "progress": body["progress"]["iteration"],
+            "snapshot": len(body["snapshots"]),
+            "queue_position": body["queue_position"],
+        }
         if last is None:
             yield f"event: status\ndata: {json.dumps(body)}\n\n"
         else:
@@ -256,8 +289,7 @@ def healthz():
     try:
         import redis
 
-        client = redis.Redis.from_url(services().settings.require_broker(), socket_timeout=2,
-                                      socket_connect_timeout=2)
+        client = redis.Redis.from_url(services().settings.require_broker(), socket_timeout=2, socket_connect_timeout=2)
         try:
             client.ping()
         finally:
@@ -281,9 +313,15 @@ def load_job(session, job_id: str) -> Job:
 
 def _refuse_unless_allowed(job: Job, action: str) -> None:
     if not may_change(job):
-        abort(error_response(403, "forbidden", f"to {action} a job, send its token (header {JOB_TOKEN_HEADER}, "
-                                               f"from the answer to its submission) or the API key that "
-                                               f"submitted it, or use the page of the browser that submitted it"))
+        abort(
+            error_response(
+                403,
+                "forbidden",
+                f"to {action} a job, send its token (header {JOB_TOKEN_HEADER}, "
+                f"from the answer to its submission) or the API key that "
+                f"submitted it, or use the page of the browser that submitted it",
+            )
+        )
 
 
 def job_json(job: Job, position: int | None, *, snapshots: bool = True) -> dict[str, Any]:
@@ -292,16 +330,23 @@ def job_json(job: Job, position: int | None, *, snapshots: bool = True) -> dict[
     body: dict[str, Any] = {
         "id": job.id,
         "status": job.status,
-        "progress": {"iteration": job.iteration, "iterations": job.iterations,
-                     "fraction": round(fraction, 4), "eta_seconds": _eta(job)},
+        "progress": {
+            "iteration": job.iteration,
+            "iterations": job.iterations,
+            "fraction": round(fraction, 4),
+            "eta_seconds": _eta(job),
+        },
         "losses": job.losses,
         "queue_position": position,
         "params": job.params,
         "style_preset": job.inputs.get("style_preset"),
-        "inputs": [url_for("api.input_image", job_id=job.id, index=i)
-                   for i in range(1 + len(job.inputs["styles"]))],
-        "snapshots": [{"iteration": s.iteration, "url": url_for("api.snapshot", job_id=job.id, iteration=s.iteration)}
-                      for s in job.snapshots] if snapshots else [],
+        "inputs": [url_for("api.input_image", job_id=job.id, index=i) for i in range(1 + len(job.inputs["styles"]))],
+        "snapshots": [
+            {"iteration": s.iteration, "url": url_for("api.snapshot", job_id=job.id, iteration=s.iteration)}
+            for s in job.snapshots
+        ]
+        if snapshots
+        else [],
         "output_url": url_for("api.output", job_id=job.id) if job.output_key else None,
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "cancel_requested": job.cancel_requested,
@@ -357,8 +402,13 @@ def _image_redirect(storage: S3Storage, key: str, download_name: str | None, con
     if not storage.exists(key):
         abort(404, "the image is no longer stored")
     settings = services().settings
-    url = storage.presigned_url(key, settings.s3_url_expiry, endpoint_url=settings.s3_public_endpoint_url,
-                                content_type=content_type, download_name=download_name)
+    url = storage.presigned_url(
+        key,
+        settings.s3_url_expiry,
+        endpoint_url=settings.s3_public_endpoint_url,
+        content_type=content_type,
+        download_name=download_name,
+    )
     response = redirect(url, 302)
     response.headers["Cache-Control"] = "private, no-store"  # the URL expires: never reuse this answer
     return response
@@ -375,4 +425,3 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     if value is None or not low <= value <= high:
         abort(error_response(400, "bad_request", f"{name} must be a whole number from {low} to {high}", name))
     return value
-

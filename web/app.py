@@ -22,15 +22,18 @@ log = logging.getLogger("impasto.web")
 # The pages load scripts, styles and images from this site only (and images from the S3
 # server when they are redirected there), and no inline code.
 IMG_SRC = "img-src 'self' data: blob:"
-CONTENT_SECURITY_POLICY = (f"default-src 'self'; {IMG_SRC}; script-src 'self'; "
-                           "style-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
+CONTENT_SECURITY_POLICY = (
+    f"default-src 'self'; {IMG_SRC}; script-src 'self'; "
+    "style-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
+)
 # Seconds a client is told to wait (Retry-After) by a 503 that names no time of its own: a
 # database outage of a few seconds is over by then, and clients do not hammer it meanwhile.
 RETRY_AFTER_S = 5
 
 
-def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None,
-               services: Services | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, config: dict[str, Any] | None = None, services: Services | None = None
+) -> Flask:
     """Build the app from settings (default: the environment); tests pass their own."""
     settings = settings or (services.settings if services else load_settings())
     app = Flask(__name__)
@@ -53,8 +56,11 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     app.register_blueprint(metrics.bp)
 
     def wants_json() -> bool:
-        return (request.path.startswith("/api/") or request.path == "/healthz"
-                or request.accept_mimetypes.best == "application/json")
+        return (
+            request.path.startswith("/api/")
+            or request.path == "/healthz"
+            or request.accept_mimetypes.best == "application/json"
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
@@ -63,12 +69,13 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         # Keep the headers an error carries (Allow for a 405, ...), not its HTML body.
         headers = {k: v for k, v in err.get_headers() if k.lower() != "content-type"}
         if isinstance(err, RequestEntityTooLarge):  # werkzeug says neither which limit nor how much
-            err.description = (f"the request is too large: this service takes at most "
-                               f"{settings.max_upload_bytes / 2**20:.0f} MB in all, in at most "
-                               f"{app.config['MAX_FORM_PARTS']} form fields; send smaller images")
+            err.description = (
+                f"the request is too large: this service takes at most "
+                f"{settings.max_upload_bytes / 2**20:.0f} MB in all, in at most "
+                f"{app.config['MAX_FORM_PARTS']} form fields; send smaller images"
+            )
         if wants_json():
-            return api.error_response(err.code or 500, _code(err.code), err.description or err.name,
-                                      headers=headers)
+            return api.error_response(err.code or 500, _code(err.code), err.description or err.name, headers=headers)
         body, status = pages.error_page(err)
         return body, status, headers
 
@@ -126,6 +133,13 @@ def _content_security_policy(redirected_to: S3Storage | None, public_endpoint_ur
 
 
 def _code(status: int | None) -> str:
-    return {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
-            413: "too_large", 415: "unsupported_media_type", 422: "invalid_parameter",
-            503: "unavailable"}.get(status or 500, "error")
+    return {
+        400: "bad_request",
+        404: "not_found",
+        405: "method_not_allowed",
+        409: "conflict",
+        413: "too_large",
+        415: "unsupported_media_type",
+        422: "invalid_parameter",
+        503: "unavailable",
+    }.get(status or 500, "error")

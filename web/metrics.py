@@ -46,7 +46,6 @@ def _redis() -> redis.Redis:
     """One client per app, on the broker's Redis, where the workers record their figures."""
     client = current_app.extensions.get("impasto.metrics")
     if client is None:
-        client = redis.Redis.from_url(services().settings.require_broker(), socket_timeout=5,
-                                      socket_connect_timeout=2)
+        client = redis.Redis.from_url(services().settings.require_broker(), socket_timeout=5, socket_connect_timeout=2)
         client = current_app.extensions.setdefault("impasto.metrics", client)
     return client

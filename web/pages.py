@@ -10,8 +10,16 @@ from shared.jobs import queue_position, recent_jobs
 from shared.keys import LimiterUnavailable, LimitExceeded
 from shared.params import StyleParams
 
-from .access import (CSRF_FIELD, browser_owner, counted, csrf_ok, csrf_token, limit_message, remember_browser,
-                     submission_limit)
+from .access import (
+    CSRF_FIELD,
+    browser_owner,
+    counted,
+    csrf_ok,
+    csrf_token,
+    limit_message,
+    remember_browser,
+    submission_limit,
+)
 from .api import job_json, load_job
 from .presets import PRESETS
 from .services import services
@@ -52,9 +60,16 @@ def form():
 def create():
     try:
         if not csrf_ok(request.form.get(CSRF_FIELD)):
-            return render_template("form.html", **form_context(request.form, {
-                "form": "this form has expired, or your browser did not send its cookie: reload the page "
-                        "and submit again (the service needs cookies to know your jobs)."})), 403
+            return render_template(
+                "form.html",
+                **form_context(
+                    request.form,
+                    {
+                        "form": "this form has expired, or your browser did not send its cookie: reload the page "
+                        "and submit again (the service needs cookies to know your jobs)."
+                    },
+                ),
+            ), 403
         with counted(submission_limit(None)):
             job = submit(services(), request.form, request.files, owner=browser_owner())
     except SubmissionError as err:
@@ -66,18 +81,27 @@ def create():
         page = render_template("form.html", **form_context(request.form, {"form": limit_message(err)}))
         return page, 429, {"Retry-After": str(err.retry_after)}
     except (QueueUnavailable, LimiterUnavailable):
-        return render_template("form.html", **form_context(request.form, {
-            "form": "the job queue cannot be reached; try again in a minute"})), 503
+        return render_template(
+            "form.html",
+            **form_context(request.form, {"form": "the job queue cannot be reached; try again in a minute"}),
+        ), 503
     except RequestEntityTooLarge:
         limit = services().settings.max_upload_bytes / 2**20
-        return render_template("form.html", **form_context(None, {
-            "content": f"the images are over {limit:.0f} MB in all; choose smaller files"})), 413
+        return render_template(
+            "form.html",
+            **form_context(None, {"content": f"the images are over {limit:.0f} MB in all; choose smaller files"}),
+        ), 413
     except Exception as err:
         if not database_unreachable(err):
             raise
         # The form comes back as it was filled in, rather than an error page that loses it.
-        page = render_template("form.html", **form_context(request.form, {
-            "form": "the service's database cannot be reached right now; submit again in a few seconds"}))
+        page = render_template(
+            "form.html",
+            **form_context(
+                request.form,
+                {"form": "the service's database cannot be reached right now; submit again in a few seconds"},
+            ),
+        )
         return page, 503, {"Retry-After": "5"}
     return redirect(url_for("pages.job", job_id=job.id), code=303)
 
@@ -98,8 +122,9 @@ def jobs():
     per_page = 20
     owner = browser_owner()
     with services().sessions() as session:
-        found, total = (recent_jobs(session, owner=owner, limit=per_page, offset=(page - 1) * per_page)
-                        if owner else ([], 0))
+        found, total = (
+            recent_jobs(session, owner=owner, limit=per_page, offset=(page - 1) * per_page) if owner else ([], 0)
+        )
         items = [job_json(j, queue_position(session, j), snapshots=False) for j in found]
     return render_template("jobs.html", jobs=items, page=page, pages=max(1, -(-total // per_page)), total=total)
 

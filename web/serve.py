@@ -13,12 +13,14 @@ from shared.settings import SettingsError, load_settings
 def main(argv: list[str] | None = None) -> int:
     """Serve the web form, job pages and JSON API (gunicorn)."""
     parser = argparse.ArgumentParser(prog="impasto web", description=main.__doc__)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; "
-                                                             "0.0.0.0 for every interface)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)"
+    )
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn processes (default: 2)")
-    parser.add_argument("--threads", type=int, default=16,
-                        help="threads per process; each live job page holds one (default: 16)")
+    parser.add_argument(
+        "--threads", type=int, default=16, help="threads per process; each live job page holds one (default: 16)"
+    )
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         print(f"impasto web: error: --port {args.port} is not a port number (1-65535)", file=sys.stderr)

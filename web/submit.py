@@ -31,7 +31,6 @@ FILE_FIELDS = ("content", "style")
 OTHER_FIELDS = ("style_preset", "csrf_token")
 
 
-
 @dataclass(frozen=True)
 class FieldError:
     field: str | None
@@ -51,8 +50,13 @@ def parse_params(form: MultiDict[str, str], settings: Settings) -> StyleParams:
     given: dict[str, Any] = {}
     for name in form:
         if name in FILE_FIELDS:  # a part with no filename is text, not a file
-            errors.append(FieldError(name, f"send the {name} image as a file (a part with a filename), "
-                                           f"not as a text field", "invalid_image"))
+            errors.append(
+                FieldError(
+                    name,
+                    f"send the {name} image as a file (a part with a filename), not as a text field",
+                    "invalid_image",
+                )
+            )
             continue
         if name in OTHER_FIELDS:
             continue
@@ -69,8 +73,12 @@ def parse_params(form: MultiDict[str, str], settings: Settings) -> StyleParams:
         else:
             given[name] = values[0]
     if given.get("weights", "auto") not in WEIGHT_CHOICES:
-        errors.append(FieldError("weights", f"use one of {', '.join(WEIGHT_CHOICES)}; the service does not "
-                                            f"read weight files named by a job"))
+        errors.append(
+            FieldError(
+                "weights",
+                f"use one of {', '.join(WEIGHT_CHOICES)}; the service does not read weight files named by a job",
+            )
+        )
         given.pop("weights")
     params = None
     try:
@@ -85,12 +93,21 @@ def parse_params(form: MultiDict[str, str], settings: Settings) -> StyleParams:
         if params.iterations > settings.max_iterations:
             errors.append(FieldError("iterations", f"at most {settings.max_iterations} on this service"))
         if params.style_scale * params.size > settings.max_size:
-            errors.append(FieldError("style_scale", f"style_scale x size is at most {settings.max_size} on "
-                                                    f"this service; use at most {settings.max_size / params.size:.2f}"))
+            errors.append(
+                FieldError(
+                    "style_scale",
+                    f"style_scale x size is at most {settings.max_size} on "
+                    f"this service; use at most {settings.max_size / params.size:.2f}",
+                )
+            )
         if params.snapshot_every and params.iterations / params.snapshot_every > settings.max_snapshots:
             fewest = -(-params.iterations // settings.max_snapshots)
-            errors.append(FieldError("snapshot_every", f"at most {settings.max_snapshots} snapshots per job; "
-                                                       f"use {fewest} or more (or 0 for none)"))
+            errors.append(
+                FieldError(
+                    "snapshot_every",
+                    f"at most {settings.max_snapshots} snapshots per job; use {fewest} or more (or 0 for none)",
+                )
+            )
     if errors:
         raise SubmissionError(errors)
     assert params is not None
@@ -112,8 +129,14 @@ def decode_upload(upload: FileStorage, field: str, settings: Settings) -> tuple[
     return data, content_type.removeprefix("image/").replace("jpeg", "jpg"), content_type
 
 
-def submit(services: Services, form: MultiDict[str, str], files: MultiDict[str, FileStorage], *,
-           owner: str | None = None, token_hash: str | None = None) -> Job:
+def submit(
+    services: Services,
+    form: MultiDict[str, str],
+    files: MultiDict[str, FileStorage],
+    *,
+    owner: str | None = None,
+    token_hash: str | None = None,
+) -> Job:
     """Check everything, store the inputs, commit the job row (with who owns it and the hash
     of the token that cancels it), then enqueue it."""
     settings = services.settings
@@ -126,8 +149,11 @@ def submit(services: Services, form: MultiDict[str, str], files: MultiDict[str, 
 
     for name in files:
         if name not in FILE_FIELDS:
-            errors.append(FieldError(name, f"unknown file field {name!r}; send the photo as 'content' and "
-                                           f"each painting as 'style'"))
+            errors.append(
+                FieldError(
+                    name, f"unknown file field {name!r}; send the photo as 'content' and each painting as 'style'"
+                )
+            )
     content = files.get("content")
     styles = [f for f in files.getlist("style") if f and f.filename]
     preset = form.get("style_preset", "").strip()
@@ -138,8 +164,9 @@ def submit(services: Services, form: MultiDict[str, str], files: MultiDict[str, 
     elif preset and preset not in PRESETS:
         errors.append(FieldError("style_preset", f"unknown style {preset!r}; choose one of {', '.join(PRESETS)}"))
     elif not preset and not styles:
-        errors.append(FieldError("style", "upload a style image (a painting) or choose a built-in style",
-                                 "missing_field"))
+        errors.append(
+            FieldError("style", "upload a style image (a painting) or choose a built-in style", "missing_field")
+        )
     elif len(styles) > settings.max_styles:
         errors.append(FieldError("style", f"{len(styles)} style images; at most {settings.max_styles}"))
     count = 1 if preset else len(styles)
@@ -175,14 +202,24 @@ def submit(services: Services, form: MultiDict[str, str], files: MultiDict[str, 
     assert params is not None
     queue = settings.queue_for(params.size)  # small previews may go to the CPU queue
     with services.sessions() as session:
-        job = create_job(session, job_id=job_id, params=params.model_dump(mode="json"), inputs=inputs,
-                         token_hash=token_hash, owner=owner, queue=queue)
+        job = create_job(
+            session,
+            job_id=job_id,
+            params=params.model_dump(mode="json"),
+            inputs=inputs,
+            token_hash=token_hash,
+            owner=owner,
+            queue=queue,
+        )
     try:
         enqueue_stylize(services.celery, job.id, queue)
     except Exception as err:  # kombu's connection errors have no common base worth naming
         with services.sessions() as session:
-            fail_unclaimed(session, job.id, JobError("queue_unavailable", "the job queue could not be reached; "
-                                                                          "submit again in a minute"))
+            fail_unclaimed(
+                session,
+                job.id,
+                JobError("queue_unavailable", "the job queue could not be reached; submit again in a minute"),
+            )
         raise QueueUnavailable(str(err)) from err
     return job
 

@@ -34,8 +34,7 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="impasto stylize",
-        description="Paint CONTENT in the style of one or more STYLE images "
-        "(Gatys, Ecker and Bethge's optimization).",
+        description="Paint CONTENT in the style of one or more STYLE images (Gatys, Ecker and Bethge's optimization).",
     )
     parser.add_argument("content", metavar="CONTENT", help="the photo to repaint")
     parser.add_argument("styles", metavar="STYLE", nargs="+", help="one or more style images")
@@ -102,10 +101,11 @@ def _run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         weights = load_weights(params.weights)  # logs a WARNING if it falls back to random
         with stop, tqdm(total=params.iterations, unit="it", file=sys.stderr, disable=None) as bar:
-            for event in stylize(content, styles, params, device=device, weights=weights,
-                                 should_stop=stop.requested):
+            for event in stylize(content, styles, params, device=device, weights=weights, should_stop=stop.requested):
                 if isinstance(event, Progress):
-                    bar.set_description(f"scale {event.scale}/{event.scales} {event.size[0]}x{event.size[1]}", refresh=False)
+                    bar.set_description(
+                        f"scale {event.scale}/{event.scales} {event.size[0]}x{event.size[1]}", refresh=False
+                    )
                     bar.set_postfix({k: f"{v:.3g}" for k, v in event.losses.as_dict().items()}, refresh=False)
                     bar.update(1)
                 elif isinstance(event, Snapshot) and args.snapshot_dir:
@@ -128,23 +128,26 @@ def _run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
 
     if result.canceled:
-        print(f"impasto stylize: interrupted after {result.iterations} iterations; saved {output}",
-              file=sys.stderr)
+        print(f"impasto stylize: interrupted after {result.iterations} iterations; saved {output}", file=sys.stderr)
     if args.json:
-        print(json.dumps({
-            "output": str(output.resolve()),
-            "size": list(result.size),
-            "iterations": result.iterations,
-            "seconds": round(seconds, 3),
-            "weights": result.weights,
-            "weights_warning": result.weights_warning,
-            "device": result.device,
-            "canceled": result.canceled,
-            "losses": result.losses.as_dict(),
-            "initial_losses": result.initial_losses.as_dict(),
-            "snapshots": snapshots,
-            "params": params.model_dump(mode="json"),
-        }))
+        print(
+            json.dumps(
+                {
+                    "output": str(output.resolve()),
+                    "size": list(result.size),
+                    "iterations": result.iterations,
+                    "seconds": round(seconds, 3),
+                    "weights": result.weights,
+                    "weights_warning": result.weights_warning,
+                    "device": result.device,
+                    "canceled": result.canceled,
+                    "losses": result.losses.as_dict(),
+                    "initial_losses": result.initial_losses.as_dict(),
+                    "snapshots": snapshots,
+                    "params": params.model_dump(mode="json"),
+                }
+            )
+        )
     return EXIT_INTERRUPTED if result.canceled else 0
 
 

@@ -33,8 +33,9 @@ class GpuError(ValueError):
 def gpu_count() -> int:
     """CUDA devices on this machine, asked in a separate process: CUDA must not be initialised
     in this one (it forks, and its children pick their own device)."""
-    run = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"], capture_output=True, text=True
+    )
     try:
         return int(run.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -73,15 +74,19 @@ def children(gpus: Sequence[int], worker_args: Sequence[str], hostname: str) -> 
     """The worker processes for these GPUs: `worker_args` are the options every child shares
     (queues, memory cap, log level); each gets one GPU, concurrency 1 and a name of its own."""
     base = [sys.executable, "-m", "shared.cli", "worker", *worker_args]
-    return [Child(name=f"gpu{index}",
-                  argv=[*base, "--device", "cuda:0", "--concurrency", "1",
-                        "--hostname", f"gpu{index}.{hostname}"],
-                  env={"CUDA_VISIBLE_DEVICES": str(index), "IMPASTO_GPU_INDEX": str(index)})
-            for index in gpus]
+    return [
+        Child(
+            name=f"gpu{index}",
+            argv=[*base, "--device", "cuda:0", "--concurrency", "1", "--hostname", f"gpu{index}.{hostname}"],
+            env={"CUDA_VISIBLE_DEVICES": str(index), "IMPASTO_GPU_INDEX": str(index)},
+        )
+        for index in gpus
+    ]
 
 
-def supervise(workers: Sequence[Child], restart_delay: float = RESTART_DELAY_S,
-              stop_grace: float = STOP_GRACE_S) -> int:
+def supervise(
+    workers: Sequence[Child], restart_delay: float = RESTART_DELAY_S, stop_grace: float = STOP_GRACE_S
+) -> int:
     """Run `workers` until SIGTERM or SIGINT, starting again any that dies; returns 0 after a
     clean stop. The signal is passed to every child, which hands its job back and exits."""
     stopping: list[int] = []
@@ -99,16 +104,22 @@ def supervise(workers: Sequence[Child], restart_delay: float = RESTART_DELAY_S,
                 if process is not None and process.poll() is None:
                     continue
                 if process is not None:
-                    log.warning("event=worker-exited child=%s pid=%d code=%s; starting it again in %.0f s",
-                                child.name, process.pid, process.returncode, restart_delay)
+                    log.warning(
+                        "event=worker-exited child=%s pid=%d code=%s; starting it again in %.0f s",
+                        child.name,
+                        process.pid,
+                        process.returncode,
+                        restart_delay,
+                    )
                     died_at[child.name] = time.monotonic()
                     del running[child.name]
                 if time.monotonic() - died_at.get(child.name, -restart_delay) < restart_delay:
                     continue
                 # Its own session: a Ctrl-C at the terminal reaches the children only through us,
                 # once, rather than twice (once from the terminal, once passed on).
-                running[child.name] = subprocess.Popen(child.argv, env={**os.environ, **child.env},
-                                                       start_new_session=True)
+                running[child.name] = subprocess.Popen(
+                    child.argv, env={**os.environ, **child.env}, start_new_session=True
+                )
                 log.info("event=worker-started child=%s pid=%d", child.name, running[child.name].pid)
             time.sleep(0.2)
         log.info("event=stopping children=%d", len(running))

@@ -25,8 +25,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db import database_unreachable, describe_error
 from shared.flags import describe_error as describe_invalid
 from shared.images import ImageError, decode_image
-from shared.jobs import (JobError, add_snapshot, claim_job, finish_job, hand_back, heartbeat, latest_snapshot,
-                         record_progress, record_weights)
+from shared.jobs import (
+    JobError,
+    add_snapshot,
+    claim_job,
+    finish_job,
+    hand_back,
+    heartbeat,
+    latest_snapshot,
+    record_progress,
+    record_weights,
+)
 from shared.metrics import WORKER_HEARTBEAT_S, MetricsUnavailable, Recorder
 from shared.models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from shared.params import WEIGHT_CHOICES, StyleParams
@@ -131,8 +140,12 @@ class JobRunner:
             raise
         except BaseException as err:
             if database_unreachable(err):  # for longer than settings.db_retry: nothing can be recorded
-                log.error("job=%s event=abandoned reason=database-unreachable error=%r; the job goes on from its "
-                          "latest snapshot once its lease expires", job_id, describe_error(err))
+                log.error(
+                    "job=%s event=abandoned reason=database-unreachable error=%r; the job goes on from its "
+                    "latest snapshot once its lease expires",
+                    job_id,
+                    describe_error(err),
+                )
                 return None
             code, message = _classify(err)
             self._finish(job_id, worker, FAILED, error=JobError(code, message))
@@ -166,8 +179,16 @@ class JobRunner:
             return None
         return job
 
-    def _run(self, job_id: str, worker: str, params: StyleParams, inputs: dict[str, Any],
-             should_abort: Callable[[], bool], lease: _Lease, deadline: float) -> str:
+    def _run(
+        self,
+        job_id: str,
+        worker: str,
+        params: StyleParams,
+        inputs: dict[str, Any],
+        should_abort: Callable[[], bool],
+        lease: _Lease,
+        deadline: float,
+    ) -> str:
         content = self._image(inputs["content"])
         styles = [self._image(style) for style in inputs["styles"]]
 
@@ -191,24 +212,35 @@ class JobRunner:
         timed_out = lambda: time.monotonic() > deadline  # noqa: E731
         result = None
         try:
-            for event in stylize(content, styles, params, device=device, weights=weights, resume=resume,
-                                 targets_cache=self.targets_cache(),
-                                 should_stop=lambda: (progress.cancel_requested or lease.lost or should_abort()
-                                                      or timed_out())):
+            for event in stylize(
+                content,
+                styles,
+                params,
+                device=device,
+                weights=weights,
+                resume=resume,
+                targets_cache=self.targets_cache(),
+                should_stop=lambda: progress.cancel_requested or lease.lost or should_abort() or timed_out(),
+            ):
                 if isinstance(event, Progress):
                     progress.update(event.iteration, event.losses.as_dict())
                 elif isinstance(event, Snapshot) and not event.final:
                     key = job_key(job_id, f"snapshots/{event.iteration:06d}.png")
                     self.storage.put(key, _png(event.image), "image/png")
-                    self._db(lambda session, e=event, k=key: add_snapshot(session, job_id, e.iteration, k,
-                                                                          e.losses.as_dict()), job_id)
+                    self._db(
+                        lambda session, e=event, k=key: add_snapshot(
+                            session, job_id, e.iteration, k, e.losses.as_dict()
+                        ),
+                        job_id,
+                    )
                 elif isinstance(event, Result):
                     result = event
         except EngineError as err:
             raise JobFailed("bad_parameters", str(err)) from None
         except torch.OutOfMemoryError:
-            raise JobFailed("out_of_memory", f"the GPU ran out of memory at size {params.size}; "
-                                             f"submit again with a smaller size") from None
+            raise JobFailed(
+                "out_of_memory", f"the GPU ran out of memory at size {params.size}; submit again with a smaller size"
+            ) from None
         assert result is not None
         if lease.lost:  # canceled while queued, or handed to another worker: leave it be
             log.warning("job=%s event=abandoned reason=no-longer-running-here", job_id)
@@ -222,14 +254,29 @@ class JobRunner:
         if result.canceled and progress.cancel_requested:
             status = CANCELED
         elif result.canceled:
-            status, error = FAILED, JobError("timeout", (
-                f"the job ran past this service's time limit of {self.settings.job_time_limit} s at iteration "
-                f"{result.iterations} of {params.iterations}; the picture so far is kept. Submit it with fewer "
-                f"iterations or a smaller size"))
+            status, error = (
+                FAILED,
+                JobError(
+                    "timeout",
+                    (
+                        f"the job ran past this service's time limit of {self.settings.job_time_limit} s at iteration "
+                        f"{result.iterations} of {params.iterations}; the picture so far is kept. Submit it with fewer "
+                        f"iterations or a smaller size"
+                    ),
+                ),
+            )
             log.warning("job=%s event=failed code=timeout iteration=%d", job_id, result.iterations)
-        self._finish(job_id, worker, status, iteration=result.iterations, losses=result.losses.as_dict(),
-                     output_key=output_key, weights=result.weights, weights_warning=result.weights_warning,
-                     error=error)
+        self._finish(
+            job_id,
+            worker,
+            status,
+            iteration=result.iterations,
+            losses=result.losses.as_dict(),
+            output_key=output_key,
+            weights=result.weights,
+            weights_warning=result.weights_warning,
+            error=error,
+        )
         return status
 
     def _resume_point(self, job_id: str, params: StyleParams) -> Any:
@@ -267,8 +314,10 @@ class JobRunner:
         try:
             data = self.storage.get(item["key"])
         except MissingObject:
-            raise JobFailed("input_missing", f"the uploaded image {item.get('name') or ''} is no longer "
-                                             f"in storage; submit the job again") from None
+            raise JobFailed(
+                "input_missing",
+                f"the uploaded image {item.get('name') or ''} is no longer in storage; submit the job again",
+            ) from None
         try:
             return decode_image(data, name=item.get("name") or "an input image", max_pixels=self.settings.max_pixels)
         except ImageError as err:
@@ -295,8 +344,12 @@ class JobRunner:
         seconds = time.perf_counter() - attempt.started
         done = (iteration or 0) - attempt.resumed_at  # iteration None: it failed, no rate to tell
         try:
-            self.metrics.observe_job(status=status, queue=attempt.queue, seconds=seconds,
-                                     iterations_per_second=done / seconds if done > 0 and seconds > 0 else None)
+            self.metrics.observe_job(
+                status=status,
+                queue=attempt.queue,
+                seconds=seconds,
+                iterations_per_second=done / seconds if done > 0 and seconds > 0 else None,
+            )
         except MetricsUnavailable as err:
             log.warning("job=%s event=metrics-failed error=%r", job_id, str(err))
 
@@ -346,9 +399,15 @@ class MetricsHeartbeat(threading.Thread):
         allocated, reserved, total = _gpu_memory(device)
         attempt = self.runner.attempt
         try:
-            self.metrics.worker_heartbeat(self.worker, node=self.node, device=device, gpu_memory_allocated=allocated,
-                                          gpu_memory_reserved=reserved, gpu_memory_total=total,
-                                          job=attempt.job_id if attempt else None)
+            self.metrics.worker_heartbeat(
+                self.worker,
+                node=self.node,
+                device=device,
+                gpu_memory_allocated=allocated,
+                gpu_memory_reserved=reserved,
+                gpu_memory_total=total,
+                job=attempt.job_id if attempt else None,
+            )
         except MetricsUnavailable as err:
             if not self._failing:  # one line per outage, not one per beat
                 log.warning("event=metrics-heartbeat-failed worker=%s error=%r", self.worker, str(err))
@@ -385,8 +444,11 @@ def _gpu_memory(device: str) -> tuple[int, int, int]:
         return 0, 0, 0
     import torch
 
-    return (torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device),
-            torch.cuda.get_device_properties(device).total_memory)
+    return (
+        torch.cuda.memory_allocated(device),
+        torch.cuda.memory_reserved(device),
+        torch.cuda.get_device_properties(device).total_memory,
+    )
 
 
 class _Lease(threading.Thread):

@@ -13,8 +13,13 @@ import threading
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import (worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown,
-                            worker_shutting_down)
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from shared.db import make_engine, session_factory
 from shared.jobs import job_queue
@@ -47,14 +52,20 @@ def runner(app: Celery, settings: Settings, device: str | None) -> JobRunner:
                 queue = job_queue(session, job_id) or settings.gpu_queue
             enqueue_stylize(app, job_id, queue)
 
-        _runner = JobRunner(settings, sessions,
-                            open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url),
-                            device=device, requeue=requeue, metrics=Recorder.from_settings(settings))
+        _runner = JobRunner(
+            settings,
+            sessions,
+            open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url),
+            device=device,
+            requeue=requeue,
+            metrics=Recorder.from_settings(settings),
+        )
     return _runner
 
 
-def create_worker_app(settings: Settings, device: str | None = None, preload: str | None = "auto",
-                      max_memory: int | None = None) -> Celery:
+def create_worker_app(
+    settings: Settings, device: str | None = None, preload: str | None = "auto", max_memory: int | None = None
+) -> Celery:
     """The Celery app with the stylize task bound to this process's runner. `max_memory`
     caps each pool process's host memory: a job too large for it fails with `out_of_memory`
     and the process takes the next job, instead of the kernel killing the worker."""
@@ -119,16 +130,18 @@ def _request_stop(signum: int, frame: object) -> None:
 def _child_pids() -> list[int]:
     """This process's children (Linux: /proc), the pool processes among them."""
     pids: list[int] = []
-    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
-        pids += [int(pid) for pid in children.read_text().split()]
+    for listing in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        pids += [int(pid) for pid in listing.read_text().split()]
     return pids
 
 
 def device_problem(device: str) -> str | None:
     """Why `device` cannot be used, asked in a separate process: CUDA must not be initialised
     in this one before the pool forks."""
-    check = ("import sys\nfrom worker.engine import EngineError, resolve_device\n"
-             f"try:\n    resolve_device({device!r})\nexcept EngineError as err:\n    sys.exit(str(err))\n")
+    check = (
+        "import sys\nfrom worker.engine import EngineError, resolve_device\n"
+        f"try:\n    resolve_device({device!r})\nexcept EngineError as err:\n    sys.exit(str(err))\n"
+    )
     run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     return None if run.returncode == 0 else (run.stderr.strip().splitlines() or ["unusable"])[-1]
 
@@ -141,8 +154,9 @@ def _bytes(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; use a number with K, M or G, as 6G") from None
     if value < 2**30:
-        raise argparse.ArgumentTypeError(f"{text!r} is too little: torch and VGG-19 alone take about 1 GB; "
-                                         f"give at least 1G")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too little: torch and VGG-19 alone take about 1 GB; give at least 1G"
+        )
     return value
 
 
@@ -161,21 +175,38 @@ def worker_queues(settings: Settings, names: str | None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run a worker that takes stylization jobs from the queue."""
     parser = argparse.ArgumentParser(prog="impasto worker", description=main.__doc__)
-    parser.add_argument("--gpus", default=None, metavar="all|0,1,...",
-                        help="one worker process per GPU, each pinned to its device with concurrency 1 "
-                             "(all: every GPU; a machine without one runs one CPU worker)")
-    parser.add_argument("--queues", default=None, metavar="Q[,Q]",
-                        help="queues to take jobs from: gpu, cpu, or queue names (default: both device "
-                             "classes' queues, so that no job waits for a kind of worker that is not there)")
-    parser.add_argument("--concurrency", type=int, default=1,
-                        help="jobs at once, one process each (default: 1; one per GPU is best)")
+    parser.add_argument(
+        "--gpus",
+        default=None,
+        metavar="all|0,1,...",
+        help="one worker process per GPU, each pinned to its device with concurrency 1 "
+        "(all: every GPU; a machine without one runs one CPU worker)",
+    )
+    parser.add_argument(
+        "--queues",
+        default=None,
+        metavar="Q[,Q]",
+        help="queues to take jobs from: gpu, cpu, or queue names (default: both device "
+        "classes' queues, so that no job waits for a kind of worker that is not there)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="jobs at once, one process each (default: 1; one per GPU is best)"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
-    parser.add_argument("--max-memory", type=_bytes, default=None, metavar="SIZE",
-                        help="host memory per job process, as 6G or 4096M: a job that needs more fails with "
-                             "out_of_memory instead of the machine killing the worker (default: no cap)")
+    parser.add_argument(
+        "--max-memory",
+        type=_bytes,
+        default=None,
+        metavar="SIZE",
+        help="host memory per job process, as 6G or 4096M: a job that needs more fails with "
+        "out_of_memory instead of the machine killing the worker (default: no cap)",
+    )
     parser.add_argument("--loglevel", default="INFO", help="log level (default: INFO)")
-    parser.add_argument("--hostname", default=f"impasto-{os.getpid()}@%h",
-                        help="worker name, unique per process (default: impasto-PID@HOST)")
+    parser.add_argument(
+        "--hostname",
+        default=f"impasto-{os.getpid()}@%h",
+        help="worker name, unique per process (default: impasto-PID@HOST)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -194,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.loglevel)
     if args.gpus is not None:
         if args.device or args.concurrency != 1:
-            print("impasto worker: error: --gpus picks each process's device and runs one job per GPU; "
-                  "leave out --device and --concurrency", file=sys.stderr)
+            print(
+                "impasto worker: error: --gpus picks each process's device and runs one job per GPU; "
+                "leave out --device and --concurrency",
+                file=sys.stderr,
+            )
             return 2
         try:
             gpus = parse_gpus(args.gpus, gpu_count())
@@ -216,10 +250,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"impasto worker: error: --device: {problem}", file=sys.stderr)
         return 2
     app = create_worker_app(settings, device=args.device, max_memory=args.max_memory)
-    log.info("event=worker-starting queues=%s device=%s concurrency=%d", ",".join(queues), args.device or "auto",
-             args.concurrency)
-    app.worker_main([  # --quiet: no banner, so that every line is key=value (the settings are logged above)
-        "--quiet", "worker", "--pool=prefork", f"--concurrency={args.concurrency}", f"--queues={','.join(queues)}",
-        f"--loglevel={args.loglevel}", f"--hostname={args.hostname}", "--without-gossip", "--without-mingle",
-    ])
+    log.info(
+        "event=worker-starting queues=%s device=%s concurrency=%d",
+        ",".join(queues),
+        args.device or "auto",
+        args.concurrency,
+    )
+    app.worker_main(
+        [  # --quiet: no banner, so that every line is key=value (the settings are logged above)
+            "--quiet",
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={args.concurrency}",
+            f"--queues={','.join(queues)}",
+            f"--loglevel={args.loglevel}",
+            f"--hostname={args.hostname}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
     return 0

@@ -134,8 +134,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return chosen
 
 
-def scale_sizes(content_size: tuple[int, int], size: int, scales: int,
-                min_side: int = 1) -> list[tuple[int, int]]:
+def scale_sizes(content_size: tuple[int, int], size: int, scales: int, min_side: int = 1) -> list[tuple[int, int]]:
     """(width, height) of each scale, coarse to fine, each about half the next; the last is `size`.
 
     Coarse scales under MIN_SCALE_LONG_SIDE, or with a short side under `min_side`, are dropped.
@@ -163,9 +162,17 @@ def split_iterations(iterations: int, scales: int) -> list[int]:
 class StyleObjective:
     """The weighted losses of an image against one scale's content and style targets."""
 
-    def __init__(self, net: VGGFeatures, params: Any, content: torch.Tensor,
-                 styles: Sequence[torch.Tensor], blend: Sequence[float], *,
-                 targets_cache: TargetCache | None = None, network: NetworkKey | None = None):
+    def __init__(
+        self,
+        net: VGGFeatures,
+        params: Any,
+        content: torch.Tensor,
+        styles: Sequence[torch.Tensor],
+        blend: Sequence[float],
+        *,
+        targets_cache: TargetCache | None = None,
+        network: NetworkKey | None = None,
+    ):
         """`targets_cache` with `network` (what `net` was built from) reuses style Gram matrices."""
         self.net = net
         self.content_weight = params.content_weight
@@ -186,8 +193,7 @@ class StyleObjective:
         features = self.net(image)
         content = sum(content_loss(features[n], t) for n, t in self.content_targets.items())
         style = sum(self.layer_weights[n] * style_loss(features[n], t) for n, t in self.style_targets.items())
-        return (self.content_weight * content, self.style_weight * style,
-                self.tv_weight * tv_loss(image))
+        return (self.content_weight * content, self.style_weight * style, self.tv_weight * tv_loss(image))
 
 
 class _Descent:
@@ -197,8 +203,13 @@ class _Descent:
     valid image; the lowest-loss image ever evaluated is kept.
     """
 
-    def __init__(self, start: torch.Tensor, objective: StyleObjective,
-                 render: Callable[[torch.Tensor], torch.Tensor], params: Any):
+    def __init__(
+        self,
+        start: torch.Tensor,
+        objective: StyleObjective,
+        render: Callable[[torch.Tensor], torch.Tensor],
+        params: Any,
+    ):
         self.image = start.detach().clamp(0, 1).contiguous().requires_grad_(True)
         self.objective = objective
         self.render = render
@@ -209,9 +220,15 @@ class _Descent:
             # budget alone decides when to stop.
             pixels = self.image.shape[-1] * self.image.shape[-2]
             self.optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
-                [self.image], lr=params.learning_rate, max_iter=1, max_eval=20,
+                [self.image],
+                lr=params.learning_rate,
+                max_iter=1,
+                max_eval=20,
                 history_size=LBFGS_HISTORY if pixels <= LARGE_IMAGE_PIXELS else LBFGS_HISTORY_LARGE,
-                tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe")
+                tolerance_grad=0.0,
+                tolerance_change=0.0,
+                line_search_fn="strong_wolfe",
+            )
         else:
             self.optimizer = torch.optim.Adam([self.image], lr=params.learning_rate)
         self.best: torch.Tensor | None = None
@@ -355,8 +372,15 @@ def stylize(
             content_t = content_yiq[:, :1]
             style_ts = [match_luminance(rgb_to_yiq(s)[:, :1], content_t) for s in style_ts]
         render = (lambda y: y.expand(-1, 3, -1, -1)) if luminance_only else (lambda x: x)
-        objective = StyleObjective(net, params, render(content_t), [render(s) for s in style_ts], blend,
-                                   targets_cache=targets_cache, network=network)
+        objective = StyleObjective(
+            net,
+            params,
+            render(content_t),
+            [render(s) for s in style_ts],
+            blend,
+            targets_cache=targets_cache,
+            network=network,
+        )
 
         if resumed_here:
             assert resume is not None
@@ -392,8 +416,7 @@ def stylize(
         output = F.interpolate(output, size=(final_size[1], final_size[0]), mode="bicubic", align_corners=False)
     picture = to_pil(output)
     yield Snapshot(iteration, picture, best_losses, final=True)
-    yield Result(picture, iteration, best_losses, initial_losses, canceled, weights.source,
-                 weights.warning, str(dev))
+    yield Result(picture, iteration, best_losses, initial_losses, canceled, weights.source, weights.warning, str(dev))
 
 
 def _shrunk(size: tuple[int, int], long_side: int) -> tuple[int, int]:

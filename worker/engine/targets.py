@@ -40,8 +40,11 @@ class NetworkKey:
         return hash((id(self.weights), self.pooling, self.device))
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, NetworkKey) and self.weights is other.weights
-                and (self.pooling, self.device) == (other.pooling, other.device))
+        return (
+            isinstance(other, NetworkKey)
+            and self.weights is other.weights
+            and (self.pooling, self.device) == (other.pooling, other.device)
+        )
 
 
 def pixels_digest(image: torch.Tensor) -> str:
@@ -93,9 +96,13 @@ class TargetCache:
         self.bytes = 0
 
 
-def style_grams(net: Callable[[torch.Tensor], dict[str, torch.Tensor]], style: torch.Tensor,
-                layers: Sequence[str], cache: TargetCache | None = None,
-                network: NetworkKey | None = None) -> dict[str, torch.Tensor]:
+def style_grams(
+    net: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    style: torch.Tensor,
+    layers: Sequence[str],
+    cache: TargetCache | None = None,
+    network: NetworkKey | None = None,
+) -> dict[str, torch.Tensor]:
     """{layer: Gram matrix} of `style` (1, C, H, W), from `cache` when it has them."""
     key = None
     if cache is not None and network is not None:

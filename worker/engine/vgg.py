@@ -112,9 +112,7 @@ def random_state(seed: int = RANDOM_WEIGHTS_SEED) -> dict[str, torch.Tensor]:
     features = _empty_features().to_empty(device="cpu")
     for module in features:
         if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(
-                module.weight, mode="fan_in", nonlinearity="relu", generator=generator
-            )
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu", generator=generator)
             nn.init.zeros_(module.bias)
     return {key: value.detach() for key, value in features.state_dict().items()}
 
@@ -127,8 +125,10 @@ def _load_imagenet(offline: bool) -> LoadedWeights:
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     was_cached = os.path.exists(cached)
     if offline and not was_cached:
-        raise WeightsUnavailable(f"the ImageNet VGG-19 weights are not cached at {cached} and "
-                                 f"downloads are off ({OFFLINE_ENV}); {HOW_TO_PROVIDE}")
+        raise WeightsUnavailable(
+            f"the ImageNet VGG-19 weights are not cached at {cached} and "
+            f"downloads are off ({OFFLINE_ENV}); {HOW_TO_PROVIDE}"
+        )
     if not was_cached:
         log.warning("downloading the ImageNet VGG-19 weights (548 MB) to %s", cached)
     try:
@@ -138,8 +138,7 @@ def _load_imagenet(offline: bool) -> LoadedWeights:
         if was_cached:
             raise WeightsError(f"cannot read the cached weights {cached} ({err}); delete it") from err
         raise WeightsUnavailable(
-            f"could not download the ImageNet VGG-19 weights ({type(err).__name__}: {err}); "
-            f"{HOW_TO_PROVIDE}"
+            f"could not download the ImageNet VGG-19 weights ({type(err).__name__}: {err}); {HOW_TO_PROVIDE}"
         ) from err
     except _UNREADABLE as err:  # a corrupt or truncated file in the cache
         raise WeightsError(
@@ -163,8 +162,16 @@ def _read_file(path: str) -> dict[str, torch.Tensor]:
 
 
 # What torch.load raises for a file that is not a (safe) PyTorch checkpoint.
-_UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile,
-               KeyError, IndexError, OSError)
+_UNREADABLE = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    zipfile.BadZipFile,
+    KeyError,
+    IndexError,
+    OSError,
+)
 
 
 def _features_state(state: object, origin: str) -> dict[str, torch.Tensor]:
@@ -209,7 +216,7 @@ class VGGFeatures(nn.Module):
         full = _empty_features().to_empty(device="cpu")
         full.load_state_dict(dict(weights.state))
         modules: list[nn.Module] = []
-        for name, module in zip(self.names, full):
+        for module in full[: len(self.names)]:
             if isinstance(module, nn.MaxPool2d) and pooling == "avg":
                 module = nn.AvgPool2d(kernel_size=2, stride=2)
             elif isinstance(module, nn.ReLU):
