@@ -3,11 +3,14 @@
 One evaluation is what each L-BFGS/Adam iteration of `stylize` costs: a forward pass of
 the cut VGG-19, the content, style and TV losses, and a backward pass to the image pixels.
 
-- engine: the engine's own code path, `VGGFeatures` + `StyleObjective` built from the
-  default `StyleParams(weights="random")`.
+- engine: the engine's own code path, as the optimizer runs it: `Descent.evaluate` on a
+  `StyleObjective` built from the default `StyleParams(weights="random")`, so the timing
+  includes the closure's bookkeeping and its one host transfer of the losses; `--precision`
+  picks what its convolutions run in (default auto: bf16 on a GPU that has it).
 - reference: the same objective written out here the obvious way, sharing no engine code
   but the weights: torchvision's `make_layers(cfgs["E"])`, non-inplace ReLU, average
-  pooling, float32 NCHW, layer by layer.
+  pooling, float32 NCHW, layer by layer; its evaluation ends by reading the loss on the host,
+  as torch's L-BFGS does.
 
 Both see the same images and the same weights; the script first checks that they give the
 same loss and gradient, then times them in interleaved rounds.
@@ -43,7 +46,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from shared.params import StyleParams, vgg19_layer_names  # noqa: E402
-from worker.engine import StyleObjective, VGGFeatures, load_weights  # noqa: E402
+from worker.engine import StyleObjective, VGGFeatures, load_weights, resolve_precision  # noqa: E402
+from worker.engine.descent import Descent  # noqa: E402
 from worker.engine.images import to_tensor  # noqa: E402
 from worker.engine.losses import content_loss, style_loss, tv_loss  # noqa: E402
 
@@ -70,7 +74,9 @@ Evaluation = Callable[[], torch.Tensor]
 
 
 class ReferenceObjective:
-    """Gatys et al.'s loss the textbook way: normalise, run VGG, Gram = F Fᵀ / (C·H·W), MSE."""
+    """Gatys et al.'s loss the textbook way: normalise, run VGG, Gram = F Fᵀ / (C·H·W), each
+    term a relative squared error ‖x - t‖² / ‖t‖² (the engine's normalisation), the style
+    layers weighted by `layer_weights` normalised to sum to 1."""
 
     MEAN = (0.485, 0.456, 0.406)
     STD = (0.229, 0.224, 0.225)
@@ -85,7 +91,10 @@ class ReferenceObjective:
         content_weight: float,
         style_weight: float,
         tv_weight: float,
+        layer_weights: tuple[float, ...] | None = None,
     ):
+        layer_weights = layer_weights or (1.0,) * len(style_layers)
+        self.layer_weights = [w / sum(layer_weights) for w in layer_weights]
         # Named by shared.params (derived from the block sizes), not by the engine, so that
         # an off-by-one in either shows up as a loss mismatch.
         names = vgg19_layer_names()
@@ -123,6 +132,10 @@ class ReferenceObjective:
         return out
 
     @staticmethod
+    def relative(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ((x - target) ** 2).sum() / (target**2).sum()
+
+    @staticmethod
     def gram(f: torch.Tensor) -> torch.Tensor:
         _, c, h, w = f.shape
         flat = f.view(c, h * w)
@@ -130,8 +143,11 @@ class ReferenceObjective:
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = self.features(image)
-        content = sum(F.mse_loss(feats[n], self.content_targets[n]) for n in self.content_layers)
-        style = sum(F.mse_loss(self.gram(feats[n]), self.style_targets[n]) for n in self.style_layers)
+        content = sum(self.relative(feats[n], self.content_targets[n]) for n in self.content_layers)
+        style = sum(
+            w * self.relative(self.gram(feats[n]), self.style_targets[n])
+            for n, w in zip(self.style_layers, self.layer_weights)
+        )
         dy = image[..., 1:, :] - image[..., :-1, :]
         dx = image[..., :, 1:] - image[..., :, :-1]
         tv = (dy**2).mean() + (dx**2).mean()
@@ -153,9 +169,10 @@ def load_image(path: Path, long_side: int, fallback_shape: tuple[int, int], seed
     return torch.rand((1, 3, *fallback_shape), generator=generator), f"random (no {path})"
 
 
-def build(size: int, device: torch.device, images: Path) -> dict:
+def build(size: int, device: torch.device, images: Path, precision: str = "fp32") -> dict:
     """Both objectives, their inputs, and the image tensor they are evaluated on."""
-    params = StyleParams(weights="random")
+    params = StyleParams(weights="random", precision=precision)
+    precision = resolve_precision(precision, device)
     weights = load_weights(params.weights)
     content, content_src = load_image(images / CONTENT_FILE, size, (round(size * 3 / 4), size), SEED)
     style, style_src = load_image(images / STYLE_FILE, size, (size, size), SEED + 1)
@@ -165,7 +182,7 @@ def build(size: int, device: torch.device, images: Path) -> dict:
 
     layers = (*params.content_layers, *params.style_layers)
     net = VGGFeatures(weights, layers, params.pooling).to(device)
-    engine = StyleObjective(net, params, content, [style], params.style_blend_for(1))
+    engine = StyleObjective(net, params, content, [style], params.style_blend_for(1), precision=precision)
     reference = ReferenceObjective(
         {k: v.clone() for k, v in weights.state.items()},
         content,
@@ -175,6 +192,7 @@ def build(size: int, device: torch.device, images: Path) -> dict:
         params.content_weight,
         params.style_weight,
         params.tv_weight,
+        params.style_layer_weights,
     )
 
     # Evaluate near the content image, as the optimisation does, but not on it: exactly at
@@ -189,18 +207,31 @@ def build(size: int, device: torch.device, images: Path) -> dict:
         "content_src": content_src,
         "style_src": style_src,
         "shape": tuple(image.shape[-2:]),
+        "precision": precision,
     }
 
 
 def evaluation(objective, image: torch.Tensor) -> Evaluation:
-    """One forward + backward to the pixels, as the engine's closure does it."""
+    """One forward + backward to the pixels, ending with the loss read on the host, as torch's
+    L-BFGS closure does it (the reference)."""
 
     def run() -> torch.Tensor:
         image.grad = None
         content, style, tv = objective(image)
         total = content + style + tv
         total.backward()
+        float(total.detach())
         return total
+
+    return run
+
+
+def engine_evaluation(objective: StyleObjective, image: torch.Tensor) -> Evaluation:
+    """One evaluation exactly as the engine's optimizers make it: `Descent.evaluate`."""
+    descent = Descent(objective, lambda x: x)
+
+    def run() -> torch.Tensor:
+        return descent.evaluate(image)[1]
 
     return run
 
@@ -233,8 +264,9 @@ def check_agreement(setup: dict) -> dict[str, float]:
     return rel
 
 
-def matmul_peak_gflops(device: torch.device) -> float:
-    """The measured float32 matrix-multiply peak, in GFLOP/s: the best of square torch.mm and
+def matmul_peak_gflops(device: torch.device, precision: str = "fp32") -> float:
+    """The measured matrix-multiply peak in the engine's precision (float32, or bf16/fp16 for
+    those), in GFLOP/s: the best of square torch.mm and
     the same products as 1x1 convolutions (an n x n by n x n GEMM laid out as n channels over
     n positions).
 
@@ -243,11 +275,12 @@ def matmul_peak_gflops(device: torch.device) -> float:
     convolutions), so on a GPU this is the true float32 rate.
     """
     generator = torch.Generator().manual_seed(SEED)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     best_gflops = 0.0
     with torch.backends.cudnn.flags(allow_tf32=False):
         for n in PEAK_MATMUL_N.get(device.type, PEAK_MATMUL_N["cpu"]):
-            a = torch.randn(n, n, generator=generator).to(device)
-            b = torch.randn(n, n, generator=generator).to(device)
+            a = torch.randn(n, n, generator=generator).to(device, dtype)
+            b = torch.randn(n, n, generator=generator).to(device, dtype)
             side = 1 << (n.bit_length() - 1) // 2  # n positions (a power of 2) as a side x n/side image
             image = a.T.reshape(1, n, side, n // side).contiguous(memory_format=torch.channels_last)
             kernel = b.reshape(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
@@ -297,11 +330,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def measure(size: int, device: torch.device, repeats: int, images: Path) -> dict:
+def measure(size: int, device: torch.device, repeats: int, images: Path, precision: str = "fp32") -> dict:
     rss_before = peak_rss_mib()
     torch.manual_seed(SEED)
-    setup = build(size, device, images)
-    runs = {name: evaluation(setup[name], setup["image"]) for name in ("engine", "reference")}
+    setup = build(size, device, images, precision)
+    runs = {
+        "engine": engine_evaluation(setup["engine"], setup["image"]),
+        "reference": evaluation(setup["reference"], setup["image"]),
+    }
     agreement = check_agreement(setup)
     flops = count_flops(runs["reference"])
     flops_engine = count_flops(runs["engine"])
@@ -317,7 +353,7 @@ def measure(size: int, device: torch.device, repeats: int, images: Path) -> dict
     per_round = [repeats // ROUNDS + (1 if i < repeats % ROUNDS else 0) for i in range(ROUNDS)]
     peaks: list[float] = []
     for count in per_round:
-        peaks.append(matmul_peak_gflops(device))  # once per round: same load as the timings
+        peaks.append(matmul_peak_gflops(device, setup["precision"]))  # once per round: same load as the timings
         if count == 0:
             continue
         # Engine and reference alternate evaluation by evaluation, so each pair sees about
@@ -343,6 +379,7 @@ def measure(size: int, device: torch.device, repeats: int, images: Path) -> dict
         "width": width,
         "height": height,
         "device": device.type,
+        "precision": setup["precision"],
         "repeats": repeats,
         "engine_ms": round(engine_ms, 3),
         "reference_ms": round(reference_ms, 3),
@@ -510,6 +547,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="also print one JSON line per size")
     parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="what the engine's convolutions run in (default auto: bf16 on a GPU that has it, else fp32); "
+        "the reference always runs float32",
+    )
+    parser.add_argument(
         "--batch",
         type=int,
         default=None,
@@ -557,7 +601,7 @@ def main(argv: list[str] | None = None) -> None:
     widths[5], widths[6] = max(widths[5], 17), max(widths[6], 18)
     lines = []
     for i, size in enumerate(args.size):
-        r = measure(size, device, repeats, args.images)
+        r = measure(size, device, repeats, args.images, args.precision)
         if i == 0:
             print(f"images: content {r['content_image']}, style {r['style_image']}")
             print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
@@ -579,7 +623,8 @@ def main(argv: list[str] | None = None) -> None:
             f"of back-to-back evaluations {r['paired_speedup']:.2f}x"
         )
         print(
-            f"{'':>{widths[0]}}  peak: float32 GEMM (torch.mm or 1x1 conv) {r['matmul_peak_gflops']:.1f} GFLOP/s "
+            f"{'':>{widths[0]}}  peak: {r['precision']} GEMM (torch.mm or 1x1 conv) "
+            f"{r['matmul_peak_gflops']:.1f} GFLOP/s "
             f"(best of rounds {', '.join(f'{g:.1f}' for g in r['matmul_round_gflops'])}); engine "
             f"{100 * r['engine_peak_fraction']:.0f}%, reference {100 * r['reference_peak_fraction']:.0f}% of it"
         )

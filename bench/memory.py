@@ -34,7 +34,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from shared.params import StyleParams  # noqa: E402
-from worker.engine import StyleObjective, VGGFeatures, load_weights, stylize  # noqa: E402
+from worker.engine import StyleObjective, VGGFeatures, load_weights, resolve_precision, stylize  # noqa: E402
+from worker.engine.descent import Descent  # noqa: E402
 from worker.engine.images import to_pil  # noqa: E402
 
 DEFAULT_SIZES = (512, 1024, 2048)
@@ -55,9 +56,12 @@ def images(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return content, style
 
 
-def child(size: int, device: torch.device, iterations: int) -> dict:
+def child(size: int, device: torch.device, iterations: int, precision: str = "auto") -> dict:
     """Measure one size in this (fresh) process; returns the figures."""
-    params = StyleParams(weights="random", size=size, scales=1, iterations=max(iterations, 1), snapshot_every=0)
+    params = StyleParams(
+        weights="random", size=size, scales=1, iterations=max(iterations, 1), snapshot_every=0, precision=precision
+    )
+    chosen = resolve_precision(precision, device)
     weights = load_weights(params.weights)
     content, style = images(size)
     if device.type == "cuda":
@@ -73,10 +77,10 @@ def child(size: int, device: torch.device, iterations: int) -> dict:
     else:
         layers = (*params.content_layers, *params.style_layers)
         net = VGGFeatures(weights, layers, params.pooling).to(device)
-        objective = StyleObjective(net, params, content.to(device), [style.to(device)], params.style_blend_for(1))
-        image = content.to(device).requires_grad_(True)
-        terms = objective(image)
-        (terms[0] + terms[1] + terms[2]).backward()
+        objective = StyleObjective(
+            net, params, content.to(device), [style.to(device)], params.style_blend_for(1), precision=chosen
+        )
+        Descent(objective, lambda x: x).evaluate(content.to(device))
         what = "one loss evaluation"
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -86,12 +90,15 @@ def child(size: int, device: torch.device, iterations: int) -> dict:
         "height": content.shape[-2],
         "device": device.type,
         "what": what,
+        "precision": chosen,
         "seconds": round(time.perf_counter() - start, 1),
     }
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
         result["cuda_peak_mib"] = round(peak / 2**20, 1)
         result["cuda_peak_above_start_mib"] = round((peak - baseline_cuda) / 2**20, 1)
+        # What the caching allocator held at most: what the process really took from the GPU.
+        result["cuda_reserved_peak_mib"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
     else:
         peak = rss_mib()
         result["peak_rss_mib"] = round(peak, 1)
@@ -113,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
         "--iterations", type=int, default=0, help="run this many stylize iterations instead of one loss evaluation"
     )
     parser.add_argument("--json", action="store_true", help="also print one JSON line per size")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="what the convolutions run in (default auto: bf16 on a GPU that has it, else fp32)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = args.size or list(DEFAULT_SIZES)
@@ -124,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--device cuda was asked for but no CUDA GPU is available")
 
     if args.child:  # one size, figures as JSON on stdout for the parent
-        print(json.dumps(child(sizes[0], device, args.iterations)))
+        print(json.dumps(child(sizes[0], device, args.iterations, args.precision)))
         return
 
     print(
@@ -142,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
             str(device),
             "--iterations",
             str(args.iterations),
+            "--precision",
+            args.precision,
         ]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -152,14 +167,17 @@ def main(argv: list[str] | None = None) -> None:
         if device.type == "cuda":
             figures = (
                 f"max_memory_allocated {r['cuda_peak_mib']:.0f} MiB "
-                f"({r['cuda_peak_above_start_mib']:.0f} MiB above the start)"
+                f"({r['cuda_peak_above_start_mib']:.0f} MiB above the start), "
+                f"max_memory_reserved {r['cuda_reserved_peak_mib']:.0f} MiB"
             )
         else:
             figures = (
                 f"peak RSS {r['peak_rss_mib']:.0f} MiB "
                 f"({r['peak_rss_above_start_mib']:.0f} MiB above the loaded weights)"
             )
-        print(f"{r['width']}x{r['height']} ({r['what']}, {r['seconds']:.0f} s): {figures}", flush=True)
+        print(
+            f"{r['width']}x{r['height']} ({r['what']}, {r['precision']}, {r['seconds']:.0f} s): {figures}", flush=True
+        )
     if device.type == "cpu":
         print(
             "CPU figures are whole-process peaks: the interpreter, torch, the weights and "

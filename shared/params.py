@@ -3,15 +3,24 @@
 The command line derives its flags from this model, the web form and the API validate
 against it, and the engine reads it. Nothing here imports torch.
 
-Defaults follow two published configurations that are known to give good pictures with
-torchvision's ImageNet VGG-19 and inputs in [0, 1] normalised by the ImageNet statistics:
-- the layers, average pooling and starting from the content image are those of Gatys, Ecker
-  and Bethge, "Image Style Transfer Using Convolutional Neural Networks" (CVPR 2016) and of
-  the authors' own PyTorch code (leongatys/PytorchNeuralStyleTransfer);
-- the loss normalisation (Gram matrix divided by C*H*W, mean squared errors) and the weights
-  content 1 : style 1e6 per layer with L-BFGS are those of PyTorch's neural style tutorial
-  (pytorch/tutorials, advanced_source/neural_style_tutorial.py), which uses the same
-  torchvision weights and input normalisation.
+Where each default comes from, and where Impasto departs from it:
+- Layers: content relu4_2, style relu1_1, relu2_1, relu3_1, relu4_1, relu5_1, the rectified
+  outputs that Gatys, Ecker and Bethge's own PyTorch code (leongatys/PytorchNeuralStyleTransfer:
+  r42; r11, r21, r31, r41, r51), jcjohnson/neural-style and crowsonkb/style-transfer-pytorch
+  read. (PyTorch's tutorial reads the convolutions before the ReLU; conv* and pool* names
+  stay selectable.)
+- Style layer weights 256:64:16:4:1, shallow to deep, are crowsonkb/style-transfer-pytorch's
+  (normalised here to sum to 1); Gatys et al. weight the five layers equally.
+- Loss normalisation departs from the paper: every content and style term is a relative
+  error, ‖x - t‖² / ‖t‖² (worker/engine/losses.py), where the paper divides by fixed sizes.
+  That makes the terms, hence these weights, independent of how large a checkpoint's
+  activations are (torchvision's, Caffe's fed 0-255 input, or the random test weights).
+  The content:style ratio, 1 : STYLE_WEIGHT, is therefore Impasto's own: no published
+  configuration uses these units (docs/benchmarks.md, "Issue 12", says how it was chosen).
+- Departures beside the losses: a light total-variation term (not in the paper), two scales
+  coarse to fine (the paper optimises at one size), pixels kept in [0, 1] by projection (the
+  paper leaves them free), average pooling (as the paper recommends; max stays selectable),
+  and the optimization starts from the content image (the paper starts from noise).
 """
 
 from __future__ import annotations
@@ -46,6 +55,25 @@ DEFAULT_LEARNING_RATES = {"lbfgs": 1.0, "adam": 0.02}
 
 WEIGHT_CHOICES = ("auto", "imagenet", "random")
 
+# What the VGG convolutions run in (Gram matrices and losses are always float32): auto is bf16
+# on a CUDA GPU that has it, fp32 otherwise.
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+DEFAULT_CONTENT_LAYERS = ("relu4_2",)
+DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+def default_layer_weights(count: int) -> tuple[float, ...]:
+    """crowsonkb/style-transfer-pytorch's layer weights, each layer 4x the next deeper one:
+    256:64:16:4:1 for five (the engine normalises them to sum to 1)."""
+    return tuple(4.0 ** (count - 1 - i) for i in range(count))
+
+
+# The content:style:tv balance in the units of the relative losses (see the module docstring
+# and docs/benchmarks.md, "Issue 12").
+STYLE_WEIGHT = 1.0
+TV_WEIGHT = 0.02
+
 # Relative weights (per style layer, per style image) are normalised or multiplied by the
 # absolute ones; the cap keeps their sum finite.
 MAX_RELATIVE_WEIGHT = 1e6
@@ -77,20 +105,23 @@ class StyleParams(BaseModel):
     )
     init: Literal["content", "style", "noise"] = Field("content", description="the image the optimization starts from")
     pooling: Literal["avg", "max"] = Field("avg", description="VGG pooling; the paper prefers average pooling")
-    content_weight: float = Field(1.0, ge=0, le=1e12, description="weight of the content loss")
-    style_weight: float = Field(1e6, ge=0, le=1e15, description="weight of the style loss")
-    # Not in the paper; a light smoothing that removes the high-frequency speckle L-BFGS
-    # leaves, about as strong as the other terms at their optimum.
-    tv_weight: float = Field(1.0, ge=0, le=1e12, description="weight of the total-variation smoothing")
+    content_weight: float = Field(
+        1.0, ge=0, le=1e12, description="weight of the content loss (a relative error: 1 is the content's own size)"
+    )
+    style_weight: float = Field(
+        STYLE_WEIGHT, ge=0, le=1e12, description="weight of the style loss (relative errors of the Gram matrices)"
+    )
+    # Not in the paper; a light smoothing of the speckle the optimizer leaves.
+    tv_weight: float = Field(TV_WEIGHT, ge=0, le=1e12, description="weight of the total-variation smoothing")
     content_layers: tuple[str, ...] = Field(
-        ("conv4_2",),
+        DEFAULT_CONTENT_LAYERS,
         min_length=1,
         max_length=8,
         description="layers that carry the content",
         json_schema_extra=_LAYER_LIST_SCHEMA,
     )
     style_layers: tuple[str, ...] = Field(
-        ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"),
+        DEFAULT_STYLE_LAYERS,
         min_length=1,
         max_length=16,
         description="layers whose Gram matrices carry the style",
@@ -98,7 +129,8 @@ class StyleParams(BaseModel):
     )
     style_layer_weights: tuple[float, ...] | None = Field(
         None,
-        description="one weight per style layer, as many as style_layers (default: 1 each)",
+        description="one weight per style layer, as many as style_layers; normalised to sum to 1 "
+        "(default: each layer 4x the next deeper one, 256:64:16:4:1 for five)",
         json_schema_extra={**_WEIGHT_LIST_SCHEMA, "maxItems": 16},
     )
     style_blend: tuple[float, ...] | None = Field(
@@ -125,6 +157,11 @@ class StyleParams(BaseModel):
         description="report the current image every N iterations (default: about 10 in all; 0: only at the end)",
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seed for noise init; a CPU run repeats bit for bit")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="what the VGG convolutions run in: auto is bf16 on a CUDA GPU that has it, "
+        "fp32 on the CPU; Gram matrices and losses are always float32",
+    )
     weights: str = Field(
         "auto",
         min_length=1,
@@ -170,7 +207,7 @@ class StyleParams(BaseModel):
         if self.learning_rate is None:
             self.learning_rate = DEFAULT_LEARNING_RATES[self.optimizer]
         if self.style_layer_weights is None:
-            self.style_layer_weights = (1.0,) * len(self.style_layers)
+            self.style_layer_weights = default_layer_weights(len(self.style_layers))
         if self.snapshot_every is None:
             self.snapshot_every = max(1, round(self.iterations / 10))
         return self

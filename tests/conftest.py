@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from shared.params import StyleParams
@@ -21,6 +22,14 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv("IMPASTO_VGG_WEIGHTS", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same global random state, whatever ran before it (or in what
+    order), so an unseeded torch.rand in a test draws the same numbers on every run."""
+    torch.manual_seed(0)
+    np.random.seed(0)
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,7 @@ def test_submit_answers_202_with_the_job_and_enqueues_it(client, queued):
     assert job["status"] == "queued" and job["queue_position"] == 0
     assert job["progress"] == {"iteration": 0, "iterations": 40, "fraction": 0.0, "eta_seconds": None}
     assert job["params"]["size"] == 128 and job["params"]["style_layers"] == ["conv1_1", "conv3_1"]
-    assert job["params"]["style_weight"] == 1e6  # defaults filled in
+    assert job["params"]["style_weight"] == 1.0 and job["params"]["precision"] == "auto"  # defaults filled in
     assert job["snapshots"] == [] and job["output_url"] is None and job["error"] is None
     assert queued() == 1
     message = json.loads(

@@ -8,12 +8,13 @@ from shared.flags import ParamsError, add_model_flags, params_from_args
 from shared.params import VGG19_LAYERS, StyleParams
 
 
-def test_defaults_follow_the_paper():
+def test_defaults_read_the_rectified_outputs_as_the_reference_implementations_do():
     params = StyleParams()
-    assert params.content_layers == ("conv4_2",)
-    assert params.style_layers == ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+    assert params.content_layers == ("relu4_2",)
+    assert params.style_layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
     assert params.pooling == "avg" and params.optimizer == "lbfgs" and params.init == "content"
-    assert params.style_layer_weights == (1.0,) * 5
+    assert params.style_layer_weights == (256.0, 64.0, 16.0, 4.0, 1.0)
+    assert params.precision == "auto"
     assert params.learning_rate == 1.0
     assert StyleParams(optimizer="adam").learning_rate == 0.02
 

@@ -139,6 +139,7 @@ def _run(args: argparse.Namespace) -> int:
                     "seconds": round(seconds, 3),
                     "weights": result.weights,
                     "weights_warning": result.weights_warning,
+                    "precision": result.precision,
                     "device": result.device,
                     "canceled": result.canceled,
                     "losses": result.losses.as_dict(),

@@ -1,7 +1,9 @@
 """The style-transfer engine: a pure torch library, no files, no database, no Celery."""
 
 from .errors import EngineError, WeightsError
-from .optimize import Event, Losses, Progress, Result, Resume, Snapshot, StyleObjective, resolve_device, stylize
+from .events import Event, Losses, Progress, Result, Resume, Snapshot
+from .objective import PRECISIONS, StyleObjective, resolve_precision
+from .optimize import resolve_device, stylize
 from .vgg import LAYER_NAMES, LoadedWeights, VGGFeatures, load_weights
 
 __all__ = [
@@ -9,6 +11,7 @@ __all__ = [
     "EngineError",
     "Event",
     "LoadedWeights",
+    "PRECISIONS",
     "Losses",
     "Progress",
     "Result",
@@ -19,5 +22,6 @@ __all__ = [
     "WeightsError",
     "load_weights",
     "resolve_device",
+    "resolve_precision",
     "stylize",
 ]

@@ -8,9 +8,7 @@ own all of that.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -18,10 +16,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .color import match_color, match_luminance, rgb_to_yiq, yiq_to_rgb
+from .descent import Descent, ProjectedAdam, ProjectedLBFGS
 from .errors import EngineError
+from .events import Event, Losses, Progress, Result, Resume, Snapshot
 from .images import fit_long_side, to_pil, to_tensor
-from .losses import content_loss, style_loss, tv_loss
-from .targets import NetworkKey, TargetCache, style_grams
+from .objective import StyleObjective, resolve_precision
+from .targets import NetworkKey, TargetCache
 from .vgg import LAYER_NAMES, LoadedWeights, VGGFeatures, load_weights
 
 # Coarse scales are never smaller than this on the long side: below it VGG's deep layers
@@ -40,78 +40,9 @@ LARGE_IMAGE_PIXELS = 1024 * 1024
 # but each new scale starts L-BFGS afresh, so most of the work belongs at the final size.
 FINAL_SCALE_SHARE = 0.75
 
-
-@dataclass(frozen=True)
-class Losses:
-    """Weighted loss terms of one image; total = content + style + tv."""
-
-    content: float
-    style: float
-    tv: float
-    total: float
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One iteration done: the losses of the image it evaluated."""
-
-    iteration: int  # 1-based, counted across all scales
-    iterations: int  # the whole budget
-    scale: int  # 1-based
-    scales: int
-    size: tuple[int, int]  # (width, height) at this scale
-    losses: Losses
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """An image and its losses: at an interval, the image evaluated at `iteration` at the current
-    scale's size; at the end (`final`), the output image."""
-
-    iteration: int
-    image: Image.Image
-    losses: Losses
-    final: bool = False
-
-
-@dataclass(frozen=True)
-class Result:
-    """The output: the lowest-loss image of the last scale reached, at the requested size.
-
-    `losses` are that image's at the scale it was made; they differ a little from the
-    upscaled output's when a cancel came before the last scale.
-    """
-
-    image: Image.Image
-    iterations: int  # iterations actually run
-    losses: Losses  # of the output image
-    initial_losses: Losses  # of the first iteration's image
-    canceled: bool
-    weights: str  # "imagenet", "random" or the file used
-    weights_warning: str | None
-    device: str
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.image.size
-
-
-Event = Progress | Snapshot | Result
-
-
-@dataclass(frozen=True)
-class Resume:
-    """Where an interrupted run left off: its image after `iteration` iterations (a snapshot).
-
-    The run goes on from there: the scale that iteration falls in starts from `image`, and the
-    iteration count continues rather than starting over.
-    """
-
-    iteration: int
-    image: Image.Image
+# Whether L-BFGS keeps its curvature memory (upsampled) from one scale to the next instead of
+# starting afresh; bench/quality.py measures both (docs/benchmarks.md).
+CARRY_HISTORY = True
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -159,124 +90,6 @@ def split_iterations(iterations: int, scales: int) -> list[int]:
     return [*(base + (1 if i >= scales - 1 - extra else 0) for i in range(scales - 1)), iterations - coarse]
 
 
-class StyleObjective:
-    """The weighted losses of an image against one scale's content and style targets."""
-
-    def __init__(
-        self,
-        net: VGGFeatures,
-        params: Any,
-        content: torch.Tensor,
-        styles: Sequence[torch.Tensor],
-        blend: Sequence[float],
-        *,
-        targets_cache: TargetCache | None = None,
-        network: NetworkKey | None = None,
-    ):
-        """`targets_cache` with `network` (what `net` was built from) reuses style Gram matrices."""
-        self.net = net
-        self.content_weight = params.content_weight
-        self.style_weight = params.style_weight
-        self.tv_weight = params.tv_weight
-        self.layer_weights = dict(zip(params.style_layers, params.style_layer_weights))
-        with torch.no_grad():
-            features = net(content)
-            self.content_targets = {name: features[name] for name in params.content_layers}
-            self.style_targets = {name: 0.0 for name in params.style_layers}
-            for style, weight in zip(styles, blend):
-                grams = style_grams(net, style, params.style_layers, targets_cache, network)
-                for name in params.style_layers:
-                    self.style_targets[name] = self.style_targets[name] + weight * grams[name]
-
-    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(1, 3, H, W) -> weighted (content, style, tv) losses, float32 scalars."""
-        features = self.net(image)
-        content = sum(content_loss(features[n], t) for n, t in self.content_targets.items())
-        style = sum(self.layer_weights[n] * style_loss(features[n], t) for n, t in self.style_targets.items())
-        return (self.content_weight * content, self.style_weight * style, self.tv_weight * tv_loss(image))
-
-
-class _Descent:
-    """One scale's optimization over the pixels, one iteration per `step()`.
-
-    The loss is taken on the pixels clamped to [0, 1], so every reported loss is that of a
-    valid image; the lowest-loss image ever evaluated is kept.
-    """
-
-    def __init__(
-        self,
-        start: torch.Tensor,
-        objective: StyleObjective,
-        render: Callable[[torch.Tensor], torch.Tensor],
-        params: Any,
-    ):
-        self.image = start.detach().clamp(0, 1).contiguous().requires_grad_(True)
-        self.objective = objective
-        self.render = render
-        if params.optimizer == "lbfgs":
-            # One iteration per step() so that progress, snapshots and cancel work between
-            # iterations (L-BFGS keeps its history across calls). The strong-Wolfe line
-            # search keeps it from diverging, as it does without one on stiff problems; the
-            # budget alone decides when to stop.
-            pixels = self.image.shape[-1] * self.image.shape[-2]
-            self.optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
-                [self.image],
-                lr=params.learning_rate,
-                max_iter=1,
-                max_eval=20,
-                history_size=LBFGS_HISTORY if pixels <= LARGE_IMAGE_PIXELS else LBFGS_HISTORY_LARGE,
-                tolerance_grad=0.0,
-                tolerance_change=0.0,
-                line_search_fn="strong_wolfe",
-            )
-        else:
-            self.optimizer = torch.optim.Adam([self.image], lr=params.learning_rate)
-        self.best: torch.Tensor | None = None
-        self.best_losses: Losses | None = None
-        self._evaluated_at: torch.Tensor | None = None
-        self._last: tuple[torch.Tensor, Losses, torch.Tensor] | None = None
-
-    def evaluate(self) -> tuple[torch.Tensor, Losses]:
-        """Loss and gradient at the current pixels; returns (pixels, losses)."""
-        self._closure()
-        return self._last[0], self._last[1]
-
-    def step(self) -> tuple[torch.Tensor, Losses]:
-        """One iteration; returns the pixels last evaluated and their losses."""
-        if isinstance(self.optimizer, torch.optim.LBFGS):
-            # Its line search ends by evaluating (almost always) the point it accepts.
-            self.optimizer.step(self._closure)
-        else:
-            self._closure()  # reuses the evaluation at the end of the previous step
-            self.optimizer.step()
-            with torch.no_grad():
-                self.image.clamp_(0, 1)
-            self._closure()  # so that this iteration reports the image it produced
-        return self._last[0], self._last[1]
-
-    def _closure(self) -> torch.Tensor:
-        # Each step() starts by evaluating the point where the previous one ended: answer
-        # from memory instead of a second forward and backward pass.
-        if self._evaluated_at is not None and torch.equal(self._evaluated_at, self.image.detach()):
-            return self._last[2]
-        self.optimizer.zero_grad(set_to_none=True)
-        pixels = self.image.clamp(0, 1)
-        content, style, tv = self.objective(self.render(pixels))
-        total = content + style + tv
-        total.backward()
-        # One transfer of the four losses to the host (the memo check above is another sync):
-        # the caller sees every iteration's losses, and L-BFGS needs the total anyway.
-        losses = Losses(*torch.stack([content, style, tv, total]).detach().tolist())
-        if not math.isfinite(losses.total):
-            raise EngineError(f"the loss became {losses.total}; lower the learning rate or the loss weights")
-        pixels = pixels.detach()
-        if self.best_losses is None or losses.total < self.best_losses.total:
-            self.best, self.best_losses = pixels, losses
-        self._evaluated_at = self.image.detach().clone()
-        self._last = (pixels, losses, total.detach())
-        return total
-
-
 def _min_side(layers: Sequence[str]) -> int:
     """The shortest image side whose features still exist at the deepest layer."""
     deepest = max(LAYER_NAMES.index(name) for name in layers)
@@ -322,7 +135,8 @@ def stylize(
         )
     weights = weights if weights is not None else load_weights(params.weights)
     net = VGGFeatures(weights, layers, params.pooling).to(dev)
-    network = NetworkKey(weights.state, params.pooling, str(dev))
+    precision = resolve_precision(getattr(params, "precision", "auto"), dev)
+    network = NetworkKey(weights.state, params.pooling, str(dev), precision)
     luminance_only = params.preserve_colors == "luminance"
     if params.preserve_colors == "histogram":
         # Gatys et al. 2017, section 3.1: recolour the style images to the content's
@@ -344,6 +158,8 @@ def stylize(
     best: torch.Tensor | None = None  # the lowest-loss image of the scale last run
     best_losses: Losses | None = None
     canceled = False
+    optimizer: ProjectedLBFGS | ProjectedAdam | None = None
+    evaluations = 0  # objective evaluations in this run, every scale's start and trial included
     chroma = None  # the content's I and Q channels at the current scale, in luminance mode
 
     scale_end = 0  # iterations done by the end of this scale
@@ -380,6 +196,7 @@ def stylize(
             blend,
             targets_cache=targets_cache,
             network=network,
+            precision=precision,
         )
 
         if resumed_here:
@@ -394,20 +211,20 @@ def stylize(
             start = F.interpolate(style_ts[0], size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
         else:
             start = torch.rand(content_t.shape, generator=generator).to(dev)
-        descent = _Descent(start, objective, render, params)
-        # Evaluating the start costs nothing extra: the first step reuses it.
-        start_losses = descent.evaluate()[1]
-        initial_losses = initial_losses or start_losses
+        optimizer = _optimizer(Descent(objective, render), start, params, dims, optimizer)
+        initial_losses = initial_losses or optimizer.losses
         for _ in range(budget):
             if should_stop is not None and should_stop():
                 canceled = True
                 break
-            pixels, losses = descent.step()
+            losses = optimizer.step()
             iteration += 1
-            yield Progress(iteration, total_iterations, scale_index, len(sizes), dims, losses)
+            done = evaluations + optimizer.descent.evaluations
+            yield Progress(iteration, total_iterations, scale_index, len(sizes), dims, losses, done)
             if params.snapshot_every and iteration % params.snapshot_every == 0 and iteration < total_iterations:
-                yield Snapshot(iteration, to_pil(_to_rgb(pixels, chroma)), losses)
-        best, best_losses = descent.best, descent.best_losses
+                yield Snapshot(iteration, to_pil(_to_rgb(optimizer.best, chroma)), optimizer.best_losses)
+        evaluations += optimizer.descent.evaluations
+        best, best_losses = optimizer.best, optimizer.best_losses
         if canceled:
             break
 
@@ -416,7 +233,26 @@ def stylize(
         output = F.interpolate(output, size=(final_size[1], final_size[0]), mode="bicubic", align_corners=False)
     picture = to_pil(output)
     yield Snapshot(iteration, picture, best_losses, final=True)
-    yield Result(picture, iteration, best_losses, initial_losses, canceled, weights.source, weights.warning, str(dev))
+    yield Result(
+        picture, iteration, best_losses, initial_losses, canceled, weights.source, weights.warning, str(dev), precision
+    )
+
+
+def _optimizer(
+    descent: Descent,
+    start: torch.Tensor,
+    params: Any,
+    dims: tuple[int, int],
+    previous: ProjectedLBFGS | ProjectedAdam | None,
+) -> ProjectedLBFGS | ProjectedAdam:
+    """The optimizer of one scale; an L-BFGS takes over the previous scale's curvature memory."""
+    if params.optimizer == "adam":
+        return ProjectedAdam(descent, start, params.learning_rate)
+    history = LBFGS_HISTORY if dims[0] * dims[1] <= LARGE_IMAGE_PIXELS else LBFGS_HISTORY_LARGE
+    optimizer = ProjectedLBFGS(descent, start, history, params.learning_rate)
+    if CARRY_HISTORY and isinstance(previous, ProjectedLBFGS):
+        optimizer.take_memory(previous)
+    return optimizer
 
 
 def _shrunk(size: tuple[int, int], long_side: int) -> tuple[int, int]:

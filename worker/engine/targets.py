@@ -3,8 +3,8 @@
 A worker process keeps one `TargetCache` and hands it to every `stylize`. An entry is the
 Gram matrices of one style image at one scale, keyed by a digest of the exact pixels fed to
 the network (so the size, style_scale and colour handling, which all change those pixels,
-are part of the key), the style layers, and the network: its weights (by identity), pooling
-and device. (A feature's values do not depend on where the network is cut.) Blend weights
+are part of the key), the style layers, and the network: its weights (by identity), pooling,
+device and precision. (A feature's values do not depend on where the network is cut.) Blend weights
 are applied after the lookup, so they need no key of their own.
 """
 
@@ -35,15 +35,16 @@ class NetworkKey:
     weights: Mapping[str, torch.Tensor]
     pooling: str
     device: str
+    precision: str = "fp32"  # what the convolutions run in
 
     def __hash__(self) -> int:
-        return hash((id(self.weights), self.pooling, self.device))
+        return hash((id(self.weights), self.pooling, self.device, self.precision))
 
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, NetworkKey)
             and self.weights is other.weights
-            and (self.pooling, self.device) == (other.pooling, other.device)
+            and (self.pooling, self.device, self.precision) == (other.pooling, other.device, other.precision)
         )
 
 
