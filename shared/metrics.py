@@ -4,8 +4,8 @@ Workers add each finished job to two histograms (its duration, its iterations pe
 write a heartbeat every WORKER_HEARTBEAT_S (device, GPU memory, the job it runs). The counts
 live in Redis hashes, so every web process on every machine serves the same monotonic figures
 (a Redis restart empties them: Prometheus takes that as a counter reset). `render` adds what
-SQL and the broker hold now (jobs by state, messages waiting per queue) and writes the lot in
-Prometheus's text format, version 0.0.4.
+SQL and the broker hold now (jobs by state, messages waiting per queue) and has prometheus_client
+write the lot in Prometheus's text format, version 0.0.4.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -26,6 +30,7 @@ from .models import FINAL_STATUSES, STATUSES, Job
 from .settings import Settings
 from .tasks import queue_keys
 
+# The text format generate_latest writes (prometheus_client's CONTENT_TYPE_PLAIN_0_0_4).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A pool process writes its heartbeat this often; one silent for WORKER_SILENT_S is dropped.
 WORKER_HEARTBEAT_S = 10
@@ -146,7 +151,7 @@ def _observe(pipe: Any, key: str, histogram: Histogram, labels: tuple[str, str],
     # Each bucket counts the values that fall in it alone; render() adds them up to Prometheus's
     # cumulative buckets, so a change of bounds never mixes two meanings under one field.
     bound = next((b for b in histogram.buckets if value <= b), math.inf)
-    pipe.hincrby(key, _field(*labels, _number(float(bound))), 1)
+    pipe.hincrby(key, _field(*labels, _bound_field(float(bound))), 1)
     pipe.hincrbyfloat(key, _field(*labels, "sum"), value)
 
 
@@ -167,8 +172,8 @@ def _entries(raw: dict[bytes, bytes]) -> Iterable[tuple[str, dict[str, Any] | No
 
 
 def render(session: Session, client: redis.Redis, settings: Settings, *, now: float | None = None) -> str:
-    """Every figure in Prometheus's text format. MetricsUnavailable when Redis cannot be reached;
-    a database outage raises SQLAlchemy's error."""
+    """Every figure in Prometheus's text format, written by prometheus_client. MetricsUnavailable
+    when Redis cannot be reached; a database outage raises SQLAlchemy's error."""
     counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
     now = time.time() if now is None else now
     try:
@@ -179,54 +184,63 @@ def render(session: Session, client: redis.Redis, settings: Settings, *, now: fl
     except redis.RedisError as err:
         raise MetricsUnavailable(str(err)) from err
 
-    out: list[str] = []
-    _family(
-        out,
-        "impasto_jobs",
-        "gauge",
-        "Jobs in the database by state.",
-        [([("state", status)], counts.get(status, 0)) for status in STATUSES],
-    )
-    _family(
-        out,
+    jobs = GaugeMetricFamily("impasto_jobs", "Jobs in the database by state.", labels=["state"])
+    for status in STATUSES:
+        jobs.add_metric([status], counts.get(status, 0))
+    queue_depth = GaugeMetricFamily(
         "impasto_queue_depth",
-        "gauge",
         "Messages waiting in the broker for a worker, per queue (every priority; taken ones not counted).",
-        [([("queue", queue)], depth) for queue, depth in depths.items()],
+        labels=["queue"],
     )
+    for queue, depth in depths.items():
+        queue_depth.add_metric([queue], depth)
     expected = [(status, queue) for status in FINAL_STATUSES for queue in settings.queues]
-    _histogram(out, JOB_DURATION, durations, expected)
-    _histogram(out, ITERATIONS_PER_SECOND, rates, expected)
-    _family(
-        out,
+    heartbeat = GaugeMetricFamily(
         "impasto_worker_last_heartbeat_timestamp_seconds",
-        "gauge",
         "Unix time of a worker pool process's last heartbeat (one every 10 s; silent for 10 minutes: dropped).",
-        [
-            ([("worker", name), ("node", entry.get("node") or ""), ("device", entry["device"])], entry["time"])
-            for name, entry in workers
-        ],
+        labels=["worker", "node", "device"],
     )
-    _family(
-        out,
+    memory = GaugeMetricFamily(
         "impasto_worker_gpu_memory_bytes",
-        "gauge",
         "GPU memory of a worker pool process: allocated by tensors, reserved by PyTorch's caching "
         "allocator, and the device's total (0 on a CPU).",
-        [
-            ([("worker", name), ("device", entry["device"]), ("kind", kind)], entry.get(f"gpu_memory_{kind}") or 0)
-            for name, entry in workers
-            for kind in ("allocated", "reserved", "total")
-        ],
+        labels=["worker", "device", "kind"],
     )
-    _family(
-        out,
-        "impasto_worker_busy",
-        "gauge",
-        "1 while a worker pool process runs a job, else 0.",
-        [([("worker", name)], int(entry.get("job") is not None)) for name, entry in workers],
+    busy = GaugeMetricFamily(
+        "impasto_worker_busy", "1 while a worker pool process runs a job, else 0.", labels=["worker"]
     )
-    return "\n".join(out) + "\n"
+    for name, entry in workers:
+        heartbeat.add_metric([name, entry.get("node") or "", entry["device"]], entry["time"])
+        for kind in ("allocated", "reserved", "total"):
+            memory.add_metric([name, entry["device"], kind], entry.get(f"gpu_memory_{kind}") or 0)
+        busy.add_metric([name], int(entry.get("job") is not None))
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(
+        _Scrape(
+            [
+                jobs,
+                queue_depth,
+                _histogram(JOB_DURATION, durations, expected),
+                _histogram(ITERATIONS_PER_SECOND, rates, expected),
+                heartbeat,
+                memory,
+                busy,
+            ]
+        )
+    )
+    return generate_latest(registry).decode()
+
+
+class _Scrape(Collector):
+    """One scrape's families, built from what SQL and Redis hold now: nothing is kept in this
+    process, so every web process answers alike."""
+
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self.families)
 
 
 def _queue_depths(client: redis.Redis, queues: Sequence[str]) -> dict[str, int]:
@@ -257,8 +271,8 @@ def _live_workers(client: redis.Redis, key: str, now: float) -> list[tuple[str, 
 
 
 def _histogram(
-    out: list[str], histogram: Histogram, raw: dict[bytes, bytes], expected: Sequence[tuple[str, str]]
-) -> None:
+    histogram: Histogram, raw: dict[bytes, bytes], expected: Sequence[tuple[str, str]]
+) -> HistogramMetricFamily:
     """Cumulative buckets, _sum and _count per (status, queue); the expected label sets appear
     with zeros before their first job, so rates over them are defined from the start."""
     counts: dict[tuple[str, str], dict[float, int]] = {labels: {} for labels in expected}
@@ -272,38 +286,17 @@ def _histogram(
                 counts.setdefault((status, queue), {})[float(slot)] = int(value)
         except (TypeError, ValueError):
             continue  # not ours: skipped rather than failing every scrape
-    lines = [f"# HELP {histogram.name} {histogram.help}", f"# TYPE {histogram.name} histogram"]
+    family = HistogramMetricFamily(histogram.name, histogram.help, labels=["status", "queue"])
     for (status, queue), buckets in sorted(counts.items()):
-        labels = [("status", status), ("queue", queue)]
-        for bound in (*histogram.buckets, math.inf):
-            total = sum(count for upper, count in buckets.items() if upper <= bound)
-            lines.append(_sample(f"{histogram.name}_bucket", [*labels, ("le", _number(float(bound)))], total))
-        lines.append(_sample(f"{histogram.name}_sum", labels, sums[status, queue]))
-        lines.append(_sample(f"{histogram.name}_count", labels, sum(buckets.values())))
-    out.extend(lines)
+        cumulative = [
+            (floatToGoString(bound), sum(count for upper, count in buckets.items() if upper <= bound))
+            for bound in (*histogram.buckets, math.inf)
+        ]
+        family.add_metric([status, queue], cumulative, sums[status, queue])
+    return family
 
 
-def _family(
-    out: list[str], name: str, kind: str, help_text: str, samples: Iterable[tuple[list[tuple[str, str]], float]]
-) -> None:
-    out.append(f"# HELP {name} {help_text}")
-    out.append(f"# TYPE {name} {kind}")
-    out.extend(_sample(name, labels, value) for labels, value in samples)
-
-
-def _sample(name: str, labels: list[tuple[str, str]], value: float) -> str:
-    pairs = ",".join(f'{label}="{_escape(text)}"' for label, text in labels)
-    return f"{name}{{{pairs}}} {_number(value)}"
-
-
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    """A sample value or bucket bound as Prometheus writes it: 5, 2.5, 1.0 (a bound), +Inf."""
-    if isinstance(value, int):
-        return str(value)
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
+def _bound_field(bound: float) -> str:
+    """A bucket's bound as its Redis hash field says it (5.0, 2.5, +Inf): kept as it was when the
+    text was hand-written, so figures recorded before an upgrade still count."""
+    return "+Inf" if math.isinf(bound) else repr(bound)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -237,6 +238,72 @@ def test_metrics_answer_503_when_the_broker_or_the_database_is_down(make_setting
         body = response.get_data(as_text=True)
         assert body.count("\n") == 1 and body.startswith("metrics unavailable:") and what in body, body
         assert response.headers["Retry-After"]
+
+
+def test_the_scrape_parses_as_the_families_docs_monitoring_md_lists(make_settings):
+    """render()'s text, read by prometheus_client's parser: exactly the families, types and labels
+    of the table in docs/monitoring.md, with label values that need escaping coming back intact."""
+    settings = make_settings()
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    client = redis.Redis.from_url(SYSTEM_REDIS_URL)
+    odd = 'gpu "7"\\back\nslash'  # a quote, a backslash and a newline: each must be escaped
+    try:
+        recorder = Recorder(client, settings.queue)
+        recorder.observe_job(status="succeeded", queue=settings.cpu_queue, seconds=3.5, iterations_per_second=2.0)
+        recorder.worker_heartbeat(
+            "host:1",
+            node=odd,
+            device="cuda:0",
+            gpu_memory_allocated=1 << 30,
+            gpu_memory_reserved=2 << 30,
+            gpu_memory_total=80 << 30,
+            job="j1",
+        )
+        with session_factory(engine)() as session:
+            text = render(session, client, settings)
+    finally:
+        client.delete(*client.keys(f"impasto:{settings.queue}:metrics:*") or ["-"])
+        client.close()
+        engine.dispose()
+
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    documented = _documented_metrics()
+    assert {name: family.type for name, family in families.items()} == {
+        name: kind for name, (kind, _) in documented.items()
+    }
+    for name, family in families.items():
+        label_names = {key for sample in family.samples for key in sample.labels} - {"le"}
+        assert label_names == documented[name][1], name
+    [beat] = families["impasto_worker_last_heartbeat_timestamp_seconds"].samples
+    assert beat.labels == {"worker": "host:1", "node": odd, "device": "cuda:0"}
+    memory = {s.labels["kind"]: s.value for s in families["impasto_worker_gpu_memory_bytes"].samples}
+    assert memory == {"allocated": 1 << 30, "reserved": 2 << 30, "total": 80 << 30}
+    duration = {
+        (s.name, s.labels.get("le")): s.value
+        for s in families["impasto_job_duration_seconds"].samples
+        if s.labels["status"] == "succeeded" and s.labels["queue"] == settings.cpu_queue
+    }
+    assert duration[("impasto_job_duration_seconds_bucket", "2.5")] == 0
+    assert duration[("impasto_job_duration_seconds_bucket", "5.0")] == 1
+    assert duration[("impasto_job_duration_seconds_bucket", "+Inf")] == 1
+    assert duration[("impasto_job_duration_seconds_count", None)] == 1
+    assert duration[("impasto_job_duration_seconds_sum", None)] == 3.5
+
+
+def _documented_metrics() -> dict[str, tuple[str, set[str]]]:
+    """docs/monitoring.md's table: {metric: (type, label names)}."""
+    table = (Path(__file__).parents[1] / "docs" / "monitoring.md").read_text()
+    found = {}
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`impasto_"):
+            # The labels cell: "`status`: `succeeded`, ...; `queue`" or "`worker` (what it is), `node`".
+            names = set()
+            for part in re.sub(r"\([^)]*\)", "", cells[2]).split(";"):
+                names |= set(re.findall(r"`(\w+)`", re.split(r"(?<=`):", part)[0]))
+            found[cells[0].strip("`")] = (cells[1], names)
+    return found
 
 
 # --- The runner's side, in-process. -----------------------------------------------------------
