@@ -141,6 +141,18 @@ def test_missing_content_is_422(client):
     assert response.status_code == 422 and response.get_json()["error"]["field"] == "content"
 
 
+def test_a_repeated_content_file_is_422_naming_it(client, queued):
+    data = {
+        "content": [(io.BytesIO(PHOTO.read_bytes()), "one.jpg"), (io.BytesIO(png()), "two.png")],
+        "style_preset": "shipwreck",
+    }
+    response = client.post("/api/v1/jobs", data=data, content_type="multipart/form-data")
+    assert response.status_code == 422, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["field"] == "content" and "2 content images" in error["message"]
+    assert queued() == 0
+
+
 def test_a_file_name_with_folders_is_reduced_to_its_name(client, queued):
     data = {"content": (io.BytesIO(PHOTO.read_bytes()), "../../etc/evil.jpg"), "style_preset": "shipwreck"}
     job = client.post("/api/v1/jobs", data=data, content_type="multipart/form-data").get_json()

@@ -154,7 +154,12 @@ def submit(
                     name, f"unknown file field {name!r}; send the photo as 'content' and each painting as 'style'"
                 )
             )
-    content = files.get("content")
+    contents = [f for f in files.getlist("content") if f]
+    if len(contents) > 1:
+        errors.append(
+            FieldError("content", f"{len(contents)} content images were sent; send exactly one", "invalid_image")
+        )
+    content = contents[0] if contents else None
     styles = [f for f in files.getlist("style") if f and f.filename]
     preset = form.get("style_preset", "").strip()
     if content is None or not content.filename:
