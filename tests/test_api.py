@@ -126,6 +126,9 @@ def test_submit_answers_202_with_the_job_and_enqueues_it(client, queued):
         ({}, {"content": b"<html><script>alert(1)</script></html>"}, "content", "not an image that can be read"),
         ({}, {"content": png()[:60]}, "content", "truncated"),
         ({}, {"styles": (png(9000, 9000, "P"),)}, "style", "over the limit"),
+        ({}, {"content": png(10000, 4)}, "content", "512x1 px at size 512: its height of 1 px is too small"),
+        ({"size": "1024"}, {"content": png(4, 10000)}, "content", "1x1024 px at size 1024: its width of 1 px"),
+        ({"size": "16"}, {"content": png(64, 48)}, "content", "16x12 px at size 16: its height of 12 px"),
     ],
 )
 def test_bad_input_is_422_naming_the_field(client, queued, fields, kw, field, says):

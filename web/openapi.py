@@ -261,7 +261,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             {"required": ["style_preset"], "properties": {"style": False}},
         ],
         "properties": {
-            "content": {**FILE, "description": "the photo (PNG, JPEG, WebP, ...)"},
+            "content": {
+                **FILE,
+                "description": "the photo (PNG, JPEG, WebP, ...); scaled so its long side is `size`, its "
+                "short side must keep the pixels the deepest layer needs (16 for conv5_1)",
+            },
             "style": {
                 "type": "array",
                 "items": FILE,
