@@ -156,6 +156,44 @@ def test_a_repeated_content_file_is_422_naming_it(client, queued):
     assert queued() == 0
 
 
+def raw_multipart(client, path: str, name: bytes, filename: bytes, extra: bytes = b""):
+    """A multipart body written byte by byte, as a client that does not encode names in UTF-8
+    sends it (the test client would encode them)."""
+    body = (
+        b'--B0UND\r\nContent-Disposition: form-data; name="' + name + b'"; filename="' + filename + b'"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + PHOTO.read_bytes() + b"\r\n"
+        b'--B0UND\r\nContent-Disposition: form-data; name="style_preset"\r\n\r\nshipwreck\r\n'
+        + extra
+        + b"--B0UND--\r\n"
+    )
+    return client.post(path, data=body, content_type="multipart/form-data; boundary=B0UND")
+
+
+@pytest.mark.parametrize(
+    ("name", "filename"),
+    [(b"content", b"ph\xe9oto.jpg"), (b"cont\xffent", b"photo.jpg")],
+    ids=["latin-1 file name", "field name not UTF-8"],
+)
+def test_a_form_that_cannot_be_read_is_422_saying_so(client, queued, name, filename):
+    response = raw_multipart(client, "/api/v1/jobs", name, filename)
+    assert response.status_code == 422, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "unreadable_form" and error["field"] is None
+    assert error["message"].startswith("the form could not be read") and "UTF-8" in error["message"]
+    token = form_token(client)
+    page = raw_multipart(
+        client,
+        "/jobs",
+        name,
+        filename,
+        b'--B0UND\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n' + token.encode() + b"\r\n",
+    )
+    assert page.status_code == 422 and "the form could not be read" in page.get_data(as_text=True)
+    assert queued() == 0
+    # The same body with UTF-8 names is a job.
+    assert raw_multipart(client, "/api/v1/jobs", b"content", "phéoto.jpg".encode()).status_code == 202
+
+
 def test_a_file_name_with_folders_is_reduced_to_its_name(client, queued):
     data = {"content": (io.BytesIO(PHOTO.read_bytes()), "../../etc/evil.jpg"), "style_preset": "shipwreck"}
     job = client.post("/api/v1/jobs", data=data, content_type="multipart/form-data").get_json()

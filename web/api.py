@@ -35,7 +35,7 @@ from .access import (
 )
 from .openapi import openapi_document
 from .services import Services, services
-from .submit import QueueUnavailable, SubmissionError, submit
+from .submit import QueueUnavailable, SubmissionError, check_form_read, submit
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger("impasto.web")
@@ -97,6 +97,7 @@ def create():
         raise Unauthorized("this service takes jobs from API keys only: send 'Authorization: Bearer KEY'")
     token = new_job_token()
     try:
+        check_form_read(request)
         with counted(submission_limit(key)):
             job = submit(
                 services(),

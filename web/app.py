@@ -16,6 +16,7 @@ from shared.storage import S3Storage, StorageError
 
 from .presets import PRESETS
 from .services import Services, init_services
+from .submit import FormRequest
 
 log = logging.getLogger("impasto.web")
 
@@ -37,6 +38,7 @@ def create_app(
     """Build the app from settings (default: the environment); tests pass their own."""
     settings = settings or (services.settings if services else load_settings())
     app = Flask(__name__)
+    app.request_class = FormRequest  # an unreadable form is said to be one, not taken as empty
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
         # Uploads are read into memory part by part; the total is capped by MAX_CONTENT_LENGTH.

@@ -23,7 +23,7 @@ from .access import (
 from .api import job_json, load_job
 from .presets import PRESETS
 from .services import services
-from .submit import QueueUnavailable, SubmissionError, submit
+from .submit import QueueUnavailable, SubmissionError, check_form_read, submit
 
 bp = Blueprint("pages", __name__)
 bp.after_request(remember_browser)  # the first page a browser sees gives it its cookie
@@ -59,6 +59,7 @@ def form():
 @bp.post("/jobs")
 def create():
     try:
+        check_form_read(request)
         if not csrf_ok(request.form.get(CSRF_FIELD)):
             return render_template(
                 "form.html",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from flask import Request
 from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage, MultiDict
 
@@ -42,6 +43,44 @@ class SubmissionError(Exception):
     def __init__(self, errors: list[FieldError]):
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
         self.errors = errors
+
+
+class FormRequest(Request):
+    """Flask's request, except that a form werkzeug cannot parse (a field or file name that is
+    not UTF-8, a multipart body without its boundary) is remembered in `form_error` instead of
+    being dropped without a word, which made every such submission "choose a content image"."""
+
+    form_error: str | None = None
+
+    def make_form_data_parser(self):
+        parser = super().make_form_data_parser()
+        parser.silent = False
+        return parser
+
+    def _load_form_data(self) -> None:
+        try:
+            super()._load_form_data()
+        except ValueError as err:  # werkzeug's parse errors; a body too large is not one
+            self.form_error = str(err)
+            self.__dict__["form"] = self.parameter_storage_class()
+            self.__dict__["files"] = self.parameter_storage_class()
+
+
+def check_form_read(request: Request) -> None:
+    """SubmissionError (a 422 naming no field) when the request's form could not be read."""
+    request.form  # noqa: B018  (parses the body, once)
+    reason = getattr(request, "form_error", None)
+    if reason is not None:
+        raise SubmissionError(
+            [
+                FieldError(
+                    None,
+                    f"the form could not be read ({reason}): send a multipart/form-data body "
+                    f"whose field and file names are UTF-8",
+                    "unreadable_form",
+                )
+            ]
+        )
 
 
 def parse_params(form: MultiDict[str, str], settings: Settings) -> StyleParams:
