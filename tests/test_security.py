@@ -389,6 +389,33 @@ def test_the_browser_cookie_is_httponly_samesite_and_set_once(client):
     assert "Set-Cookie" not in client.get("/").headers
 
 
+@pytest.mark.parametrize(
+    "presented",
+    ["A" * 43, "A" * 43 + "." + "B" * 43, "made-up", "planted-from-a-sibling-subdomain"],
+    ids=["a made-up secret", "a made-up signature", "any word", "another word"],
+)
+def test_a_cookie_the_server_did_not_make_is_replaced_by_a_fresh_one(app, client, sessions, presented):
+    client.set_cookie(BROWSER_COOKIE, presented)
+    answer = client.get("/")
+    fresh = answer.headers["Set-Cookie"].split(";")[0].removeprefix(f"{BROWSER_COOKIE}=")
+    assert fresh != presented and re.fullmatch(r"[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}", fresh)
+    # The page's token is for the fresh cookie: with it the form makes a job owned by that
+    # cookie; the made-up one, sent again by a client that ignores Set-Cookie, submits nothing.
+    token = re.search(r'name="csrf_token" value="([^"]+)"', answer.get_data(as_text=True)).group(1)
+    assert client.get_cookie(BROWSER_COOKIE).value == fresh
+    answer = form_submit(client, token)
+    assert answer.status_code == 303
+    with sessions() as session:
+        assert session.scalars(select(Job.owner)).one() == f"browser:{sha256(fresh)}"
+    assert client.get("/jobs").headers.get("Set-Cookie") is None  # a signed cookie is kept
+    stubborn = app.test_client()
+    stubborn.set_cookie(BROWSER_COOKIE, presented)
+    stubborn_token = form_token(stubborn)  # the token of the fresh cookie it was given
+    stubborn.set_cookie(BROWSER_COOKIE, presented)  # and ignored
+    assert form_submit(stubborn, stubborn_token).status_code == 403
+    assert job_count(sessions) == 1
+
+
 @pytest.mark.parametrize(("trusted", "secure"), [(1, True), (0, False)])  # untrusted: anyone may send the header
 def test_behind_a_trusted_https_proxy_the_cookie_is_secure(make_app, trusted, secure):
     client = make_app(IMPASTO_TRUSTED_PROXIES=trusted).test_client()

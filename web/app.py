@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from flask import Flask, Response, request
@@ -44,6 +45,11 @@ def create_app(
         # Uploads are read into memory part by part; the total is capped by MAX_CONTENT_LENGTH.
         MAX_FORM_MEMORY_SIZE=settings.max_upload_bytes,
     )
+    # Signs cookies and CSRF tokens. An app built without one (tests, one process) makes its
+    # own; `impasto web`, with several processes, refuses to start without IMPASTO_SECRET_KEY.
+    if settings.secret_key is None:
+        log.warning("event=secret-key-generated reason=IMPASTO_SECRET_KEY-unset scope=this-process")
+    app.config["IMPASTO_SECRET_KEY"] = settings.secret_key or secrets.token_urlsafe(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     app.config.update(config or {})
     services = services or Services.from_settings(settings)
