@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import io
 import re
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
@@ -414,6 +417,36 @@ def test_a_cookie_the_server_did_not_make_is_replaced_by_a_fresh_one(app, client
     stubborn.set_cookie(BROWSER_COOKIE, presented)  # and ignored
     assert form_submit(stubborn, stubborn_token).status_code == 403
     assert job_count(sessions) == 1
+
+
+def test_a_csrf_token_needs_the_servers_key(app, client, sessions):
+    form_token(client)
+    cookie = client.get_cookie(BROWSER_COOKIE).value
+    # What a token derived from the cookie alone would be: whoever knows the cookie (or planted
+    # it from a sibling subdomain) could make it.
+    from_cookie = hmac.new(cookie.encode(), b"impasto csrf", hashlib.sha256).hexdigest()
+    assert form_submit(client, from_cookie).status_code == 403
+    assert job_count(sessions) == 0
+    # The same cookie under another server key has other tokens: the key is what makes them.
+    other = app.test_client()
+    other.application.config["IMPASTO_SECRET_KEY"] = "another-key-" + "0" * 32
+    assert form_token(client) != form_token(other)
+
+
+def test_impasto_web_refuses_to_start_without_a_secret_key(tmp_path, queue_name):
+    env = {"IMPASTO_DATA_DIR": str(tmp_path), "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL, "IMPASTO_QUEUE": queue_name}
+    for given, says in [
+        ({}, "impasto web: error: IMPASTO_SECRET_KEY is not set: give every web process the same random key"),
+        ({"IMPASTO_SECRET_KEY": "short"}, "impasto web: error: IMPASTO_SECRET_KEY is 5 characters: use at least 32"),
+    ]:
+        run = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "web", "--port", str(free_port())],
+            env=service_env({**env, **given}, secret_key=False),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 2 and run.stderr.startswith(says), run.stderr
 
 
 @pytest.mark.parametrize(("trusted", "secure"), [(1, True), (0, False)])  # untrusted: anyone may send the header

@@ -130,9 +130,10 @@ def browser_owner() -> str | None:
 
 
 def csrf_token() -> str:
-    """The token the pages put in the form and send with cancel/delete: derived from the
-    browser's secret, so only a page that read it from our HTML can send it."""
-    return hmac.new(browser_secret().encode(), b"impasto csrf", hashlib.sha256).hexdigest()
+    """The token the pages put in the form and send with cancel/delete: an HMAC of the browser's
+    cookie under the server's key, so only a page that read it from our HTML can send it, and
+    nobody who knows (or planted) a cookie can compute it."""
+    return hmac.new(server_key(), b"impasto csrf " + browser_secret().encode(), hashlib.sha256).hexdigest()
 
 
 def csrf_ok(sent: str | None) -> bool:
