@@ -226,7 +226,7 @@ def queue_position(session: Session, job: Job) -> int | None:
 
 def recent_jobs(session: Session, *, owner: str, limit: int, offset: int = 0) -> tuple[list[Job], int]:
     """An owner's jobs ("key:ID", "browser:HASH"), newest first, and how many there are in all."""
-    mine = select(Job).where(Job.owner == owner)
+    mine = select(Job).where(Job.owner == owner, Job.deleted_at.is_(None))
     jobs = session.scalars(mine.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
     total = session.scalar(select(func.count()).select_from(mine.subquery())) or 0
     return list(jobs), total

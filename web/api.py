@@ -307,7 +307,7 @@ def load_job(session, job_id: str) -> Job:
     if not JOB_ID.match(job_id):
         abort(404, f"no job {job_id[:40]!r}")
     job = session.get(Job, job_id, options=[selectinload(Job.snapshots)], populate_existing=True)
-    if job is None:
+    if job is None or job.deleted_at is not None:  # a delete under way: gone already
         abort(404, f"no job {job_id}")
     return job
 
