@@ -100,8 +100,42 @@ def test_submit_answers_202_with_the_job_and_enqueues_it(client, queued):
     again = client.get(f"/api/v1/jobs/{job['id']}").get_json()
     assert again["id"] == job["id"] and again["status"] == "queued"
     assert len(job["token"]) == 32 and "token" not in again  # the token is given once
-    second = post(client, {"style_preset": "the_scream"}, styles=()).get_json()
+    second = post(client, {"style_preset": "the_scream", "size": "128"}, styles=()).get_json()  # the same queue
     assert second["queue_position"] == 1 and second["style_preset"] == "the_scream"
+
+
+def test_queue_position_counts_the_jobs_ahead_in_the_jobs_own_queue_as_workers_take_them(client, settings):
+    """GPU and CPU jobs wait in separate lines; a job that went back to its queue waits behind
+    the ones already there. Checked against the order a worker takes the messages from Redis."""
+    from shared.jobs import claim_job, hand_back
+    from shared.tasks import enqueue_stylize
+
+    services = client.application.extensions["impasto"]
+    broker = redis.Redis.from_url(settings.broker_url)
+    sizes = {"gpu a": "512", "cpu b": "128", "gpu c": "512", "cpu d": "128", "gpu e": "512"}
+    jobs = {
+        name: post(client, {"size": size, "style_preset": "shipwreck"}, styles=()).get_json()
+        for name, size in sizes.items()
+    }
+    positions = {name: job["queue_position"] for name, job in jobs.items()}
+    assert positions == {"gpu a": 0, "cpu b": 0, "gpu c": 1, "cpu d": 1, "gpu e": 2}
+
+    def taken_order(queue: str) -> list[str]:  # kombu LPUSHes and a worker BRPOPs: oldest first
+        return [json.loads(m)["headers"]["argsrepr"] for m in broker.lrange(queue, 0, -1)][::-1]
+
+    # A worker takes gpu a, then hands it back as it shuts down: its message goes to the back.
+    assert jobs["gpu a"]["id"] in json.loads(broker.rpop(settings.gpu_queue))["headers"]["argsrepr"]
+    with services.sessions() as session:
+        assert claim_job(session, jobs["gpu a"]["id"], "w1")
+        assert hand_back(session, jobs["gpu a"]["id"], "w1") == "queued"
+    enqueue_stylize(services.celery, jobs["gpu a"]["id"], settings.gpu_queue)
+    now = {name: client.get(f"/api/v1/jobs/{job['id']}").get_json()["queue_position"] for name, job in jobs.items()}
+    assert now == {"gpu c": 0, "gpu e": 1, "gpu a": 2, "cpu b": 0, "cpu d": 1}
+    for queue, names in [(settings.gpu_queue, ["gpu c", "gpu e", "gpu a"]), (settings.cpu_queue, ["cpu b", "cpu d"])]:
+        order = taken_order(queue)
+        assert len(order) == len(names) and all(jobs[n]["id"] in sent for n, sent in zip(names, order, strict=True))
+    broker.delete(*settings.queues)
+    broker.close()
 
 
 @pytest.mark.parametrize(

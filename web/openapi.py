@@ -87,7 +87,9 @@ def _job_schema() -> dict[str, Any]:
             "losses": losses,
             "queue_position": {
                 "type": ["integer", "null"],
-                "description": "queued jobs ahead of this one (0: next); null unless queued",
+                "description": "queued jobs ahead of this one in its own queue (GPU or CPU), in the order "
+                "workers take them: a job sent again waits behind those already there (0: next); "
+                "null unless queued",
             },
             "params": {"type": "object", "description": "every parameter, defaults filled in"},
             "style_preset": {"type": ["string", "null"]},
