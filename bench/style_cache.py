@@ -31,7 +31,7 @@ if str(REPO_ROOT) not in sys.path:
 from shared.params import StyleParams  # noqa: E402
 from worker.engine import Result, VGGFeatures, load_weights, stylize  # noqa: E402
 from worker.engine.images import fit_long_side, to_tensor  # noqa: E402
-from worker.engine.optimize import _min_side, scale_sizes  # noqa: E402
+from worker.engine.optimize import scale_sizes  # noqa: E402
 from worker.engine.targets import NetworkKey, TargetCache, style_grams  # noqa: E402
 
 DEFAULT_IMAGES = REPO_ROOT / "tests" / "data"
@@ -55,7 +55,7 @@ def targets_seconds(content, style, params, weights, repeats: int) -> tuple[floa
     layers = (*params.content_layers, *params.style_layers)
     net = VGGFeatures(weights, layers, params.pooling)
     network = NetworkKey(weights.state, params.pooling, "cpu")
-    sizes = scale_sizes(content.size, params.size, params.scales, _min_side(layers))
+    sizes = scale_sizes(content.size, params.size, params.scales, params.min_short_side())
     styles = [to_tensor(style, fit_long_side(style.size, max(round(params.style_scale * max(d)), 1))) for d in sizes]
     cache = TargetCache()
     made, found = [], []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, Snapshot, new_job_id, utcnow
@@ -212,21 +212,25 @@ def request_cancel(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def queue_position(session: Session, job: Job) -> int | None:
-    """How many queued jobs are ahead of this one (0: it starts next); None unless queued."""
+def queue_position(session: Session, job: Job, *, default_queue: str | None = None) -> int | None:
+    """How many queued jobs are ahead of this one in its own queue (0: it starts next); None
+    unless queued. Workers take a queue's messages in the order they were sent, and a job that
+    went back to the queue (handed back, re-sent by the reconciler) was sent again at
+    `enqueued_at`, behind those already waiting. `default_queue`: the queue of jobs from before
+    queues per device class (their `queue` is NULL), as the reconciler sends them."""
     if job.status != QUEUED:
         return None
-    return (
-        session.scalar(
-            select(func.count()).select_from(Job).where(Job.status == QUEUED, Job.created_at < job.created_at)
-        )
-        or 0
-    )
+    sent = func.coalesce(Job.enqueued_at, Job.created_at)
+    mine = job.enqueued_at or job.created_at
+    queue = job.queue or default_queue
+    same_queue = func.coalesce(Job.queue, default_queue) == queue if queue is not None else Job.queue.is_(None)
+    ahead = or_(sent < mine, and_(sent == mine, Job.id < job.id))
+    return session.scalar(select(func.count()).select_from(Job).where(Job.status == QUEUED, same_queue, ahead)) or 0
 
 
 def recent_jobs(session: Session, *, owner: str, limit: int, offset: int = 0) -> tuple[list[Job], int]:
     """An owner's jobs ("key:ID", "browser:HASH"), newest first, and how many there are in all."""
-    mine = select(Job).where(Job.owner == owner)
+    mine = select(Job).where(Job.owner == owner, Job.deleted_at.is_(None))
     jobs = session.scalars(mine.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
     total = session.scalar(select(func.count()).select_from(mine.subquery())) or 0
     return list(jobs), total

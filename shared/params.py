@@ -219,3 +219,28 @@ class StyleParams(BaseModel):
             raise ValueError(f"{len(blend)} numbers for {count} style images; give one weight per style image")
         total = sum(blend)
         return tuple(b / total for b in blend)
+
+    def min_short_side(self) -> int:
+        """The shortest image side whose features still exist at the deepest layer used: each
+        pooling layer up to it (pool5 included: it needs a 2x2 input) halves the image."""
+        layers = (*self.content_layers, *self.style_layers)
+        deepest = max(VGG19_LAYERS.index(name) for name in layers)
+        return 2 ** sum(1 for name in VGG19_LAYERS[: deepest + 1] if name.startswith("pool"))
+
+    def output_size_problem(self, content_size: tuple[int, int]) -> str | None:
+        """Why a content image of `content_size` (width, height) cannot be painted at this
+        size (its short side, scaled with the long side to `size`, is under
+        `min_short_side`), or None. The web checks it at submission, the engine before it runs."""
+        width, height = content_size
+        scale = self.size / max(width, height)
+        out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+        need = self.min_short_side()
+        if min(out_w, out_h) >= need:
+            return None
+        side = "height" if out_h < out_w else "width"
+        deepest = max((*self.content_layers, *self.style_layers), key=VGG19_LAYERS.index)
+        return (
+            f"the output would be {out_w}x{out_h} px at size {self.size}: its {side} of "
+            f"{min(out_w, out_h)} px is too small, layer {deepest} needs at least {need} px on the "
+            f"short side; ask for a larger size, or crop the image to a less extreme aspect ratio"
+        )

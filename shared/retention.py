@@ -1,15 +1,17 @@
 """Retention: a finished job's images and rows are deleted once it is older than the retention
 period; a job that is queued or running is never touched, however old.
 
-Each job is deleted under a guard in SQL (its status is final, and on PostgreSQL its row is
-locked until its rows are gone), so any number of cleaners, one per worker machine and the
-API's DELETE, may run at once: each job is deleted by exactly one of them, and a second
-cleaner that meets it skips it or finds it gone.
+A delete is three short steps, and no transaction or row lock is held while storage objects
+are removed: (1) one guarded UPDATE marks the finished job deleted (`deleted_at`) and commits,
+from which moment every reader treats it as gone; (2) its files are deleted; (3) its rows are.
+The guard (final, not yet marked) lets exactly one of any number of cleaners, one per worker
+machine and the API's DELETE, take each job; a second that meets it skips it or finds it gone.
 
-Files are deleted before rows: a cleaner that stops half way leaves a row whose images are
-partly gone, which the next pass deletes again, never images that no row leads to. Those
-come only from a submission whose row was never committed (the database was down) or a lost
-worker writing after its job was deleted; `purge_orphans` sweeps them once they are old.
+A cleaner that stops between the steps (a crash, a storage or database outage) leaves a row
+marked deleted, which no reader shows and the next retention pass finishes once it is
+ABANDONED_DELETE_AGE old: never a visible row whose images are gone. Images that no row leads
+to come only from a submission whose row was never committed (the database was down) or a
+lost worker writing after its job was deleted; `purge_orphans` sweeps them once they are old.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import argparse
 import logging
 import sys
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .models import FINAL_STATUSES, Job, Snapshot, utcnow
@@ -35,11 +37,19 @@ log = logging.getLogger("impasto.retention")
 ORPHAN_AGE = timedelta(days=1)
 
 
+# A job marked deleted whose row is still there after this long: its deleter stopped half
+# way; the retention pass finishes it (a delete in progress takes seconds, not minutes).
+ABANDONED_DELETE_AGE = timedelta(minutes=10)
+
+
 def delete_job(session: Session, storage: Storage, job_id: str) -> bool:
-    """Delete a finished job's images, then its rows, and commit; False, with nothing touched
-    (the session's transaction rolled back), when there is no such job or it is still queued
-    or running. A storage error leaves the row in place and is raised."""
-    return _delete_job(session, storage, job_id, finished_before=None, skip_locked=False)
+    """Mark a finished job deleted and commit, then delete its images, then its rows; False,
+    with nothing touched, when there is no such job, it is still queued or running, or another
+    cleaner marked it first. A storage or database error on the way leaves the job marked
+    deleted (hidden from every reader) for the retention pass to finish, and is raised."""
+    if not _mark_deleted(session, [Job.id == job_id, Job.status.in_(FINAL_STATUSES), Job.deleted_at.is_(None)]):
+        return False
+    return _remove(session, storage, job_id)
 
 
 def purge_expired(
@@ -50,26 +60,39 @@ def purge_expired(
     batch: int = 100,
 ) -> int:
     """Delete every finished job that finished more than `retention_seconds` ago (0: keep
-    forever), with its images; returns how many jobs this call deleted."""
-    if retention_seconds <= 0:
-        return 0
-    before = (now or utcnow()) - timedelta(seconds=retention_seconds)
-    deleted, after = 0, ""
-    while True:
-        # Pages by id, so the pass ends even while other cleaners take some of the same jobs.
-        with sessions() as session:
-            ids = session.scalars(
-                select(Job.id).where(_expired(before), Job.id > after).order_by(Job.id).limit(batch)
-            ).all()
-        for job_id in ids:
+    forever), with its images, and finish deletes abandoned half way; returns how many jobs
+    this call deleted."""
+    now = now or utcnow()
+    deleted = 0
+    if retention_seconds > 0:
+        before = now - timedelta(seconds=retention_seconds)
+        for job_id in _pages(sessions, and_(_expired(before), Job.deleted_at.is_(None)), batch):
             with sessions() as session:
-                deleted += _delete_job(session, storage, job_id, finished_before=before, skip_locked=True)
+                guard = [Job.id == job_id, _expired(before), Job.deleted_at.is_(None)]
+                if _mark_deleted(session, guard):
+                    deleted += _remove(session, storage, job_id)
+        if deleted:
+            log.info("event=retention-purged jobs=%d finished_before=%s", deleted, before.isoformat())
+    abandoned = 0
+    for job_id in _pages(sessions, Job.deleted_at < now - ABANDONED_DELETE_AGE, batch):
+        with sessions() as session:
+            abandoned += _remove(session, storage, job_id)
+    if abandoned:
+        log.info("event=abandoned-deletes-finished jobs=%d", abandoned)
+    return deleted + abandoned
+
+
+def _pages(sessions: sessionmaker[Session], condition: Any, batch: int) -> Iterator[str]:
+    """The ids of the jobs that meet `condition`, a page at a time by id, so that a pass ends
+    even while other cleaners take some of the same jobs."""
+    after = ""
+    while True:
+        with sessions() as session:
+            ids = session.scalars(select(Job.id).where(condition, Job.id > after).order_by(Job.id).limit(batch)).all()
+        yield from ids
         if len(ids) < batch:
-            break
+            return
         after = ids[-1]
-    if deleted:
-        log.info("event=retention-purged jobs=%d finished_before=%s", deleted, before.isoformat())
-    return deleted
 
 
 def purge_orphans(
@@ -119,29 +142,36 @@ def _expired(before: datetime) -> Any:
     )
 
 
-def _delete_job(
-    session: Session, storage: Storage, job_id: str, *, finished_before: datetime | None, skip_locked: bool
-) -> bool:
-    guard = [Job.id == job_id, Job.status.in_(FINAL_STATUSES)]
-    if finished_before is not None:
-        guard.append(_expired(finished_before))
+def _mark_deleted(session: Session, guard: list[Any]) -> bool:
+    """One guarded UPDATE, committed at once: whether this cleaner took the job."""
     try:
-        # FOR UPDATE (PostgreSQL; SQLite has one writer anyway): no one changes or deletes the
-        # row until this transaction ends. The purge skips rows another cleaner holds.
+        taken = session.execute(update(Job).where(*guard).values(deleted_at=utcnow())).rowcount == 1
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return taken
+
+
+def _remove(session: Session, storage: Storage, job_id: str) -> bool:
+    """The files, then the rows, of a job marked deleted; True when this call deleted its row."""
+    try:
         row = session.execute(
-            select(Job.inputs, Job.output_key).where(*guard).with_for_update(skip_locked=skip_locked)
+            select(Job.inputs, Job.output_key).where(Job.id == job_id, Job.deleted_at.is_not(None))
         ).first()
-        if row is None:
-            session.rollback()
-            return False
         snapshots = session.scalars(select(Snapshot.key).where(Snapshot.job_id == job_id)).all()
-        keys = set(_keys(row.inputs, row.output_key, snapshots))
-        keys.update(item.key for item in storage.list_objects(f"jobs/{job_id}"))
-        for key in sorted(keys):
-            storage.delete(key)
+    finally:
+        session.rollback()  # a read only: end its transaction before the storage calls
+    if row is None:
+        return False
+    keys = set(_keys(row.inputs, row.output_key, snapshots))
+    keys.update(item.key for item in storage.list_objects(f"jobs/{job_id}"))
+    for key in sorted(keys):
+        storage.delete(key)
+    try:
         # Snapshots first, whether or not the database cascades (SQLite without its pragma).
         session.execute(delete(Snapshot).where(Snapshot.job_id == job_id))
-        deleted = session.execute(delete(Job).where(*guard)).rowcount == 1
+        deleted = session.execute(delete(Job).where(Job.id == job_id, Job.deleted_at.is_not(None))).rowcount == 1
         session.commit()
     except BaseException:
         session.rollback()

@@ -57,6 +57,9 @@ class Settings:
     anonymous_jobs_per_hour: int
     require_api_key: bool
     trusted_proxies: int
+    # Signs the browser's cookie and its CSRF tokens; the same in every web process. None: not
+    # set (`impasto web` refuses to start; `impasto up` generates one into the data folder).
+    secret_key: str | None = None
 
     def with_broker(self, broker_url: str) -> Settings:
         return replace(self, broker_url=broker_url)
@@ -119,6 +122,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         anonymous_jobs_per_hour=_int(env, "IMPASTO_ANONYMOUS_JOBS_PER_HOUR", 60, 0),
         require_api_key=_bool(env, "IMPASTO_REQUIRE_API_KEY", False),
         trusted_proxies=_int(env, "IMPASTO_TRUSTED_PROXIES", 0, 0, 10),
+        secret_key=_secret(env, "IMPASTO_SECRET_KEY"),
     )
     return replace(settings, **overrides) if overrides else settings
 
@@ -186,3 +190,15 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise SettingsError(f"{name}={raw!r}: expected 1 or 0 (true or false)")
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    if len(value) < 32:
+        raise SettingsError(
+            f"{name} is {len(value)} characters: use at least 32 random ones "
+            f'(python -c "import secrets; print(secrets.token_urlsafe(32))")'
+        )
+    return value

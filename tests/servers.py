@@ -33,9 +33,17 @@ def temporary_postgres_database(admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def service_env(settings_env: dict[str, str]) -> dict[str, str]:
+# What `impasto web` signs cookies and CSRF tokens with in tests (it refuses to start without one).
+TEST_SECRET_KEY = "test-secret-key-for-impasto-web-0123456789"
+
+
+def service_env(settings_env: dict[str, str], *, secret_key: bool = True) -> dict[str, str]:
+    """The environment of a service process: this one's, without IMPASTO_* settings, plus
+    `settings_env`, and IMPASTO_SECRET_KEY unless `secret_key` is False."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMPASTO_")}
     env.update({"IMPASTO_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"})
+    if secret_key:
+        env["IMPASTO_SECRET_KEY"] = TEST_SECRET_KEY
     env.update(settings_env)
     return env
 

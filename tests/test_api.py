@@ -100,8 +100,42 @@ def test_submit_answers_202_with_the_job_and_enqueues_it(client, queued):
     again = client.get(f"/api/v1/jobs/{job['id']}").get_json()
     assert again["id"] == job["id"] and again["status"] == "queued"
     assert len(job["token"]) == 32 and "token" not in again  # the token is given once
-    second = post(client, {"style_preset": "the_scream"}, styles=()).get_json()
+    second = post(client, {"style_preset": "the_scream", "size": "128"}, styles=()).get_json()  # the same queue
     assert second["queue_position"] == 1 and second["style_preset"] == "the_scream"
+
+
+def test_queue_position_counts_the_jobs_ahead_in_the_jobs_own_queue_as_workers_take_them(client, settings):
+    """GPU and CPU jobs wait in separate lines; a job that went back to its queue waits behind
+    the ones already there. Checked against the order a worker takes the messages from Redis."""
+    from shared.jobs import claim_job, hand_back
+    from shared.tasks import enqueue_stylize
+
+    services = client.application.extensions["impasto"]
+    broker = redis.Redis.from_url(settings.broker_url)
+    sizes = {"gpu a": "512", "cpu b": "128", "gpu c": "512", "cpu d": "128", "gpu e": "512"}
+    jobs = {
+        name: post(client, {"size": size, "style_preset": "shipwreck"}, styles=()).get_json()
+        for name, size in sizes.items()
+    }
+    positions = {name: job["queue_position"] for name, job in jobs.items()}
+    assert positions == {"gpu a": 0, "cpu b": 0, "gpu c": 1, "cpu d": 1, "gpu e": 2}
+
+    def taken_order(queue: str) -> list[str]:  # kombu LPUSHes and a worker BRPOPs: oldest first
+        return [json.loads(m)["headers"]["argsrepr"] for m in broker.lrange(queue, 0, -1)][::-1]
+
+    # A worker takes gpu a, then hands it back as it shuts down: its message goes to the back.
+    assert jobs["gpu a"]["id"] in json.loads(broker.rpop(settings.gpu_queue))["headers"]["argsrepr"]
+    with services.sessions() as session:
+        assert claim_job(session, jobs["gpu a"]["id"], "w1")
+        assert hand_back(session, jobs["gpu a"]["id"], "w1") == "queued"
+    enqueue_stylize(services.celery, jobs["gpu a"]["id"], settings.gpu_queue)
+    now = {name: client.get(f"/api/v1/jobs/{job['id']}").get_json()["queue_position"] for name, job in jobs.items()}
+    assert now == {"gpu c": 0, "gpu e": 1, "gpu a": 2, "cpu b": 0, "cpu d": 1}
+    for queue, names in [(settings.gpu_queue, ["gpu c", "gpu e", "gpu a"]), (settings.cpu_queue, ["cpu b", "cpu d"])]:
+        order = taken_order(queue)
+        assert len(order) == len(names) and all(jobs[n]["id"] in sent for n, sent in zip(names, order, strict=True))
+    broker.delete(*settings.queues)
+    broker.close()
 
 
 @pytest.mark.parametrize(
@@ -126,6 +160,9 @@ def test_submit_answers_202_with_the_job_and_enqueues_it(client, queued):
         ({}, {"content": b"<html><script>alert(1)</script></html>"}, "content", "not an image that can be read"),
         ({}, {"content": png()[:60]}, "content", "truncated"),
         ({}, {"styles": (png(9000, 9000, "P"),)}, "style", "over the limit"),
+        ({}, {"content": png(10000, 4)}, "content", "512x1 px at size 512: its height of 1 px is too small"),
+        ({"size": "1024"}, {"content": png(4, 10000)}, "content", "1x1024 px at size 1024: its width of 1 px"),
+        ({"size": "16"}, {"content": png(64, 48)}, "content", "16x12 px at size 16: its height of 12 px"),
     ],
 )
 def test_bad_input_is_422_naming_the_field(client, queued, fields, kw, field, says):
@@ -139,6 +176,56 @@ def test_bad_input_is_422_naming_the_field(client, queued, fields, kw, field, sa
 def test_missing_content_is_422(client):
     response = client.post("/api/v1/jobs", data={"style_preset": "starry_night"}, content_type="multipart/form-data")
     assert response.status_code == 422 and response.get_json()["error"]["field"] == "content"
+
+
+def test_a_repeated_content_file_is_422_naming_it(client, queued):
+    data = {
+        "content": [(io.BytesIO(PHOTO.read_bytes()), "one.jpg"), (io.BytesIO(png()), "two.png")],
+        "style_preset": "shipwreck",
+    }
+    response = client.post("/api/v1/jobs", data=data, content_type="multipart/form-data")
+    assert response.status_code == 422, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["field"] == "content" and "2 content images" in error["message"]
+    assert queued() == 0
+
+
+def raw_multipart(client, path: str, name: bytes, filename: bytes, extra: bytes = b""):
+    """A multipart body written byte by byte, as a client that does not encode names in UTF-8
+    sends it (the test client would encode them)."""
+    body = (
+        b'--B0UND\r\nContent-Disposition: form-data; name="' + name + b'"; filename="' + filename + b'"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + PHOTO.read_bytes() + b"\r\n"
+        b'--B0UND\r\nContent-Disposition: form-data; name="style_preset"\r\n\r\nshipwreck\r\n'
+        + extra
+        + b"--B0UND--\r\n"
+    )
+    return client.post(path, data=body, content_type="multipart/form-data; boundary=B0UND")
+
+
+@pytest.mark.parametrize(
+    ("name", "filename"),
+    [(b"content", b"ph\xe9oto.jpg"), (b"cont\xffent", b"photo.jpg")],
+    ids=["latin-1 file name", "field name not UTF-8"],
+)
+def test_a_form_that_cannot_be_read_is_422_saying_so(client, queued, name, filename):
+    response = raw_multipart(client, "/api/v1/jobs", name, filename)
+    assert response.status_code == 422, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "unreadable_form" and error["field"] is None
+    assert error["message"].startswith("the form could not be read") and "UTF-8" in error["message"]
+    token = form_token(client)
+    page = raw_multipart(
+        client,
+        "/jobs",
+        name,
+        filename,
+        b'--B0UND\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n' + token.encode() + b"\r\n",
+    )
+    assert page.status_code == 422 and "the form could not be read" in page.get_data(as_text=True)
+    assert queued() == 0
+    # The same body with UTF-8 names is a job.
+    assert raw_multipart(client, "/api/v1/jobs", b"content", "phéoto.jpg".encode()).status_code == 202
 
 
 def test_a_file_name_with_folders_is_reduced_to_its_name(client, queued):

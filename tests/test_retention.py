@@ -12,15 +12,15 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import make_engine, session_factory
-from shared.jobs import create_job
+from shared.jobs import create_job, recent_jobs
 from shared.migrate import upgrade
 from shared.models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, Snapshot, utcnow
-from shared.retention import delete_job, main, purge_expired, purge_orphans
-from shared.storage import LocalStorage, Storage, job_key, open_storage
+from shared.retention import ABANDONED_DELETE_AGE, delete_job, main, purge_expired, purge_orphans
+from shared.storage import LocalStorage, Storage, StorageError, job_key, open_storage
 from tests.test_storage import s3, s3_server  # noqa: F401  (fixtures: moto's S3 server and a bucket)
 
 DAY = 24 * 3600
@@ -148,6 +148,95 @@ def test_delete_job_deletes_only_a_finished_job(sessions, tmp_path):
         assert delete_job(session, storage, done) is True
         assert delete_job(session, storage, done) is False  # the same session goes on working
     assert rows(sessions, done) == (0, 0) and files_of(storage, done) == []
+
+
+class PausedStorage(LocalStorage):
+    """Its first delete waits until the test lets it go: the moment a deleter is removing files."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.deleting, self.go_on = threading.Event(), threading.Event()
+
+    def delete(self, key: str) -> None:
+        if not self.deleting.is_set():
+            self.deleting.set()
+            assert self.go_on.wait(30)
+        super().delete(key)
+
+
+def test_no_transaction_or_row_lock_is_held_while_files_are_removed(sessions, tmp_path):
+    storage = PausedStorage(tmp_path / "storage")
+    job_id = make_job(sessions, storage, SUCCEEDED, age=60)
+    owner_engine = sessions.kw["bind"]
+    deleter = threading.Thread(target=lambda: _delete_in_own_session(sessions, storage, job_id))
+    deleter.start()
+    try:
+        assert storage.deleting.wait(30)
+        with sessions() as session:
+            # The mark is committed before any file goes: every reader already sees it as deleted.
+            assert session.scalar(select(Job.deleted_at).where(Job.id == job_id)) is not None
+            if owner_engine.dialect.name == "postgresql":
+                # No row lock: another transaction takes the row at once (NOWAIT would raise).
+                session.execute(select(Job.id).where(Job.id == job_id).with_for_update(nowait=True)).one()
+                session.rollback()
+                # And no transaction left open by the deleter while it talks to the storage.
+                idle = session.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+                    )
+                )
+                assert idle == 0
+            else:  # SQLite: the database is not locked for writing by the deleter
+                session.execute(update(Job).where(Job.id == job_id).values(weights="x"))
+                session.commit()
+    finally:
+        storage.go_on.set()
+        deleter.join(30)
+    assert rows(sessions, job_id) == (0, 0) and files_of(storage, job_id) == []
+
+
+def _delete_in_own_session(sessions, storage, job_id) -> None:
+    with sessions() as session:
+        assert delete_job(session, storage, job_id) is True
+
+
+class CrashingStorage(LocalStorage):
+    """Fails after its first delete, as a deleter that crashed (or lost the storage) half way."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.deletes = 0
+
+    def delete(self, key: str) -> None:
+        self.deletes += 1
+        if self.deletes > 1:
+            raise StorageError("the storage went away")
+        super().delete(key)
+
+
+def test_a_delete_stopped_half_way_is_hidden_and_the_retention_pass_finishes_it(sessions, tmp_path):
+    storage = CrashingStorage(tmp_path / "storage")
+    job_id = make_job(sessions, storage, FAILED, age=60)
+    owner = "key:crash"
+    with sessions() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(owner=owner))
+        session.commit()
+    with sessions() as session, pytest.raises(StorageError):
+        delete_job(session, storage, job_id)
+    assert rows(sessions, job_id) == (1, 2) and len(files_of(storage, job_id)) == 4  # one file gone
+    with sessions() as session:
+        # Marked deleted: never listed, and a second DELETE finds nothing to take.
+        assert recent_jobs(session, owner=owner, limit=10) == ([], 0)
+        assert session.get(Job, job_id).deleted_at is not None
+        assert delete_job(session, storage, job_id) is False
+    healthy = LocalStorage(tmp_path / "storage")
+    # A delete in progress is left to its deleter; one abandoned for long, the pass finishes,
+    # even with retention off (0: keep finished jobs forever).
+    assert purge_expired(sessions, healthy, 0) == 0 and rows(sessions, job_id) == (1, 2)
+    later = utcnow() + ABANDONED_DELETE_AGE + timedelta(seconds=1)
+    assert purge_expired(sessions, healthy, 0, now=later) == 1
+    assert rows(sessions, job_id) == (0, 0) and files_of(healthy, job_id) == []
 
 
 class SlowStorage(LocalStorage):

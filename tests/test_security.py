@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import io
 import re
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
@@ -387,6 +390,63 @@ def test_the_browser_cookie_is_httponly_samesite_and_set_once(client):
     assert cookie.startswith(f"{BROWSER_COOKIE}=")
     assert {"HttpOnly", "SameSite=Lax", "Path=/"} <= {part.strip() for part in cookie.split(";")}
     assert "Set-Cookie" not in client.get("/").headers
+
+
+@pytest.mark.parametrize(
+    "presented",
+    ["A" * 43, "A" * 43 + "." + "B" * 43, "made-up", "planted-from-a-sibling-subdomain"],
+    ids=["a made-up secret", "a made-up signature", "any word", "another word"],
+)
+def test_a_cookie_the_server_did_not_make_is_replaced_by_a_fresh_one(app, client, sessions, presented):
+    client.set_cookie(BROWSER_COOKIE, presented)
+    answer = client.get("/")
+    fresh = answer.headers["Set-Cookie"].split(";")[0].removeprefix(f"{BROWSER_COOKIE}=")
+    assert fresh != presented and re.fullmatch(r"[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}", fresh)
+    # The page's token is for the fresh cookie: with it the form makes a job owned by that
+    # cookie; the made-up one, sent again by a client that ignores Set-Cookie, submits nothing.
+    token = re.search(r'name="csrf_token" value="([^"]+)"', answer.get_data(as_text=True)).group(1)
+    assert client.get_cookie(BROWSER_COOKIE).value == fresh
+    answer = form_submit(client, token)
+    assert answer.status_code == 303
+    with sessions() as session:
+        assert session.scalars(select(Job.owner)).one() == f"browser:{sha256(fresh)}"
+    assert client.get("/jobs").headers.get("Set-Cookie") is None  # a signed cookie is kept
+    stubborn = app.test_client()
+    stubborn.set_cookie(BROWSER_COOKIE, presented)
+    stubborn_token = form_token(stubborn)  # the token of the fresh cookie it was given
+    stubborn.set_cookie(BROWSER_COOKIE, presented)  # and ignored
+    assert form_submit(stubborn, stubborn_token).status_code == 403
+    assert job_count(sessions) == 1
+
+
+def test_a_csrf_token_needs_the_servers_key(app, client, sessions):
+    form_token(client)
+    cookie = client.get_cookie(BROWSER_COOKIE).value
+    # What a token derived from the cookie alone would be: whoever knows the cookie (or planted
+    # it from a sibling subdomain) could make it.
+    from_cookie = hmac.new(cookie.encode(), b"impasto csrf", hashlib.sha256).hexdigest()
+    assert form_submit(client, from_cookie).status_code == 403
+    assert job_count(sessions) == 0
+    # The same cookie under another server key has other tokens: the key is what makes them.
+    other = app.test_client()
+    other.application.config["IMPASTO_SECRET_KEY"] = "another-key-" + "0" * 32
+    assert form_token(client) != form_token(other)
+
+
+def test_impasto_web_refuses_to_start_without_a_secret_key(tmp_path, queue_name):
+    env = {"IMPASTO_DATA_DIR": str(tmp_path), "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL, "IMPASTO_QUEUE": queue_name}
+    for given, says in [
+        ({}, "impasto web: error: IMPASTO_SECRET_KEY is not set: give every web process the same random key"),
+        ({"IMPASTO_SECRET_KEY": "short"}, "impasto web: error: IMPASTO_SECRET_KEY is 5 characters: use at least 32"),
+    ]:
+        run = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "web", "--port", str(free_port())],
+            env=service_env({**env, **given}, secret_key=False),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 2 and run.stderr.startswith(says), run.stderr
 
 
 @pytest.mark.parametrize(("trusted", "secure"), [(1, True), (0, False)])  # untrusted: anyone may send the header

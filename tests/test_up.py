@@ -65,7 +65,9 @@ def test_up_runs_a_curl_job_to_success_and_stops_cleanly_on_ctrl_c(backing, tmp_
 def run_up_and_a_job(backing, tmp_path, env):
     port = free_port()
     log = tmp_path / "up.log"
-    up = start(["up", "--port", str(port), "--data-dir", str(tmp_path / "data")], service_env(env), log)
+    # Embedded: no IMPASTO_SECRET_KEY given, so `impasto up` makes one into its data folder.
+    up_env = service_env(env, secret_key=backing != "embedded")
+    up = start(["up", "--port", str(port), "--data-dir", str(tmp_path / "data")], up_env, log)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/healthz", up, log)
@@ -79,6 +81,8 @@ def run_up_and_a_job(backing, tmp_path, env):
         if backing == "embedded":
             assert (tmp_path / "data" / "impasto.db").is_file()
             assert (tmp_path / "data" / "storage" / "jobs" / job["id"] / "output.png").is_file()
+            key = tmp_path / "data" / "secret_key"
+            assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) >= 32
         else:
             assert not (tmp_path / "data" / "impasto.db").exists()
         assert f"Impasto is running at {base}/" in log.read_text()

@@ -2,15 +2,18 @@
 
 - An API client may send `Authorization: Bearer KEY`; its jobs are its own and count against
   the key's quota. Without a key, submissions count against the client address's hourly limit.
-- A browser gets a random secret in an HttpOnly, SameSite=Lax cookie on its first page; the
-  jobs it submits through the form are its own. The form and the page's cancel/delete calls
-  carry a CSRF token derived from that secret, which another site can neither read nor send.
+- A browser gets a random secret, signed with the server's key (IMPASTO_SECRET_KEY), in an
+  HttpOnly, SameSite=Lax cookie on its first page; the jobs it submits through the form are its
+  own. A cookie the server did not sign is replaced by a fresh one, never taken as it comes.
+  The form and the page's cancel/delete calls carry a CSRF token derived from that cookie,
+  which another site can neither read nor send.
 - Each job's token (given once, when it is created) cancels or deletes it, from anywhere.
 Viewing a job needs none of these: its id is 128 random bits, so its URL is the capability.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -32,7 +35,8 @@ log = logging.getLogger("impasto.web")
 
 BROWSER_COOKIE = "impasto_browser"
 BROWSER_COOKIE_MAX_AGE = 365 * 24 * 3600
-_BROWSER_SECRET = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
+# secrets.token_urlsafe(32), a dot, and its HMAC-SHA256 under the server's key (base64url).
+_BROWSER_COOKIE_VALUE = re.compile(r"^([A-Za-z0-9_-]{43})\.([A-Za-z0-9_-]{43})$")
 JOB_TOKEN_HEADER = "X-Job-Token"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -69,13 +73,29 @@ def key_owner(key: ApiKey) -> str:
 
 
 def browser_secret() -> str:
-    """The secret in the browser's cookie, or a new one that `remember_browser` sets."""
-    secret = request.cookies.get(BROWSER_COOKIE, "")
-    if _BROWSER_SECRET.match(secret):
-        return secret
+    """The browser's cookie, when the server made it; else a new one that `remember_browser` sets."""
+    presented = request.cookies.get(BROWSER_COOKIE, "")
+    if _server_made(presented):
+        return presented
     if "browser_secret" not in g:
-        g.browser_secret = secrets.token_urlsafe(32)
+        g.browser_secret = _sign(secrets.token_urlsafe(32))
     return g.browser_secret
+
+
+def _sign(secret: str) -> str:
+    mac = hmac.new(server_key(), b"impasto browser " + secret.encode(), hashlib.sha256).digest()
+    return f"{secret}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+def _server_made(value: str) -> bool:
+    """Whether a cookie's value is one this service signed (not made up, nor planted unsigned)."""
+    found = _BROWSER_COOKIE_VALUE.match(value)
+    return found is not None and hmac.compare_digest(_sign(found.group(1)).encode(), value.encode())
+
+
+def server_key() -> bytes:
+    """The key that signs cookies and CSRF tokens: IMPASTO_SECRET_KEY, the same in every process."""
+    return current_app.config["IMPASTO_SECRET_KEY"].encode()
 
 
 def remember_browser(response: Response) -> Response:
@@ -105,14 +125,15 @@ def _over_https() -> bool:
 
 def browser_owner() -> str | None:
     """The owner id of the browser's cookie ("browser:" + its SHA-256), None without a cookie."""
-    secret = request.cookies.get(BROWSER_COOKIE, "")
-    return _owner_of(secret) if _BROWSER_SECRET.match(secret) else None
+    presented = request.cookies.get(BROWSER_COOKIE, "")
+    return _owner_of(presented) if _server_made(presented) else None
 
 
 def csrf_token() -> str:
-    """The token the pages put in the form and send with cancel/delete: derived from the
-    browser's secret, so only a page that read it from our HTML can send it."""
-    return hmac.new(browser_secret().encode(), b"impasto csrf", hashlib.sha256).hexdigest()
+    """The token the pages put in the form and send with cancel/delete: an HMAC of the browser's
+    cookie under the server's key, so only a page that read it from our HTML can send it, and
+    nobody who knows (or planted) a cookie can compute it."""
+    return hmac.new(server_key(), b"impasto csrf " + browser_secret().encode(), hashlib.sha256).hexdigest()
 
 
 def csrf_ok(sent: str | None) -> bool:

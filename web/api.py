@@ -35,7 +35,7 @@ from .access import (
 )
 from .openapi import openapi_document
 from .services import Services, services
-from .submit import QueueUnavailable, SubmissionError, submit
+from .submit import QueueUnavailable, SubmissionError, check_form_read, submit
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger("impasto.web")
@@ -97,6 +97,7 @@ def create():
         raise Unauthorized("this service takes jobs from API keys only: send 'Authorization: Bearer KEY'")
     token = new_job_token()
     try:
+        check_form_read(request)
         with counted(submission_limit(key)):
             job = submit(
                 services(),
@@ -114,7 +115,7 @@ def create():
     # The job as it was committed: a worker may already have claimed it, but the answer to a
     # submission is always the queued job.
     with services().sessions() as session:
-        body = job_json(job, queue_position(session, job))
+        body = job_json(job, position(session, job))
     body["token"] = token  # shown this once: it cancels or deletes the job
     response = jsonify(body)
     response.status_code = 202
@@ -135,7 +136,7 @@ def index():
     offset = _int_arg("offset", 0, 0, 10**9)
     with services().sessions() as session:
         jobs, total = recent_jobs(session, owner=key_owner(key), limit=limit, offset=offset)
-        items = [job_json(job, queue_position(session, job), snapshots=False) for job in jobs]
+        items = [job_json(job, position(session, job), snapshots=False) for job in jobs]
     return jsonify({"jobs": items, "total": total, "limit": limit, "offset": offset})
 
 
@@ -143,7 +144,7 @@ def index():
 def show(job_id: str):
     with services().sessions() as session:
         job = load_job(session, job_id)
-        return jsonify(job_json(job, queue_position(session, job)))
+        return jsonify(job_json(job, position(session, job)))
 
 
 @bp.post("/api/v1/jobs/<job_id>/cancel")
@@ -212,7 +213,7 @@ def _event_stream(job_id: str) -> Iterator[str]:
         try:
             with services().sessions() as session:
                 job = load_job(session, job_id)
-                body = job_json(job, queue_position(session, job))
+                body = job_json(job, position(session, job))
         except HTTPException:  # deleted meanwhile: nothing more to tell
             return
         except Exception as err:
@@ -306,9 +307,14 @@ def load_job(session, job_id: str) -> Job:
     if not JOB_ID.match(job_id):
         abort(404, f"no job {job_id[:40]!r}")
     job = session.get(Job, job_id, options=[selectinload(Job.snapshots)], populate_existing=True)
-    if job is None:
+    if job is None or job.deleted_at is not None:  # a delete under way: gone already
         abort(404, f"no job {job_id}")
     return job
+
+
+def position(session, job: Job) -> int | None:
+    """The job's place in its own queue, in the order workers take them."""
+    return queue_position(session, job, default_queue=services().settings.gpu_queue)
 
 
 def _refuse_unless_allowed(job: Job, action: str) -> None:

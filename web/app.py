@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from flask import Flask, Response, request
@@ -16,6 +17,7 @@ from shared.storage import S3Storage, StorageError
 
 from .presets import PRESETS
 from .services import Services, init_services
+from .submit import FormRequest
 
 log = logging.getLogger("impasto.web")
 
@@ -37,11 +39,17 @@ def create_app(
     """Build the app from settings (default: the environment); tests pass their own."""
     settings = settings or (services.settings if services else load_settings())
     app = Flask(__name__)
+    app.request_class = FormRequest  # an unreadable form is said to be one, not taken as empty
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
         # Uploads are read into memory part by part; the total is capped by MAX_CONTENT_LENGTH.
         MAX_FORM_MEMORY_SIZE=settings.max_upload_bytes,
     )
+    # Signs cookies and CSRF tokens. An app built without one (tests, one process) makes its
+    # own; `impasto web`, with several processes, refuses to start without IMPASTO_SECRET_KEY.
+    if settings.secret_key is None:
+        log.warning("event=secret-key-generated reason=IMPASTO_SECRET_KEY-unset scope=this-process")
+    app.config["IMPASTO_SECRET_KEY"] = settings.secret_key or secrets.token_urlsafe(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     app.config.update(config or {})
     services = services or Services.from_settings(settings)

@@ -87,7 +87,9 @@ def _job_schema() -> dict[str, Any]:
             "losses": losses,
             "queue_position": {
                 "type": ["integer", "null"],
-                "description": "queued jobs ahead of this one (0: next); null unless queued",
+                "description": "queued jobs ahead of this one in its own queue (GPU or CPU), in the order "
+                "workers take them: a job sent again waits behind those already there (0: next); "
+                "null unless queued",
             },
             "params": {"type": "object", "description": "every parameter, defaults filled in"},
             "style_preset": {"type": ["string", "null"]},
@@ -261,7 +263,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             {"required": ["style_preset"], "properties": {"style": False}},
         ],
         "properties": {
-            "content": {**FILE, "description": "the photo (PNG, JPEG, WebP, ...)"},
+            "content": {
+                **FILE,
+                "description": "the photo (PNG, JPEG, WebP, ...); scaled so its long side is `size`, its "
+                "short side must keep the pixels the deepest layer needs (16 for conv5_1)",
+            },
             "style": {
                 "type": "array",
                 "items": FILE,

@@ -6,7 +6,7 @@ from flask import Blueprint, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shared.db import database_unreachable
-from shared.jobs import queue_position, recent_jobs
+from shared.jobs import recent_jobs
 from shared.keys import LimiterUnavailable, LimitExceeded
 from shared.params import StyleParams
 
@@ -20,10 +20,10 @@ from .access import (
     remember_browser,
     submission_limit,
 )
-from .api import job_json, load_job
+from .api import job_json, load_job, position
 from .presets import PRESETS
 from .services import services
-from .submit import QueueUnavailable, SubmissionError, submit
+from .submit import QueueUnavailable, SubmissionError, check_form_read, submit
 
 bp = Blueprint("pages", __name__)
 bp.after_request(remember_browser)  # the first page a browser sees gives it its cookie
@@ -59,6 +59,7 @@ def form():
 @bp.post("/jobs")
 def create():
     try:
+        check_form_read(request)
         if not csrf_ok(request.form.get(CSRF_FIELD)):
             return render_template(
                 "form.html",
@@ -110,7 +111,7 @@ def create():
 def job(job_id: str):
     with services().sessions() as session:
         found = load_job(session, job_id)
-        body = job_json(found, queue_position(session, found))
+        body = job_json(found, position(session, found))
     # Anyone with the link may watch; only the browser that submitted the job may cancel or delete it.
     mine = found.owner is not None and found.owner == browser_owner()
     return render_template("job.html", job=body, mine=mine)
@@ -125,7 +126,7 @@ def jobs():
         found, total = (
             recent_jobs(session, owner=owner, limit=per_page, offset=(page - 1) * per_page) if owner else ([], 0)
         )
-        items = [job_json(j, queue_position(session, j), snapshots=False) for j in found]
+        items = [job_json(j, position(session, j), snapshots=False) for j in found]
     return render_template("jobs.html", jobs=items, page=page, pages=max(1, -(-total // per_page)), total=total)
 
 

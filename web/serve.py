@@ -28,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         settings.require_broker()
+        if settings.secret_key is None:
+            # Every process must sign cookies and CSRF tokens with the same key; one made up
+            # per process would make each page's token fail on the other processes.
+            raise SettingsError(
+                "IMPASTO_SECRET_KEY is not set: give every web process the same random key of 32 "
+                'or more characters (python -c "import secrets; print(secrets.token_urlsafe(32))"), '
+                "or run `impasto up`, which keeps one in its data folder"
+            )
     except SettingsError as err:
         print(f"impasto web: error: {err}", file=sys.stderr)
         return 2

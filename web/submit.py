@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from flask import Request
 from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage, MultiDict
 
@@ -42,6 +43,44 @@ class SubmissionError(Exception):
     def __init__(self, errors: list[FieldError]):
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
         self.errors = errors
+
+
+class FormRequest(Request):
+    """Flask's request, except that a form werkzeug cannot parse (a field or file name that is
+    not UTF-8, a multipart body without its boundary) is remembered in `form_error` instead of
+    being dropped without a word, which made every such submission "choose a content image"."""
+
+    form_error: str | None = None
+
+    def make_form_data_parser(self):
+        parser = super().make_form_data_parser()
+        parser.silent = False
+        return parser
+
+    def _load_form_data(self) -> None:
+        try:
+            super()._load_form_data()
+        except ValueError as err:  # werkzeug's parse errors; a body too large is not one
+            self.form_error = str(err)
+            self.__dict__["form"] = self.parameter_storage_class()
+            self.__dict__["files"] = self.parameter_storage_class()
+
+
+def check_form_read(request: Request) -> None:
+    """SubmissionError (a 422 naming no field) when the request's form could not be read."""
+    request.form  # noqa: B018  (parses the body, once)
+    reason = getattr(request, "form_error", None)
+    if reason is not None:
+        raise SubmissionError(
+            [
+                FieldError(
+                    None,
+                    f"the form could not be read ({reason}): send a multipart/form-data body "
+                    f"whose field and file names are UTF-8",
+                    "unreadable_form",
+                )
+            ]
+        )
 
 
 def parse_params(form: MultiDict[str, str], settings: Settings) -> StyleParams:
@@ -114,19 +153,28 @@ def parse_params(form: MultiDict[str, str], settings: Settings) -> StyleParams:
     return params
 
 
-def decode_upload(upload: FileStorage, field: str, settings: Settings) -> tuple[bytes, str, str]:
-    """(bytes, extension, content type) of an uploaded image that decodes in full; the worker
-    decodes the same bytes again."""
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded image that passed the checks: its bytes as sent, and what they hold."""
+
+    data: bytes
+    extension: str
+    content_type: str
+    size: tuple[int, int]  # (width, height), upright
+
+
+def decode_upload(upload: FileStorage, field: str, settings: Settings) -> Upload:
+    """An uploaded image that decodes in full; the worker decodes the same bytes again."""
     data = upload.read()
     label = f"{field} image"
     if not data:
         raise SubmissionError([FieldError(field, f"the {label} is empty; choose an image file", "invalid_image")])
     try:
-        _, kind = decode_image_and_format(data, name=f"the {label}", max_pixels=settings.max_pixels)
+        image, kind = decode_image_and_format(data, name=f"the {label}", max_pixels=settings.max_pixels)
     except ImageError as err:
         raise SubmissionError([FieldError(field, str(err), "invalid_image")]) from None
     content_type = CONTENT_TYPES.get(kind, "application/octet-stream")
-    return data, content_type.removeprefix("image/").replace("jpeg", "jpg"), content_type
+    return Upload(data, content_type.removeprefix("image/").replace("jpeg", "jpg"), content_type, image.size)
 
 
 def submit(
@@ -154,7 +202,12 @@ def submit(
                     name, f"unknown file field {name!r}; send the photo as 'content' and each painting as 'style'"
                 )
             )
-    content = files.get("content")
+    contents = [f for f in files.getlist("content") if f]
+    if len(contents) > 1:
+        errors.append(
+            FieldError("content", f"{len(contents)} content images were sent; send exactly one", "invalid_image")
+        )
+    content = contents[0] if contents else None
     styles = [f for f in files.getlist("style") if f and f.filename]
     preset = form.get("style_preset", "").strip()
     if content is None or not content.filename:
@@ -178,28 +231,33 @@ def submit(
     if errors:
         raise SubmissionError(errors)
 
-    decoded: list[tuple[str, tuple[bytes, str, str], str]] = []
+    decoded: list[tuple[str, Upload, str]] = []
     for field, upload in [("content", content), *(("style", s) for s in styles)]:
         try:
             decoded.append((field, decode_upload(upload, field, settings), upload.filename or field))
         except SubmissionError as err:
             errors += err.errors
+    assert params is not None
+    if decoded and decoded[0][0] == "content":
+        # The engine's own rule: an image too thin for the layers at this size fails there.
+        problem = params.output_size_problem(decoded[0][1].size)
+        if problem is not None:
+            errors.append(FieldError("content", f"the content image is too thin: {problem}"))
     if errors:
         raise SubmissionError(errors)
     if preset:
-        decoded.append(("style", (preset_bytes(preset), "jpg", "image/jpeg"), PRESETS[preset].title))
+        decoded.append(("style", Upload(preset_bytes(preset), "jpg", "image/jpeg", (0, 0)), PRESETS[preset].title))
 
     job_id = new_job_id()
     inputs: dict[str, Any] = {"content": None, "styles": [], "style_preset": preset or None}
-    for index, (field, (data, extension, content_type), name) in enumerate(decoded):
-        key = job_key(job_id, f"inputs/{index}-{field}.{extension}")  # generated, never the upload's name
-        services.storage.put(key, data, content_type)
-        item = {"key": key, "name": _display_name(name), "content_type": content_type}
+    for index, (field, upload, name) in enumerate(decoded):
+        key = job_key(job_id, f"inputs/{index}-{field}.{upload.extension}")  # generated, never the upload's name
+        services.storage.put(key, upload.data, upload.content_type)
+        item = {"key": key, "name": _display_name(name), "content_type": upload.content_type}
         if field == "content":
             inputs["content"] = item
         else:
             inputs["styles"].append(item)
-    assert params is not None
     queue = settings.queue_for(params.size)  # small previews may go to the CPU queue
     with services.sessions() as session:
         job = create_job(

@@ -90,13 +90,6 @@ def split_iterations(iterations: int, scales: int) -> list[int]:
     return [*(base + (1 if i >= scales - 1 - extra else 0) for i in range(scales - 1)), iterations - coarse]
 
 
-def _min_side(layers: Sequence[str]) -> int:
-    """The shortest image side whose features still exist at the deepest layer."""
-    deepest = max(LAYER_NAMES.index(name) for name in layers)
-    # Up to and including the deepest layer: pool5 itself needs a 2x2 input.
-    return 2 ** sum(1 for name in LAYER_NAMES[: deepest + 1] if name.startswith("pool"))
-
-
 def stylize(
     content: Image.Image,
     styles: Sequence[Image.Image],
@@ -124,15 +117,13 @@ def stylize(
         raise EngineError(str(err)) from None
     dev = resolve_device(device)
     layers = (*params.content_layers, *params.style_layers)
-    min_side = _min_side(layers)
+    # The rule is the params model's, so the web refuses at submission what would fail here.
+    problem = params.output_size_problem(content.size)
+    if problem is not None:
+        raise EngineError(problem)
+    min_side = params.min_short_side()
     sizes = scale_sizes(content.size, params.size, params.scales, min_side)
     final_size = sizes[-1]
-    if min(final_size) < min_side:
-        raise EngineError(
-            f"the output would be {final_size[0]}x{final_size[1]} px, but layer "
-            f"{max(layers, key=LAYER_NAMES.index)} needs at least {min_side} px on the "
-            f"short side; ask for a larger size"
-        )
     weights = weights if weights is not None else load_weights(params.weights)
     net = VGGFeatures(weights, layers, params.pooling).to(dev)
     precision = resolve_precision(getattr(params, "precision", "auto"), dev)
