@@ -20,7 +20,8 @@ def progress(events):
 
 def test_loss_falls_over_a_short_run(photo, painting, run_engine):
     events, result = run_engine(photo, [painting], iterations=20, size=64)
-    assert result.losses.total < 0.05 * result.initial_losses.total
+    assert result.losses.total < 0.15 * result.initial_losses.total
+    assert result.losses.style < 0.1 * result.initial_losses.style
     assert result.initial_losses.content == 0  # the content image, where it all starts
     assert result.iterations == 20 and not result.canceled
     assert result.weights == "random" and result.device == "cpu"
@@ -66,7 +67,7 @@ def test_every_option_runs_and_lowers_the_loss(content_image, style_image, run_e
 
 def test_several_styles_blend_their_gram_targets(random_weights):
     params = StyleParams(weights="random", style_layers=("conv1_1", "conv2_1"))
-    net = VGGFeatures(random_weights, ("conv4_2", "conv1_1", "conv2_1"))
+    net = VGGFeatures(random_weights, (*params.content_layers, "conv1_1", "conv2_1"))
     content = to_tensor(make_content())
     first, second = to_tensor(make_style(seed=1)), to_tensor(make_style(seed=2).rotate(90))
     only_first = StyleObjective(net, params, content, [first], [1.0])
