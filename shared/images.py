@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -59,7 +60,57 @@ def decode_image_and_format(
         return _decode(source, label, max_pixels)
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says: its format as Pillow names it, and its upright size."""
+
+    format: str
+    size: tuple[int, int]  # (width, height), after its EXIF orientation
+
+
+# EXIF orientations that turn the picture a quarter (width and height swap).
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def inspect_image(
+    data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, decode_up_to: int = 0
+) -> ImageHeader:
+    """Check image bytes from their header (a format we open, a header Pillow can read, at most
+    `max_pixels`) without decoding a pixel: a web process does this in its request threads and
+    leaves the decoding to the worker. An image of at most `decode_up_to` pixels is decoded in
+    full as well, as the worker will, so that a damaged small file is refused at once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _open(data, name, max_pixels) as image:
+            width, height = _check_size(image, name, max_pixels)
+            kind = image.format or "PNG"
+            try:
+                orientation = image.getexif().get(0x0112)
+            except Exception:  # damaged EXIF: the decoder skips it too (exif_transpose then does nothing)
+                orientation = None
+    if width * height <= decode_up_to:
+        decode_image_and_format(data, name=name, max_pixels=max_pixels)
+    if orientation in _QUARTER_TURNS:
+        width, height = height, width
+    return ImageHeader(kind, (width, height))
+
+
 def _decode(source: str | os.PathLike[str] | bytes, label: str, max_pixels: int) -> tuple[Image.Image, str]:
+    with _open(source, label, max_pixels) as image:  # closes the file, which matters for multi-frame images
+        _check_size(image, label, max_pixels)
+        try:
+            image.load()
+            upright = _to_rgb(ImageOps.exif_transpose(image))
+        except MemoryError:
+            raise
+        except Exception as err:  # decoders raise OSError, ValueError, SyntaxError, EOFError, ... for bad data
+            raise ImageError(f"{label} is truncated or corrupt ({err})") from None
+        return upright, image.format or "PNG"
+
+
+def _open(source: str | os.PathLike[str] | bytes, label: str, max_pixels: int) -> Image.Image:
+    """The image, opened: its header read, no pixel decoded."""
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS)
     except FileNotFoundError:
@@ -76,22 +127,18 @@ def _decode(source: str | os.PathLike[str] | bytes, label: str, max_pixels: int)
         raise
     except Exception as err:  # a known format with a broken header: ValueError, OSError, struct.error, ...
         raise ImageError(f"{label} is a damaged image file ({err})") from None
-    with image:  # closes the file, which matters for multi-frame images
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise ImageError(f"{label} has no pixels ({width}x{height})")
-        if width * height > max_pixels:
-            raise ImageError(
-                f"{label} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}; downscale it"
-            )
-        try:
-            image.load()
-            upright = _to_rgb(ImageOps.exif_transpose(image))
-        except MemoryError:
-            raise
-        except Exception as err:  # decoders raise OSError, ValueError, SyntaxError, EOFError, ... for bad data
-            raise ImageError(f"{label} is truncated or corrupt ({err})") from None
-        return upright, image.format or "PNG"
+    return image
+
+
+def _check_size(image: Image.Image, label: str, max_pixels: int) -> tuple[int, int]:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError(f"{label} has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{label} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}; downscale it"
+        )
+    return width, height
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -60,6 +60,9 @@ class Settings:
     # Signs the browser's cookie and its CSRF tokens; the same in every web process. None: not
     # set (`impasto web` refuses to start; `impasto up` generates one into the data folder).
     secret_key: str | None = None
+    # Seconds one event stream (a live job page) lasts before the server ends it with a
+    # `reconnect` event, so that threads and proxies see streams come and go.
+    event_stream_limit: float = 120.0
 
     def with_broker(self, broker_url: str) -> Settings:
         return replace(self, broker_url=broker_url)
@@ -123,6 +126,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         require_api_key=_bool(env, "IMPASTO_REQUIRE_API_KEY", False),
         trusted_proxies=_int(env, "IMPASTO_TRUSTED_PROXIES", 0, 0, 10),
         secret_key=_secret(env, "IMPASTO_SECRET_KEY"),
+        event_stream_limit=_seconds(env, "IMPASTO_EVENT_STREAM_LIMIT", 120.0, 0.05, 3600),
     )
     return replace(settings, **overrides) if overrides else settings
 
@@ -201,4 +205,17 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
             f"{name} is {len(value)} characters: use at least 32 random ones "
             f'(python -c "import secrets; print(secrets.token_urlsafe(32))")'
         )
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number of seconds") from None
+    if not low <= value <= high:  # NaN fails this too
+        raise SettingsError(f"{name}={raw!r}: must be between {low:g} and {high:g} seconds")
     return value

@@ -389,12 +389,15 @@ def test_event_streams_past_the_limit_are_told_to_poll(client, queued, monkeypat
     assert f"GET /api/v1/jobs/{job['id']}" in response.get_json()["error"]["message"]
 
 
-def test_a_stream_starts_with_one_status_event(client, queued, monkeypatch):
-    monkeypatch.setattr("web.api.EVENT_STREAM_S", 0.5)  # a queued job: the stream just times out
+def test_a_stream_starts_with_one_status_event_and_ends_its_time_with_reconnect(make_settings, queued):
+    settings = make_settings(IMPASTO_EVENT_STREAM_LIMIT="0.5")  # a queued job: the stream just times out
+    upgrade(settings.database_url)
+    client = create_app(settings).test_client()
     job = post(client).get_json()
     body = client.get(f"/api/v1/jobs/{job['id']}/events").get_data(as_text=True)
     names = [line for line in body.splitlines() if line.startswith("event:")]
-    assert names == ["event: status"]
+    assert names == ["event: status", "event: reconnect"]
+    assert json.loads(body.rstrip().rsplit("data: ", 1)[1])["id"] == job["id"]  # the Job, as every event
 
 
 def test_every_kind_of_stream_ending_gives_its_place_back(client, queued, monkeypatch):

@@ -13,11 +13,15 @@ import signal
 from pathlib import Path
 
 import pytest
+import redis
+import requests
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
 from shared.launcher import free_port
-from tests.conftest import PAINTING, PHOTO
+from shared.migrate import upgrade
+from shared.settings import load_settings
+from tests.conftest import PAINTING, PHOTO, SYSTEM_REDIS_URL
 from tests.servers import service_env, start, stop, wait_for_http
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -311,3 +315,63 @@ def test_cancel_a_running_job(page: Page, problems: list[str], browser, server):
     expect(page.locator("#progress-text")).to_contain_text("canceled")
     # Only the refused event stream may have failed to load.
     assert [p for p in problems if "net::ERR_FAILED" not in p] == []
+
+
+@pytest.fixture
+def short_streams(tmp_path, queue_name) -> str:
+    """`impasto web` alone (no worker: a job stays queued) whose event streams end after 1.5 s."""
+    env = service_env(
+        {
+            "IMPASTO_DATA_DIR": str(tmp_path / "data"),
+            "IMPASTO_BROKER_URL": SYSTEM_REDIS_URL,
+            "IMPASTO_QUEUE": queue_name,
+            "IMPASTO_EVENT_STREAM_LIMIT": "1.5",
+        }
+    )
+    upgrade(load_settings(env).database_url)
+    port = free_port()
+    log = tmp_path / "web.log"
+    process = start(["web", "--port", str(port), "--workers", "1"], env, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(base + "/healthz", process, log, timeout=START_TIMEOUT_S)
+        yield base
+    finally:
+        stop(process)
+        connection = redis.Redis.from_url(SYSTEM_REDIS_URL)
+        connection.delete(*load_settings(env).queues)
+        connection.close()
+
+
+def test_a_live_page_opens_a_new_stream_when_the_server_ends_one(browser, short_streams):
+    base = short_streams
+    job = requests.post(
+        f"{base}/api/v1/jobs",
+        files={"content": ("photo.jpg", PHOTO.read_bytes())},
+        data={"style_preset": "starry_night"},
+        timeout=30,
+    ).json()
+    context = browser.new_context(base_url=base)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    streams, polls = [], []
+    job_url = f"{base}/api/v1/jobs/{job['id']}"
+    page.on("request", lambda r: streams.append(r.url) if r.url == job_url + "/events" else None)
+    page.on("request", lambda r: polls.append(r.url) if r.url == job_url else None)
+    try:
+        page.goto(f"/jobs/{job['id']}")
+        expect(page.locator("#status")).to_have_text("queued")
+        for _ in range(100):  # two stream ends take about 3 s
+            if len(streams) >= 3:
+                break
+            page.wait_for_timeout(100)
+        assert len(streams) >= 3, f"{len(streams)} stream(s) opened: the page stopped listening"
+        assert polls == [], "the page fell back to polling after a normal end of the stream"
+        # Still live, on the stream: a cancel made elsewhere reaches the page without a poll.
+        canceled = requests.post(f"{job_url}/cancel", headers={"X-Job-Token": job["token"]}, timeout=10)
+        assert canceled.json()["status"] == "canceled"
+        expect(page.locator("#status")).to_have_text("canceled", timeout=10_000)
+        assert polls == [] and problems == []
+    finally:
+        context.close()

@@ -46,12 +46,14 @@ QUIET = {
 
 
 @pytest.fixture
-def app(make_settings, monkeypatch):
+def app(make_settings):
     settings_ = make_settings(
-        IMPASTO_MAX_UPLOAD_BYTES=2_000_000, IMPASTO_MAX_STYLES=2, IMPASTO_ANONYMOUS_JOBS_PER_HOUR=0
+        IMPASTO_MAX_UPLOAD_BYTES=2_000_000,
+        IMPASTO_MAX_STYLES=2,
+        IMPASTO_ANONYMOUS_JOBS_PER_HOUR=0,
+        IMPASTO_EVENT_STREAM_LIMIT=0.1,  # a queued job's event stream ends at once
     )
     upgrade(settings_.database_url)
-    monkeypatch.setattr("web.api.EVENT_STREAM_S", 0.1)  # a queued job's event stream ends at once
     yield create_app(settings_)
     connection = redis.Redis.from_url(settings_.broker_url)
     connection.delete(*settings_.queues)

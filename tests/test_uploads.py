@@ -537,3 +537,21 @@ def test_a_decompression_bomb_is_refused_fast_by_the_server_without_decoding_it(
     assert workers
     for pid in workers:  # decoded, the bomb would be 900 MB in one of them
         assert _peak_memory_kib(pid) < 400_000
+
+
+def test_large_images_are_checked_from_their_header_and_left_to_the_worker_to_decode(web):
+    """Six 40-megapixel images per submission (a valid black 1-bit PNG, 5 KB each): accepted,
+    and no gunicorn worker's peak memory grows by a decoded one (120 MB in RGB)."""
+    port, process = web
+    big = bomb_png(8000, 5000)
+    for _ in range(4):  # both gunicorn workers get some
+        response = requests.post(
+            f"http://127.0.0.1:{port}/api/v1/jobs",
+            timeout=30,
+            files=[("content", ("big.png", big)), *[("style", (f"style{i}.png", big)) for i in range(5)]],
+        )
+        assert response.status_code == 202, response.text
+    workers = _children(process.pid)
+    assert workers
+    for pid in workers:
+        assert _peak_memory_kib(pid) < 150_000

@@ -40,10 +40,9 @@ from .submit import QueueUnavailable, SubmissionError, check_form_read, submit
 bp = Blueprint("api", __name__)
 log = logging.getLogger("impasto.web")
 
-# How often the event stream looks at the job, and how long one stream lasts before the
-# browser's EventSource reconnects (it does so by itself).
+# How often the event stream looks at the job. How long one stream lasts is a setting
+# (IMPASTO_EVENT_STREAM_LIMIT); at its end the server says `reconnect` and the page does.
 EVENT_POLL_S = 0.3
-EVENT_STREAM_S = 120
 # Each open stream holds one server thread; past this many per process a page is told to poll
 # instead (503), so that streams never take every thread and leave none for requests.
 EVENT_STREAMS_PER_PROCESS = 8
@@ -205,11 +204,11 @@ def events(job_id: str):
 def _event_stream(job_id: str) -> Iterator[str]:
     """A `status` event with the job's JSON, then `snapshot`, `progress` and `status` events as
     those change, each with the job's JSON; the stream ends after the final status, or after
-    EVENT_STREAM_S (the browser reconnects)."""
+    the stream limit with a `reconnect` event (the job's JSON too): the page opens a new stream."""
     last: dict[str, Any] | None = None
-    deadline = time.monotonic() + EVENT_STREAM_S
+    deadline = time.monotonic() + services().settings.event_stream_limit
     yield "retry: 1000\n\n"
-    while time.monotonic() < deadline:
+    while True:
         try:
             with services().sessions() as session:
                 job = load_job(session, job_id)
@@ -238,6 +237,11 @@ def _event_stream(job_id: str) -> Iterator[str]:
                 yield f"event: {name}\ndata: {json.dumps(body)}\n\n"
         last = seen
         if job.is_final:
+            return
+        if time.monotonic() >= deadline:
+            # A normal end, not a failure: without this the page could not tell it from a
+            # broken stream, and would poll for the rest of the job.
+            yield f"event: reconnect\ndata: {json.dumps(body)}\n\n"
             return
         time.sleep(EVENT_POLL_S)
         yield ": keep-alive\n\n"

@@ -11,7 +11,7 @@ from shared.settings import Settings
 from .presets import PRESETS
 
 STATUSES = ["queued", "running", "succeeded", "failed", "canceled"]
-EVENTS = ["status", "progress", "snapshot"]
+EVENTS = ["status", "progress", "snapshot", "reconnect"]
 # The formats an upload is known by; the file's own bytes decide, not the part's Content-Type.
 IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/gif, image/bmp, image/tiff"
 # A file in a multipart body, as OpenAPI 3.1 spells it (3.0's `format: binary`).
@@ -392,6 +392,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "get": {
                     "operationId": "jobEvents",
                     "summary": "Server-sent events `status`, `progress` and `snapshot`, each carrying the Job",
+                    "description": "The stream ends after the final status, or after the server's stream limit "
+                    "(IMPASTO_EVENT_STREAM_LIMIT, 120 s by default) with a `reconnect` event, also carrying "
+                    "the Job: open the stream again.",
                     "parameters": [job_id],
                     "responses": {
                         "200": {

@@ -15,7 +15,7 @@ from flask import Request
 from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage, MultiDict
 
-from shared.images import CONTENT_TYPES, ImageError, decode_image_and_format
+from shared.images import CONTENT_TYPES, ImageError, inspect_image
 from shared.jobs import JobError, create_job, fail_unclaimed
 from shared.models import Job, new_job_id
 from shared.params import WEIGHT_CHOICES, StyleParams
@@ -25,6 +25,12 @@ from shared.tasks import enqueue_stylize
 
 from .presets import PRESETS, preset_bytes
 from .services import Services
+
+# Uploads of at most this many pixels are decoded in full at submission, so that a damaged
+# small file is refused at once (a few MB for each request thread); larger ones are checked
+# from their header only and decoded by the worker: 16 threads decoding 40-megapixel images
+# at once would take gigabytes (bench/web_memory.py).
+WEB_DECODE_PIXELS = 1_000_000
 
 # Fields that hold several values: repeated, or one field separated by commas or spaces.
 LIST_FIELDS = {name for name, f in StyleParams.model_fields.items() if "tuple" in str(f.annotation)}
@@ -164,17 +170,20 @@ class Upload:
 
 
 def decode_upload(upload: FileStorage, field: str, settings: Settings) -> Upload:
-    """An uploaded image that decodes in full; the worker decodes the same bytes again."""
+    """An uploaded image checked from its header (format, pixel count, size); decoded in full
+    only when it is small (WEB_DECODE_PIXELS). The worker decodes the bytes."""
     data = upload.read()
     label = f"{field} image"
     if not data:
         raise SubmissionError([FieldError(field, f"the {label} is empty; choose an image file", "invalid_image")])
     try:
-        image, kind = decode_image_and_format(data, name=f"the {label}", max_pixels=settings.max_pixels)
+        header = inspect_image(
+            data, name=f"the {label}", max_pixels=settings.max_pixels, decode_up_to=WEB_DECODE_PIXELS
+        )
     except ImageError as err:
         raise SubmissionError([FieldError(field, str(err), "invalid_image")]) from None
-    content_type = CONTENT_TYPES.get(kind, "application/octet-stream")
-    return Upload(data, content_type.removeprefix("image/").replace("jpeg", "jpg"), content_type, image.size)
+    content_type = CONTENT_TYPES.get(header.format, "application/octet-stream")
+    return Upload(data, content_type.removeprefix("image/").replace("jpeg", "jpg"), content_type, header.size)
 
 
 def submit(

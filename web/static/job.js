@@ -1,6 +1,7 @@
 // The job page, kept up to date without reloading: server-sent events (status, progress and
-// snapshot, each carrying the whole job JSON) while the stream lasts, then polling once a second
-// until the job reaches a final status. The browser that submitted the job (only its page has
+// snapshot, each carrying the whole job JSON). The server ends a stream after a while with a
+// `reconnect` event, and the page opens a new one at once; only a stream that breaks (or is
+// refused) makes the page poll, once a second, until the job reaches a final status. The browser that submitted the job (only its page has
 // the buttons) may cancel it, and delete it once it is over: the calls carry the page's CSRF
 // token, which the API wants with the browser's cookie.
 (function () {
@@ -297,8 +298,17 @@
       }
     };
     for (const name of ["status", "progress", "snapshot"]) source.addEventListener(name, onEvent);
-    // The stream ended (it closes after the final status, and after a while anyway) or broke:
-    // poll until the job is final.
+    // The server's normal end of a stream (its time limit): a new stream, not polling.
+    source.addEventListener("reconnect", (event) => {
+      onEvent(event);
+      if (source) {
+        source.close();
+        source = null;
+      }
+      if (!isFinal(job)) listen();
+    });
+    // The stream broke, or was refused (too many live pages, the database away): poll until
+    // the job is final.
     source.addEventListener("error", () => {
       if (source) {
         source.close();
