@@ -27,9 +27,11 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, idle_in_transaction_s: int | None = None, **kwargs: Any) -> Engine:
     """An engine for `url`; SQLite gets its folder created, WAL mode and a busy timeout so
-    that the web and worker processes can write to the same file."""
+    that the web and worker processes can write to the same file. `idle_in_transaction_s`
+    (PostgreSQL): the server ends a session left that long inside a transaction, so that a
+    process frozen mid-write (SIGSTOP, a VM paused) cannot hold a job's row lock for ever."""
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -38,7 +40,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    connect_args = {k: v for k, v in POSTGRES_CONNECT_ARGS.items() if k not in parsed.query}
+    connect_args: dict[str, Any] = {k: v for k, v in POSTGRES_CONNECT_ARGS.items() if k not in parsed.query}
+    if idle_in_transaction_s:
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={idle_in_transaction_s * 1000}"
     # pre_ping: a pooled connection is tested (a round trip) before each use, so connections
     # that died in an outage are replaced by fresh ones once the database is back.
     options: dict[str, Any] = {"pool_pre_ping": True, "pool_timeout": POOL_TIMEOUT_S, "connect_args": connect_args}

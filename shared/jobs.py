@@ -3,11 +3,18 @@
 The web tier creates and cancels jobs; the worker claims them, reports progress and finishes
 them. Every transition is a single UPDATE guarded by the status it expects, so a second
 delivery of the same message, or a cancel racing a finish, changes nothing.
+
+Fencing: a claim is the pair (worker, attempt number). A worker's writes for a job (progress,
+snapshot rows, weights, finish, hand-back) name the attempt they were made under, and the
+guarded UPDATE refuses them once the job has been taken from that worker (its lease expired,
+the reconciler requeued it, another worker claimed it as the next attempt): a paused or
+partitioned worker that wakes up can change nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select, update
@@ -63,6 +70,15 @@ def job_queue(session: Session, job_id: str) -> str | None:
     return session.scalar(select(Job.queue).where(Job.id == job_id))
 
 
+def _held(job_id: str, worker: str, attempt: int | None) -> list[Any]:
+    """The WHERE clause of a write by the worker holding the job: `attempt` fences a stale claim
+    (None: any attempt of this worker's, for callers that hold no attempt number)."""
+    conditions = [Job.id == job_id, Job.status == RUNNING, Job.worker == worker]
+    if attempt is not None:
+        conditions.append(Job.attempts == attempt)
+    return conditions
+
+
 def claim_job(session: Session, job_id: str, worker: str) -> bool:
     """queued -> running for this worker; False when someone else has it or it is over."""
     now = utcnow()
@@ -73,6 +89,7 @@ def claim_job(session: Session, job_id: str, worker: str) -> bool:
             status=RUNNING,
             started_at=now,
             heartbeat_at=now,
+            eta_at=None,  # this attempt measures its own rate
             worker=worker,
             attempts=Job.attempts + 1,
             error_code=None,
@@ -83,11 +100,9 @@ def claim_job(session: Session, job_id: str, worker: str) -> bool:
     return result.rowcount == 1
 
 
-def heartbeat(session: Session, job_id: str, worker: str) -> bool:
+def heartbeat(session: Session, job_id: str, worker: str, *, attempt: int | None = None) -> bool:
     """The worker still holds the job: renew its lease. False when it no longer does."""
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker).values(heartbeat_at=utcnow())
-    )
+    result = session.execute(update(Job).where(*_held(job_id, worker, attempt)).values(heartbeat_at=utcnow()))
     session.commit()
     return result.rowcount == 1
 
@@ -100,28 +115,53 @@ def latest_snapshot(session: Session, job_id: str) -> Snapshot | None:
 
 
 def record_progress(
-    session: Session, job_id: str, iteration: int, losses: dict[str, float] | None, worker: str
+    session: Session,
+    job_id: str,
+    iteration: int,
+    losses: dict[str, float] | None,
+    worker: str,
+    *,
+    attempt: int | None = None,
+    eta_at: datetime | None = None,
 ) -> bool | None:
-    """Write progress and the heartbeat; returns whether a cancel was asked for, or None when
-    the job is no longer this worker's (it was canceled while queued, or handed elsewhere)."""
+    """Write progress, the expected end (None: not known yet) and the heartbeat; returns whether
+    a cancel was asked for, or None when the job is no longer this worker's attempt's."""
     row = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
-        .values(iteration=iteration, losses=losses, heartbeat_at=utcnow())
+        .where(*_held(job_id, worker, attempt))
+        .values(iteration=iteration, losses=losses, eta_at=eta_at, heartbeat_at=utcnow())
         .returning(Job.cancel_requested)
     ).first()
     session.commit()
     return None if row is None else bool(row[0])
 
 
-def add_snapshot(session: Session, job_id: str, iteration: int, key: str, losses: dict[str, float] | None) -> None:
-    """Record a stored snapshot image; a snapshot at an iteration already recorded replaces it."""
+def add_snapshot(
+    session: Session,
+    job_id: str,
+    iteration: int,
+    key: str,
+    losses: dict[str, float] | None,
+    *,
+    worker: str | None = None,
+    attempt: int | None = None,
+) -> bool:
+    """Record a stored snapshot image; a snapshot at an iteration already recorded replaces it.
+    With `worker` (and `attempt`), only while that claim holds the job: False when it does not.
+    The guarded UPDATE of the job row also renews the lease, and on PostgreSQL it locks the row
+    until the commit, so the reconciler cannot take the job away between the check and the insert."""
+    if worker is not None:
+        held = session.execute(update(Job).where(*_held(job_id, worker, attempt)).values(heartbeat_at=utcnow()))
+        if held.rowcount != 1:
+            session.rollback()
+            return False
     existing = session.scalar(select(Snapshot).where(Snapshot.job_id == job_id, Snapshot.iteration == iteration))
     if existing is None:
         session.add(Snapshot(job_id=job_id, iteration=iteration, key=key, losses=losses, created_at=utcnow()))
     else:
         existing.key, existing.losses = key, losses
     session.commit()
+    return True
 
 
 def finish_job(
@@ -136,8 +176,9 @@ def finish_job(
     error: JobError | None = None,
     weights: str | None = None,
     weights_warning: str | None = None,
+    attempt: int | None = None,
 ) -> bool:
-    """running -> succeeded | failed | canceled, only for the worker that holds the job."""
+    """running -> succeeded | failed | canceled, only for the worker (and attempt) that holds the job."""
     if status not in (SUCCEEDED, FAILED, CANCELED):
         raise ValueError(f"not a final status: {status}")
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "output_key": output_key}
@@ -150,31 +191,30 @@ def finish_job(
         values["weights_warning"] = weights_warning
     if error is not None:
         values["error_code"], values["error_message"] = error.code, error.message
+    result = session.execute(update(Job).where(*_held(job_id, worker, attempt)).values(**values))
+    session.commit()
+    return result.rowcount == 1
+
+
+def record_weights(
+    session: Session, job_id: str, worker: str, weights: str, warning: str | None, *, attempt: int | None = None
+) -> bool:
+    """Which VGG-19 weights the running job uses, shown from the start (random ones are marked)."""
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker).values(**values)
+        update(Job).where(*_held(job_id, worker, attempt)).values(weights=weights, weights_warning=warning)
     )
     session.commit()
     return result.rowcount == 1
 
 
-def record_weights(session: Session, job_id: str, worker: str, weights: str, warning: str | None) -> None:
-    """Which VGG-19 weights the running job uses, shown from the start (random ones are marked)."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
-        .values(weights=weights, weights_warning=warning)
-    )
-    session.commit()
-
-
-def hand_back(session: Session, job_id: str, worker: str) -> str | None:
+def hand_back(session: Session, job_id: str, worker: str, *, attempt: int | None = None) -> str | None:
     """running -> queued, for a worker that is shutting down: another worker takes it next
     (canceled instead, if its owner asked for that meanwhile). Returns the new status, or None
     when the job was not this worker's."""
     now = utcnow()
     row = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
+        .where(*_held(job_id, worker, attempt))
         .values(
             status=case((Job.cancel_requested, CANCELED), else_=QUEUED),
             worker=None,

@@ -184,9 +184,11 @@ def child_environment(settings: Settings) -> dict[str, str]:
 
 
 def stop_all(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
-    """Web first (no new jobs), then the worker, Redis last. The worker's whole process group
-    gets SIGTERM, so the pool process running a job hands it back to the queue. A second
-    Ctrl-C kills what is left at once."""
+    """Web first (no new jobs), then the worker, Redis last. The worker's main process gets
+    SIGTERM and passes it on to the pool process running a job, which hands the job back to
+    the queue; idle pool processes are closed by Celery's warm shutdown, so none dies of the
+    signal (an error in the log) or is replaced while the worker stops. A second Ctrl-C kills
+    what is left at once."""
 
     def kill_all(signum: int, frame: object) -> None:
         for _, process in processes:
@@ -198,7 +200,10 @@ def stop_all(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
         for name, process in sorted(processes, key=lambda item: order.get(item[0], 1)):
             if process.poll() is None:
                 try:
-                    os.killpg(process.pid, signal.SIGTERM)
+                    if name == "worker":
+                        os.kill(process.pid, signal.SIGTERM)
+                    else:
+                        os.killpg(process.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     continue
                 try:

@@ -62,6 +62,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    # When the running attempt expects to end, from the measured rate of its current scale;
+    # None until the attempt has measured one (cleared at each claim).
+    eta_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Written with each progress update; a running job whose heartbeat is old has lost its worker.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # starts, hand-backs on shutdown included

@@ -259,7 +259,8 @@ def reconciler_for(settings: Settings, celery_app: Any) -> Reconciler:
     from .tasks import enqueue_stylize
 
     client = redis.Redis.from_url(settings.require_broker())
-    engine = make_engine(settings.database_url)
+    # A reconciler frozen mid-pass (its machine paused) must not hold rows locked for ever.
+    engine = make_engine(settings.database_url, idle_in_transaction_s=10)
     # A forked child must not use, or close, the parent's pooled connections.
     os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
     return Reconciler(

@@ -10,6 +10,7 @@ so that recovery takes seconds, not minutes.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -20,9 +21,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from shared.db import make_engine, session_factory
 from shared.launcher import free_port
+from shared.models import Job, Snapshot
 from shared.settings import Settings, load_settings
 from shared.tasks import enqueue_stylize, make_celery
 from tests.conftest import PAINTING, PHOTO, POSTGRES_ADMIN_URL
@@ -125,6 +129,19 @@ def pool_pids(worker: subprocess.Popen[bytes]) -> list[int]:
 
 def events(log: Path, job_id: str, event: str) -> list[str]:
     return re.findall(rf"job={job_id} event={event}\b.*", log.read_text(errors="replace"))
+
+
+def stored_keys(cluster: Cluster, job_id: str) -> tuple[list[tuple[int, str]], str | None]:
+    """The job's snapshot rows as (iteration, storage key), and its output's key, from SQL."""
+    engine = make_engine(cluster.settings.database_url)
+    try:
+        with session_factory(engine)() as session:
+            rows = session.execute(
+                select(Snapshot.iteration, Snapshot.key).where(Snapshot.job_id == job_id).order_by(Snapshot.iteration)
+            ).all()
+            return [tuple(row) for row in rows], session.scalar(select(Job.output_key).where(Job.id == job_id))
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +296,174 @@ def test_time_limit_memory_and_missing_inputs_fail_clearly_and_the_worker_goes_o
     assert cluster.wait(fine, lambda j: j["status"] not in ("queued", "running"), timeout=90)["status"] == "succeeded"
     assert cluster.job(vanished)["attempts"] == 1  # failed once, never retried
     cluster.stop_workers()
+
+
+def test_a_worker_paused_past_its_lease_writes_nothing_once_it_wakes(cluster):
+    """Fencing: a worker frozen with SIGSTOP (a long GC pause, a partition) past its lease loses
+    the job to another worker; woken with SIGCONT, it must not write a snapshot row, a snapshot
+    file a resume could pick, progress, an output or an end. A snapshot at every iteration makes
+    sure it has one to write in the iteration it wakes up in."""
+    workers = [cluster.start_worker(), cluster.start_worker()]
+    try:
+        job_id = cluster.submit(iterations="60", snapshot_every="1")
+        cluster.wait(job_id, lambda j: j["progress"]["iteration"] >= 10)
+        (first, first_log), (_, second_log) = sorted(workers, key=lambda w: not events(w[1], job_id, "started"))
+        os.killpg(first.pid, signal.SIGSTOP)
+        paused_at = max(s["iteration"] for s in cluster.job(job_id)["snapshots"])
+        # Past the lease, the other worker's reconciler requeues the job, and that worker takes it.
+        taken = cluster.wait(
+            job_id,
+            lambda j: j["attempts"] == 2 and (j["progress"]["iteration"] >= paused_at + 5 or j["status"] != "running"),
+            timeout=180,
+        )
+        seen = taken["progress"]["iteration"]
+    finally:
+        woken = time.time()
+        os.killpg(first.pid, signal.SIGCONT)
+    wait_for_log(first_log, f"job={job_id} event=lease-lost", first, timeout=60)
+    done = cluster.wait(job_id, lambda j: j["status"] not in ("queued", "running"), timeout=300)
+    assert (done["status"], done["attempts"], done["progress"]["iteration"]) == ("succeeded", 2, 60), done
+    resumed = int(re.search(r"iteration=(\d+)", events(second_log, job_id, "resumed")[0])[1])
+    assert paused_at - 2 <= resumed <= paused_at + 2
+
+    storage = Path(cluster.settings.storage_url.removeprefix("file://"))
+    rows, output_key = stored_keys(cluster, job_id)
+    assert [iteration for iteration, _ in rows] == list(range(1, 60))
+    for iteration, key in rows:
+        if iteration > resumed:  # the second attempt's, stored under its own keys
+            assert key.startswith(f"jobs/{job_id}/attempt-2/"), (iteration, key)
+        if iteration <= seen:  # stored before the first worker woke: nothing replaced it since
+            assert (storage / key).stat().st_mtime < woken, (iteration, key)
+    first_attempt = {str(p.relative_to(storage)) for p in (storage / "jobs" / job_id / "attempt-1").rglob("*.png")}
+    assert first_attempt == {key for _, key in rows if "/attempt-1/" in key}  # its late file was removed
+    assert output_key == f"jobs/{job_id}/attempt-2/output.png"
+    first_lines = first_log.read_text(errors="replace")
+    for event in ("canceled", "succeeded", "failed"):
+        assert f"job={job_id} event={event}" not in first_lines, first_lines[-3000:]
+    assert len(events(second_log, job_id, "succeeded")) == 1
+
+
+def test_a_submission_while_redis_is_down_is_queued_and_sent_once_it_is_back(cluster, worker):
+    """The broker is a delivery hint: with no rate limit that needs Redis, a submission while
+    Redis is down is accepted (the row is the job) and the reconciler sends it once Redis is
+    back. Where the anonymous limit needs Redis (the cluster's web), the answer is a 503 with
+    Retry-After and no row."""
+    port = free_port()
+    log = cluster.folder / "web-unlimited.log"
+    unlimited = start(["web", "--port", str(port)], {**cluster.env, "IMPASTO_ANONYMOUS_JOBS_PER_HOUR": "0"}, log)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", unlimited, log)
+        cluster.redis.kill()
+        cluster.redis.wait()
+        rows_before = len(job_ids(cluster))
+        with open(PHOTO, "rb") as photo:
+            limited = requests.post(
+                f"{cluster.base}/api/v1/jobs",
+                timeout=30,
+                files={"content": ("tubingen.jpg", photo)},
+                data={"style_preset": "starry_night", "size": "64", "iterations": "10", "weights": "random"},
+            )
+        assert limited.status_code == 503 and int(limited.headers["Retry-After"]) > 0, limited.text
+        assert len(job_ids(cluster)) == rows_before  # nothing left behind
+        with open(PHOTO, "rb") as photo:
+            accepted = requests.post(
+                f"http://127.0.0.1:{port}/api/v1/jobs",
+                timeout=30,
+                files={"content": ("tubingen.jpg", photo)},
+                data={"style_preset": "starry_night", "size": "64", "iterations": "10", "weights": "random"},
+            )
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["id"]
+        assert accepted.json()["status"] == "queued" and job_id in job_ids(cluster)
+        assert f"job={job_id} event=enqueue-failed" in log.read_text()
+        time.sleep(3)  # past the grace: the job is still queued, not failed, while Redis is away
+        assert cluster.job(job_id)["status"] == "queued"
+    finally:
+        if cluster.redis.poll() is not None:
+            cluster.redis = start_redis(cluster.redis_port, cluster.folder)
+        stop(unlimited)
+    done = cluster.wait(job_id, lambda j: j["status"] not in ("queued", "running"), timeout=120)
+    assert (done["status"], done["attempts"]) == ("succeeded", 1), done
+    assert events(worker[1], job_id, "resent")
+
+
+def job_ids(cluster: Cluster) -> set[str]:
+    engine = make_engine(cluster.settings.database_url)
+    try:
+        with session_factory(engine)() as session:
+            return set(session.scalars(select(Job.id)))
+    finally:
+        engine.dispose()
+
+
+def test_a_pool_process_that_got_a_stop_but_lives_on_runs_its_next_jobs(cluster, worker):
+    """SIGTERM to a pool process alone (not its worker): the job goes back to the queue, the
+    process is not shut down, and its stop flag must not send every later job back too."""
+    process, log = worker
+    job_id = cluster.submit(iterations="60", snapshot_every="5")
+    cluster.wait(job_id, lambda j: j["progress"]["iteration"] >= 10)
+    (pool,) = pool_pids(process)
+    os.kill(pool, signal.SIGTERM)
+    wait_for_log(log, f"job={job_id} event=handed-back", process, timeout=30)
+    assert pool_pids(process) == [pool]  # the same process, still there
+    done = cluster.wait(job_id, lambda j: j["status"] not in ("queued", "running"), timeout=120)
+    assert (done["status"], done["attempts"], done["progress"]["iteration"]) == ("succeeded", 2, 60), done
+    after = cluster.submit(iterations="10", snapshot_every="0")
+    assert cluster.wait(after, lambda j: j["status"] not in ("queued", "running"), timeout=60)["status"] == "succeeded"
+    assert pool_pids(process) == [pool]
+
+
+def test_weights_that_fail_at_pool_start_are_loud_and_the_cap_and_heartbeat_still_hold(cluster):
+    """A weights file that is not there: the pool process still gets its memory cap and its
+    /metrics heartbeat, says why once, fails the jobs that need those weights with
+    `weights_unavailable`, and runs the ones that ask for random weights."""
+    missing = cluster.folder / "no-such-vgg19.pth"
+    process, log = cluster.start_worker("--max-memory", "3G", IMPASTO_VGG_WEIGHTS=str(missing))
+    try:
+        wait_for_log(log, "event=weights-unavailable", process, timeout=60)
+        (pool,) = pool_pids(process)
+        limits = Path(f"/proc/{pool}/limits").read_text()
+        assert re.search(rf"Max data size\s+{3 * 2**30}\s+{3 * 2**30}", limits), limits
+        metrics = requests.get(f"{cluster.base}/metrics", timeout=10).text
+        assert re.search(rf'impasto_worker_last_heartbeat_timestamp_seconds\{{[^}}]*worker="[^"]+:{pool}"', metrics)
+        needs_them = cluster.submit(weights="auto", iterations="5", snapshot_every="0")
+        failed = cluster.wait(needs_them, lambda j: j["status"] not in ("queued", "running"), timeout=60)
+        assert (failed["status"], failed["error"]["code"]) == ("failed", "weights_unavailable"), failed
+        assert str(missing) in failed["error"]["message"]
+        fine = cluster.submit(weights="random", iterations="5", snapshot_every="0")
+        ran = cluster.wait(fine, lambda j: j["status"] not in ("queued", "running"), timeout=60)
+        assert ran["status"] == "succeeded", ran
+        text = log.read_text(errors="replace")
+        assert text.count("event=weights-unavailable") == 1 and "Traceback" not in text, text[-3000:]
+        assert pool_pids(process) == [pool]
+    finally:
+        cluster.stop_workers()
+
+
+def test_random_weights_jobs_never_wait_on_a_download_and_auto_tries_again(cluster, tmp_path):
+    """Downloads allowed, but the network goes nowhere (a proxy address nothing listens on, so
+    the test never leaves the machine): a pool process starts without trying ImageNet's download,
+    a job with `weights=random` runs without one, and each job with `auto` tries again rather than
+    keeping the first fallback to random weights for the life of the process."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    process, log = cluster.start_worker(
+        IMPASTO_OFFLINE="0",
+        TORCH_HOME=str(tmp_path / "torch-home"),
+        HTTPS_PROXY=nowhere,
+        https_proxy=nowhere,
+        HTTP_PROXY=nowhere,
+        http_proxy=nowhere,
+    )
+    try:
+        wait_for_log(log, "event=weights-deferred", process, timeout=60)
+        random_job = cluster.submit(weights="random", iterations="5", snapshot_every="0")
+        done = cluster.wait(random_job, lambda j: j["status"] not in ("queued", "running"), timeout=60)
+        assert (done["status"], done["weights"]) == ("succeeded", "random"), done
+        assert "downloading the ImageNet" not in log.read_text(errors="replace")
+        for attempt in (1, 2):
+            auto = cluster.submit(weights="auto", iterations="5", snapshot_every="0")
+            done = cluster.wait(auto, lambda j: j["status"] not in ("queued", "running"), timeout=60)
+            assert (done["status"], done["weights"]) == ("succeeded", "random") and done["weights_warning"], done
+            assert log.read_text(errors="replace").count("downloading the ImageNet") == attempt
+    finally:
+        cluster.stop_workers()

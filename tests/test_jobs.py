@@ -14,9 +14,12 @@ from shared.jobs import (
     create_job,
     fail_unclaimed,
     finish_job,
+    hand_back,
+    heartbeat,
     queue_position,
     recent_jobs,
     record_progress,
+    record_weights,
     request_cancel,
 )
 from shared.migrate import upgrade
@@ -144,3 +147,43 @@ def test_a_job_handed_back_goes_to_the_queue_or_to_canceled_if_its_owner_asked(s
         assert hand_back(session, kept.id, "w1") == "queued"
         assert hand_back(session, canceled.id, "w1") == "canceled"
     assert fetch(sessions, kept.id).worker is None and fetch(sessions, canceled.id).finished_at is not None
+
+
+def test_a_stale_claim_writes_nothing_even_under_the_same_worker_name(sessions):
+    """Fencing: the same process (same name) claims a job twice, as when its lease expired while
+    it was paused and the requeued job came back to it. Every write made under the first claim is
+    refused; the second claim's go through."""
+    from sqlalchemy import update
+
+    job = new_job(sessions, iterations=10)
+    with sessions() as session:
+        assert claim_job(session, job.id, "w1")
+        assert add_snapshot(session, job.id, 2, "jobs/x/attempt-1/snapshots/000002.png", None, worker="w1", attempt=1)
+        # The lease expired: the reconciler requeues the job, and the same worker claims it again.
+        session.execute(update(Job).where(Job.id == job.id).values(status="queued", worker=None))
+        session.commit()
+        assert claim_job(session, job.id, "w1")
+        assert fetch(sessions, job.id).attempts == 2
+        assert not heartbeat(session, job.id, "w1", attempt=1)
+        assert record_progress(session, job.id, 7, {"total": 9.0}, "w1", attempt=1) is None
+        assert not record_weights(session, job.id, "w1", "random", "stale", attempt=1)
+        assert not add_snapshot(
+            session, job.id, 4, "jobs/x/attempt-1/snapshots/000004.png", None, worker="w1", attempt=1
+        )
+        assert not add_snapshot(
+            session, job.id, 2, "jobs/x/attempt-1/snapshots/000002b.png", None, worker="w1", attempt=1
+        )
+        assert hand_back(session, job.id, "w1", attempt=1) is None
+        assert not finish_job(session, job.id, "w1", "succeeded", output_key="jobs/x/attempt-1/output.png", attempt=1)
+        assert record_progress(session, job.id, 3, {"total": 1.0}, "w1", attempt=2) is False
+        assert add_snapshot(session, job.id, 3, "jobs/x/attempt-2/snapshots/000003.png", None, worker="w1", attempt=2)
+        assert finish_job(session, job.id, "w1", "succeeded", output_key="jobs/x/attempt-2/output.png", attempt=2)
+    stored = fetch(sessions, job.id)
+    assert (stored.status, stored.iteration, stored.output_key) == ("succeeded", 3, "jobs/x/attempt-2/output.png")
+    assert stored.weights_warning is None
+    with sessions() as session:
+        snapshots = session.query(Snapshot).filter_by(job_id=job.id).order_by(Snapshot.iteration).all()
+        assert [(s.iteration, s.key) for s in snapshots] == [
+            (2, "jobs/x/attempt-1/snapshots/000002.png"),  # made while the first claim held the job
+            (3, "jobs/x/attempt-2/snapshots/000003.png"),
+        ]

@@ -32,7 +32,7 @@ def tables(url: str) -> set[str]:
 
 def test_upgrade_gives_the_models_schema_and_downgrade_removes_it(database_url):
     upgrade(database_url)
-    assert current_revision(database_url) == "0004"
+    assert current_revision(database_url) == "0005"
     assert {"jobs", "snapshots", "alembic_version"} <= tables(database_url)
     engine = make_engine(database_url)
     try:
@@ -46,7 +46,7 @@ def test_upgrade_gives_the_models_schema_and_downgrade_removes_it(database_url):
     assert current_revision(database_url) is None
     assert tables(database_url) <= {"alembic_version"}
     upgrade(database_url)  # and up again: downgrade left nothing behind
-    assert current_revision(database_url) == "0004"
+    assert current_revision(database_url) == "0005"
 
 
 def test_impasto_db_upgrade_command(database_url, tmp_path):
@@ -58,7 +58,7 @@ def test_impasto_db_upgrade_command(database_url, tmp_path):
     current = subprocess.run(
         [sys.executable, "-m", "shared.cli", "db", "current"], env=env, capture_output=True, text=True, timeout=120
     )
-    assert current.stdout.strip() == "0004"
+    assert current.stdout.strip() == "0005"
 
 
 def test_unreachable_database_is_one_line(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import time
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -14,7 +16,7 @@ from shared.models import Job
 from shared.params import StyleParams
 from shared.storage import LocalStorage
 from tests.conftest import PAINTING, PHOTO
-from worker.runner import JobRunner, _classify
+from worker.runner import EtaEstimate, JobRunner, _classify
 
 
 @pytest.fixture
@@ -194,13 +196,15 @@ def test_the_lease_is_renewed_and_a_worker_that_lost_the_job_notices(runner):
 
         assert claim_job(session, job_id, "me")
     before = row(runner, job_id).heartbeat_at
-    lease = _Lease(runner, job_id, "me")
+    lease = _Lease(runner, job_id, "me", 1)
     assert lease.renew() and row(runner, job_id).heartbeat_at > before
     with runner.sessions() as session:
         request_cancel(session, job_id)
     assert lease.renew()  # canceled but still running here: the worker finishes the cancel
-    lease_of_another = _Lease(runner, job_id, "someone-else")
+    lease_of_another = _Lease(runner, job_id, "someone-else", 1)
     assert not lease_of_another.renew() and lease_of_another.lost
+    stale_attempt = _Lease(runner, job_id, "me", 0)  # the same worker's earlier claim
+    assert not stale_attempt.renew() and stale_attempt.lost
 
 
 def test_the_next_job_with_the_same_style_reuses_its_targets(runner):
@@ -230,3 +234,47 @@ def test_the_next_job_with_the_same_style_reuses_its_targets(runner):
 )
 def test_unexpected_failures_are_classified_by_what_they_say(error, code):
     assert _classify(error)[0] == code
+
+
+def progress(iteration, scale=1, scales=1, size=(48, 36), iterations=40):
+    """A Progress event as the engine yields it (only the fields the ETA reads)."""
+    return SimpleNamespace(iteration=iteration, iterations=iterations, scale=scale, scales=scales, size=size)
+
+
+def test_the_eta_weighs_the_finer_scales_still_to_come():
+    eta = EtaEstimate()
+    # Coarse scale 1 of 2 at 32x24, one second an iteration; 40 iterations split 10 and 30.
+    left = [eta.seconds_left(progress(i, 1, 2, (32, 24)), float(i)) for i in range(1, 6)]
+    assert left[:3] == [None, None, None]  # not timed enough yet: absent, not a guess
+    # At iteration 4: 6 coarse iterations left, then 30 at twice the side (4x the pixels).
+    assert left[3] == pytest.approx(6 + 30 * 4)
+    assert left[4] == pytest.approx(5 + 30 * 4)
+    # The fine scale starts: the coarse scale's rate per pixel stands in until this one is timed.
+    assert eta.seconds_left(progress(11, 2, 2, (64, 48)), 11.0) == pytest.approx(29 * 4)
+    assert eta.seconds_left(progress(14, 2, 2, (64, 48)), 12.5) == pytest.approx(26 * 0.5)  # measured: 0.5 s
+
+
+def test_the_eta_survives_a_resume_and_is_absent_until_it_is_known(runner):
+    from web.app import create_app
+
+    client = create_app(runner.settings).test_client()
+    job_id = queue(runner, iterations=30, snapshot_every=2, scales=1)
+    polls = []
+    runner.run(job_id, should_abort=lambda: polls.append(1) or len(polls) > 13)  # stopped at iteration 12
+    seen: list[tuple[float, int, float | None]] = []
+
+    def look() -> bool:  # polled once per iteration by the engine: what a client sees meanwhile
+        job = client.get(f"/api/v1/jobs/{job_id}").get_json()
+        if job["status"] == "running":
+            seen.append((time.monotonic(), job["progress"]["iteration"], job["progress"]["eta_seconds"]))
+        return False
+
+    assert runner.run(job_id, should_abort=look) == "succeeded"
+    ended = time.monotonic()
+    assert seen[0][1] == 12 and seen[0][2] is None  # the new attempt has timed nothing: no estimate, not a wrong one
+    known = [(ended - when, eta) for when, iteration, eta in seen if eta is not None and iteration < 26]
+    assert len(known) >= 5, seen
+    # Not collapsed (an estimate from the attempt's start time and the whole job's iteration count
+    # says a fraction of a second here), and not wild: within a factor of 4 of what it took.
+    ratios = sorted(eta / actual for actual, eta in known)
+    assert 0.25 < ratios[len(ratios) // 2] < 4, (ratios, seen)

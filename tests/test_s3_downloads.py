@@ -150,7 +150,11 @@ def test_a_presigned_url_reads_the_object_with_its_type_and_download_name(s3):  
 def test_images_redirect_to_s3_which_serves_the_workers_pngs(service, job, make_app, s3_server):  # noqa: F811
     client = make_app().test_client()
     assert [s["iteration"] for s in job["snapshots"]] == [2] and job["status"] == SUCCEEDED
-    for url, key_name in [(job["output_url"], "output.png"), (job["snapshots"][0]["url"], "snapshots/000002.png")]:
+    images = [
+        (job["output_url"], "attempt-1/output.png"),
+        (job["snapshots"][0]["url"], "attempt-1/snapshots/000002.png"),
+    ]
+    for url, key_name in images:
         answer = client.get(url)
         assert answer.status_code == 302 and answer.headers["Cache-Control"] == "private, no-store"
         location = answer.headers["Location"]
@@ -204,10 +208,10 @@ def test_stream_mode_serves_the_bytes_from_the_web(service, job, make_app):
     client = make_app(IMPASTO_S3_DOWNLOADS="stream").test_client()
     answer = client.get(job["output_url"] + "?download=1")
     assert answer.status_code == 200 and answer.mimetype == "image/png"
-    assert answer.data == stored(service, "output.png")
+    assert answer.data == stored(service, "attempt-1/output.png")
     assert answer.headers["Cache-Control"] == "private, max-age=3600"
     assert answer.headers["Content-Disposition"] == f'attachment; filename="impasto-{job["id"]}.png"'
-    assert client.get(job["snapshots"][0]["url"]).data == stored(service, "snapshots/000002.png")
+    assert client.get(job["snapshots"][0]["url"]).data == stored(service, "attempt-1/snapshots/000002.png")
 
 
 # --- the page's Content-Security-Policy ---------------------------------------------------------

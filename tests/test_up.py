@@ -80,7 +80,7 @@ def run_up_and_a_job(backing, tmp_path, env):
         assert output.format == "PNG" and max(output.size) == 128
         if backing == "embedded":
             assert (tmp_path / "data" / "impasto.db").is_file()
-            assert (tmp_path / "data" / "storage" / "jobs" / job["id"] / "output.png").is_file()
+            assert (tmp_path / "data" / "storage" / "jobs" / job["id"] / "attempt-1" / "output.png").is_file()
             key = tmp_path / "data" / "secret_key"
             assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) >= 32
         else:
@@ -89,6 +89,10 @@ def run_up_and_a_job(backing, tmp_path, env):
 
         up.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert up.wait(timeout=60) == 0, log.read_text()[-3000:]
+        # A clean stop: no pool process dies of the signal (an error line), none is started anew.
+        text = log.read_text(errors="replace")
+        assert "level=error" not in text and "exited with" not in text, text[-3000:]
+        assert text.count("event=weights-deferred") == 1, text[-3000:]  # one pool process started, ever
         assert not port_open(port)
         children = subprocess.run(["pgrep", "-f", f"--data-dir {tmp_path}|--port {port}"], capture_output=True)
         assert children.stdout == b"", "processes left behind after Ctrl-C"

@@ -35,7 +35,7 @@ from .access import (
 )
 from .openapi import openapi_document
 from .services import Services, services
-from .submit import QueueUnavailable, SubmissionError, check_form_read, submit
+from .submit import SubmissionError, check_form_read, submit
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger("impasto.web")
@@ -107,10 +107,6 @@ def create():
             )
     except SubmissionError as err:
         return submission_error(err)
-    except QueueUnavailable:
-        return error_response(
-            503, "unavailable", "the job queue cannot be reached; try again in a minute", headers={"Retry-After": "30"}
-        )
     # The job as it was committed: a worker may already have claimed it, but the answer to a
     # submission is always the queued job.
     with services().sessions() as session:
@@ -372,10 +368,11 @@ def job_json(job: Job, position: int | None, *, snapshots: bool = True) -> dict[
 
 
 def _eta(job: Job) -> float | None:
-    if job.status != "running" or not job.started_at or job.iteration <= 0:
+    """Seconds until the running job ends, as its worker last estimated from the rate of its
+    current scale; None while no estimate exists (the attempt has not timed enough iterations)."""
+    if job.status != "running" or job.eta_at is None:
         return None
-    elapsed = (utcnow() - job.started_at).total_seconds()
-    return round(elapsed / job.iteration * (job.iterations - job.iteration), 1)
+    return round(max((job.eta_at - utcnow()).total_seconds(), 0.0), 1)
 
 
 def _time(value: datetime | None) -> str | None:

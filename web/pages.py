@@ -23,7 +23,7 @@ from .access import (
 from .api import job_json, load_job, position
 from .presets import PRESETS
 from .services import services
-from .submit import QueueUnavailable, SubmissionError, check_form_read, submit
+from .submit import SubmissionError, check_form_read, submit
 
 bp = Blueprint("pages", __name__)
 bp.after_request(remember_browser)  # the first page a browser sees gives it its cookie
@@ -81,7 +81,7 @@ def create():
     except LimitExceeded as err:
         page = render_template("form.html", **form_context(request.form, {"form": limit_message(err)}))
         return page, 429, {"Retry-After": str(err.retry_after)}
-    except (QueueUnavailable, LimiterUnavailable):
+    except LimiterUnavailable:
         return render_template(
             "form.html",
             **form_context(request.form, {"form": "the job queue cannot be reached; try again in a minute"}),

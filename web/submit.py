@@ -8,6 +8,7 @@ the form field.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage, MultiDict
 
 from shared.images import CONTENT_TYPES, ImageError, inspect_image
-from shared.jobs import JobError, create_job, fail_unclaimed
+from shared.jobs import create_job
 from shared.models import Job, new_job_id
 from shared.params import WEIGHT_CHOICES, StyleParams
 from shared.settings import Settings
@@ -31,6 +32,8 @@ from .services import Services
 # from their header only and decoded by the worker: 16 threads decoding 40-megapixel images
 # at once would take gigabytes (bench/web_memory.py).
 WEB_DECODE_PIXELS = 1_000_000
+
+log = logging.getLogger("impasto.web")
 
 # Fields that hold several values: repeated, or one field separated by commas or spaces.
 LIST_FIELDS = {name for name, f in StyleParams.model_fields.items() if "tuple" in str(f.annotation)}
@@ -195,7 +198,8 @@ def submit(
     token_hash: str | None = None,
 ) -> Job:
     """Check everything, store the inputs, commit the job row (with who owns it and the hash
-    of the token that cancels it), then enqueue it."""
+    of the token that cancels it), then enqueue it. The committed row is the job: a send that
+    fails leaves it queued, and the reconciler sends it once the broker is back."""
     settings = services.settings
     errors: list[FieldError] = []
     params = None
@@ -281,18 +285,10 @@ def submit(
     try:
         enqueue_stylize(services.celery, job.id, queue)
     except Exception as err:  # kombu's connection errors have no common base worth naming
-        with services.sessions() as session:
-            fail_unclaimed(
-                session,
-                job.id,
-                JobError("queue_unavailable", "the job queue could not be reached; submit again in a minute"),
-            )
-        raise QueueUnavailable(str(err)) from err
+        # The broker is a delivery hint: the job stays queued, and the reconciler sends a queued
+        # job the broker does not hold once IMPASTO_ENQUEUE_GRACE has passed since this attempt.
+        log.warning("job=%s event=enqueue-failed queue=%s error=%r; the reconciler sends it later", job.id, queue, err)
     return job
-
-
-class QueueUnavailable(RuntimeError):
-    """The broker refused the job; the job row is marked failed, the client gets a 503."""
 
 
 def _display_name(name: str) -> str:

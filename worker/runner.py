@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -37,7 +38,7 @@ from shared.jobs import (
     record_weights,
 )
 from shared.metrics import WORKER_HEARTBEAT_S, MetricsUnavailable, Recorder
-from shared.models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
+from shared.models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, utcnow
 from shared.params import WEIGHT_CHOICES, StyleParams
 from shared.settings import Settings
 from shared.storage import MissingObject, Storage, job_key
@@ -68,6 +69,7 @@ class Attempt:
 
     job_id: str
     queue: str
+    number: int = 0  # the job's attempt count at the claim: every write for the job names it (fencing)
     started: float = field(default_factory=time.perf_counter)  # at the claim
     resumed_at: int = 0  # the iteration it went on from; the ones before are an earlier attempt's
 
@@ -83,22 +85,55 @@ class JobRunner:
     # Where finished jobs and this process's heartbeats are counted for /metrics; None: nowhere.
     metrics: Recorder | None = None
     attempt: Attempt | None = None  # None: idle
-    # Loaded weights by spec, kept for the life of the process.
+    # Loaded weights by spec, kept for the life of the process (not an `auto` that fell back to
+    # random weights: a later job tries ImageNet's again).
     _weights: dict[str, Any] = field(default_factory=dict)
     # Style Gram matrices of recent jobs (worker.engine.targets.TargetCache), made on first use.
     _targets: Any = None
     _heartbeat: MetricsHeartbeat | None = None
 
     def weights(self, spec: str) -> Any:
-        from worker.engine import load_weights
+        """The weights a job asks for, loaded when a job first needs them: a job with `random`
+        never waits on an ImageNet download. Those that cannot be had fail the job with
+        `weights_unavailable`."""
+        from worker.engine import WeightsError, load_weights
 
         if spec not in WEIGHT_CHOICES:  # a job never names a file for the worker to read
             raise JobFailed("bad_parameters", f"weights must be one of {', '.join(WEIGHT_CHOICES)}")
         if self.settings.strict_weights and spec == "auto":
             spec = "imagenet"  # production: never a silent fallback to random weights
-        if spec not in self._weights:
-            self._weights[spec] = load_weights(spec)
-        return self._weights[spec]
+        if spec in self._weights:
+            return self._weights[spec]
+        try:
+            loaded = load_weights(spec)
+        except WeightsError as err:
+            raise JobFailed("weights_unavailable", str(err)) from None
+        if not (spec == "auto" and loaded.source == "random"):  # a fallback is tried again next time
+            self._weights[spec] = loaded
+        return loaded
+
+    def preload(self, spec: str) -> None:
+        """At a pool process's start, load the ImageNet weights `spec` may use if they are on this
+        machine (a named file, or torchvision's cache), so that the first job does not wait. Never
+        a download: only a job that asks for these weights may start one. A file that is there but
+        unreadable is logged once, with its reason; jobs that need it fail with `weights_unavailable`."""
+        from worker.engine import WeightsError, load_weights
+        from worker.engine.errors import WeightsUnavailable
+
+        if spec == "random" or spec not in WEIGHT_CHOICES:
+            return
+        try:
+            loaded = load_weights("imagenet", offline=True)
+        except WeightsUnavailable as err:  # nothing here to load: the first job that needs them does
+            log.info("event=weights-deferred reason=%r", str(err))
+            return
+        except WeightsError as err:
+            log.error("event=weights-unavailable spec=%s reason=%r", spec, str(err))
+            return
+        self._weights["imagenet"] = loaded
+        if not self.settings.strict_weights or spec == "imagenet":
+            self._weights[spec] = loaded
+        log.info("event=weights-loaded source=%s", loaded.source)
 
     def targets_cache(self) -> Any:
         """The process's cache of style targets: the next job with a preset style skips that work."""
@@ -121,22 +156,23 @@ class JobRunner:
             log.info("job=%s event=skipped reason=not-queued", job_id)
             return None
         log.info("job=%s event=started worker=%s attempt=%d", job_id, worker, job.attempts)
-        attempt = Attempt(job_id, job.queue or self.settings.gpu_queue)
+        number = job.attempts
+        attempt = Attempt(job_id, job.queue or self.settings.gpu_queue, number)
         self._now_running(attempt)
         started = attempt.started
         # The time limit counts from the claim, as Celery's backstop limits do from the task's start.
         deadline = time.monotonic() + self.settings.job_time_limit
-        lease = _Lease(self, job_id, worker)
+        lease = _Lease(self, job_id, worker, number)
         lease.start()
         failed: JobError | None = None
         try:
-            status = self._run(job_id, worker, _params(job.params), job.inputs, should_abort, lease, deadline)
+            status = self._run(job_id, worker, number, _params(job.params), job.inputs, should_abort, lease, deadline)
         except JobFailed as failure:
-            self._finish(job_id, worker, FAILED, error=failure.error)
-            log.warning("job=%s event=failed code=%s message=%r", job_id, failure.error.code, str(failure))
+            if self._finish(job_id, worker, number, FAILED, error=failure.error):
+                log.warning("job=%s event=failed code=%s message=%r", job_id, failure.error.code, str(failure))
             failed = failure.error
         except (SystemExit, KeyboardInterrupt):
-            self._hand_back(job_id, worker)
+            self._hand_back(job_id, worker, number)
             raise
         except BaseException as err:
             if database_unreachable(err):  # for longer than settings.db_retry: nothing can be recorded
@@ -148,7 +184,7 @@ class JobRunner:
                 )
                 return None
             code, message = _classify(err)
-            self._finish(job_id, worker, FAILED, error=JobError(code, message))
+            self._finish(job_id, worker, number, FAILED, error=JobError(code, message))
             log.exception("job=%s event=failed code=%s", job_id, code)
             if code in ("timeout", "out_of_memory"):
                 # Celery's backstop limit interrupted torch from a signal handler, or an allocation
@@ -167,7 +203,8 @@ class JobRunner:
             if failed.code == "out_of_memory":  # now that the failed job's frames are gone
                 _release_gpu_memory()
             return FAILED
-        log.info("job=%s event=%s seconds=%.2f", job_id, status, time.perf_counter() - started)
+        if status is not None:
+            log.info("job=%s event=%s seconds=%.2f", job_id, status, time.perf_counter() - started)
         return status
 
     @staticmethod
@@ -183,12 +220,14 @@ class JobRunner:
         self,
         job_id: str,
         worker: str,
+        number: int,
         params: StyleParams,
         inputs: dict[str, Any],
         should_abort: Callable[[], bool],
         lease: _Lease,
         deadline: float,
-    ) -> str:
+    ) -> str | None:
+        """The job's final status; None when the lease was lost (another attempt has the job)."""
         content = self._image(inputs["content"])
         styles = [self._image(style) for style in inputs["styles"]]
 
@@ -203,11 +242,15 @@ class JobRunner:
             raise JobFailed("weights_unavailable", str(err)) from None
         except EngineError as err:
             raise JobFailed("bad_parameters", str(err)) from None
-        self._db(lambda session: record_weights(session, job_id, worker, weights.source, weights.warning), job_id)
+        if not self._db(
+            lambda session: record_weights(session, job_id, worker, weights.source, weights.warning, attempt=number),
+            job_id,
+        ):
+            return self._lease_lost(job_id, worker, number, "start")
         resume = self._resume_point(job_id, params)
         if resume is not None and self.attempt is not None:
             self.attempt.resumed_at = resume.iteration
-        progress = _Throttle(self.sessions, job_id, worker, lease)
+        progress = _Throttle(self.sessions, job_id, worker, number, lease)
         # The time limit is kept here, between iterations; Celery's limits only back it up.
         timed_out = lambda: time.monotonic() > deadline  # noqa: E731
         result = None
@@ -223,16 +266,9 @@ class JobRunner:
                 should_stop=lambda: progress.cancel_requested or lease.lost or should_abort() or timed_out(),
             ):
                 if isinstance(event, Progress):
-                    progress.update(event.iteration, event.losses.as_dict())
-                elif isinstance(event, Snapshot) and not event.final:
-                    key = job_key(job_id, f"snapshots/{event.iteration:06d}.png")
-                    self.storage.put(key, _png(event.image), "image/png")
-                    self._db(
-                        lambda session, e=event, k=key: add_snapshot(
-                            session, job_id, e.iteration, k, e.losses.as_dict()
-                        ),
-                        job_id,
-                    )
+                    progress.update(event)
+                elif isinstance(event, Snapshot) and not event.final and not lease.lost:
+                    self._snapshot(job_id, worker, number, event, lease)
                 elif isinstance(event, Result):
                     result = event
         except EngineError as err:
@@ -242,13 +278,13 @@ class JobRunner:
                 "out_of_memory", f"the GPU ran out of memory at size {params.size}; submit again with a smaller size"
             ) from None
         assert result is not None
-        if lease.lost:  # canceled while queued, or handed to another worker: leave it be
-            log.warning("job=%s event=abandoned reason=no-longer-running-here", job_id)
-            return CANCELED
+        if lease.lost:  # the lease expired and the job went to another attempt: leave it be
+            return self._lease_lost(job_id, worker, number, "run")
         if result.canceled and should_abort() and not progress.cancel_requested:
-            self._hand_back(job_id, worker)  # stopped by a worker shutdown, not by its owner
+            self._hand_back(job_id, worker, number)  # stopped by a worker shutdown, not by its owner
             return QUEUED
-        output_key = job_key(job_id, "output.png")
+        # Under this attempt's own key: a stale attempt's output can never replace a newer one's.
+        output_key = job_key(job_id, f"{_attempt_folder(number)}/output.png")
         self.storage.put(output_key, _png(result.image), "image/png")  # kept when stopped early too
         status, error = SUCCEEDED, None
         if result.canceled and progress.cancel_requested:
@@ -266,9 +302,10 @@ class JobRunner:
                 ),
             )
             log.warning("job=%s event=failed code=timeout iteration=%d", job_id, result.iterations)
-        self._finish(
+        if not self._finish(
             job_id,
             worker,
+            number,
             status,
             iteration=result.iterations,
             losses=result.losses.as_dict(),
@@ -276,8 +313,28 @@ class JobRunner:
             weights=result.weights,
             weights_warning=result.weights_warning,
             error=error,
-        )
+        ):
+            self.storage.delete(output_key)  # refused: no row names it
+            return None
         return status
+
+    def _snapshot(self, job_id: str, worker: str, number: int, event: Any, lease: _Lease) -> None:
+        """Store a snapshot under this attempt's key, then its row, guarded by the claim. A refused
+        row means the lease is lost: the file is removed, and no resume can ever pick it (a resume
+        reads the rows), even if the removal fails."""
+        key = job_key(job_id, f"{_attempt_folder(number)}/snapshots/{event.iteration:06d}.png")
+        self.storage.put(key, _png(event.image), "image/png")
+        if not self._db(
+            lambda session: add_snapshot(
+                session, job_id, event.iteration, key, event.losses.as_dict(), worker=worker, attempt=number
+            ),
+            job_id,
+        ):
+            self.storage.delete(key)
+            lease.lost = True
+
+    def _lease_lost(self, job_id: str, worker: str, number: int, stage: str) -> None:
+        log.warning("job=%s event=lease-lost worker=%s attempt=%d stage=%s", job_id, worker, number, stage)
 
     def _resume_point(self, job_id: str, params: StyleParams) -> Any:
         """The latest snapshot of an earlier attempt, to go on from; None: start afresh."""
@@ -323,18 +380,20 @@ class JobRunner:
         except ImageError as err:
             raise JobFailed("bad_input", str(err)) from None
 
-    def _hand_back(self, job_id: str, worker: str) -> None:
+    def _hand_back(self, job_id: str, worker: str, number: int) -> None:
         """The worker is stopping: the job goes back to the queue for another worker."""
-        status = self._db(lambda session: hand_back(session, job_id, worker), job_id)
+        status = self._db(lambda session: hand_back(session, job_id, worker, attempt=number), job_id)
         log.warning("job=%s event=handed-back worker=%s status=%s", job_id, worker, status)
         if status == QUEUED and self.requeue is not None:
             self.requeue(job_id)
 
-    def _finish(self, job_id: str, worker: str, status: str, **fields: Any) -> None:
-        if not self._db(lambda session: finish_job(session, job_id, worker, status, **fields), job_id):
-            log.warning("job=%s event=finish-ignored status=%s reason=not-running-here", job_id, status)
-            return
+    def _finish(self, job_id: str, worker: str, number: int, status: str, **fields: Any) -> bool:
+        """Record the end; False (logged `lease-lost`) when this attempt no longer holds the job."""
+        if not self._db(lambda session: finish_job(session, job_id, worker, status, attempt=number, **fields), job_id):
+            self._lease_lost(job_id, worker, number, f"finish-{status}")
+            return False
         self._count(job_id, status, fields.get("iteration"))
+        return True
 
     def _count(self, job_id: str, status: str, iteration: int | None) -> None:
         """Add the ended job to /metrics' histograms: a broker outage costs the figure, never the job."""
@@ -455,9 +514,9 @@ class _Lease(threading.Thread):
     """Renews the job's heartbeat every third of the lease while the job runs, whatever the
     engine is doing; notices when the job is no longer this worker's."""
 
-    def __init__(self, runner: JobRunner, job_id: str, worker: str):
+    def __init__(self, runner: JobRunner, job_id: str, worker: str, number: int):
         super().__init__(name=f"lease-{job_id}", daemon=True)
-        self.runner, self.job_id, self.worker = runner, job_id, worker
+        self.runner, self.job_id, self.worker, self.number = runner, job_id, worker, number
         self.every = max(0.5, runner.settings.job_lease / 3)
         self.lost = False  # canceled while queued, or handed to another worker
         self._done = threading.Event()
@@ -469,7 +528,7 @@ class _Lease(threading.Thread):
     def renew(self) -> bool:
         try:
             with self.runner.sessions() as session:
-                self.lost = self.lost or not heartbeat(session, self.job_id, self.worker)
+                self.lost = self.lost or not heartbeat(session, self.job_id, self.worker, attempt=self.number)
         except Exception as err:
             if not database_unreachable(err):
                 raise
@@ -484,28 +543,79 @@ class _Throttle:
     """Progress writes at most every PROGRESS_INTERVAL_S; each write also reads the cancel flag.
     A write that fails while the database is away is skipped: the next one says more."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, worker: str, lease: _Lease):
-        self.sessions, self.job_id, self.worker, self.lease = sessions, job_id, worker, lease
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, worker: str, number: int, lease: _Lease):
+        self.sessions, self.job_id, self.worker, self.number, self.lease = sessions, job_id, worker, number, lease
         self.cancel_requested = False
         self._last = 0.0
+        self._eta = EtaEstimate()
 
-    def update(self, iteration: int, losses: dict[str, float]) -> None:
+    def update(self, event: Any) -> None:
         now = time.monotonic()
+        left = self._eta.seconds_left(event, now)
         if now - self._last < PROGRESS_INTERVAL_S:
             return
         self._last = now
+        eta_at = None if left is None else utcnow() + timedelta(seconds=left)
+        iteration, losses = event.iteration, event.losses.as_dict()
         try:
             with self.sessions() as session:
-                flag = record_progress(session, self.job_id, iteration, losses, self.worker)
+                flag = record_progress(
+                    session, self.job_id, iteration, losses, self.worker, attempt=self.number, eta_at=eta_at
+                )
         except Exception as err:
             if not database_unreachable(err):
                 raise
             log.warning("job=%s event=progress-skipped reason=database-unreachable", self.job_id)
             return
-        if flag is None:  # canceled while queued, or no longer ours: stop working on it
+        if flag is None:  # no longer this attempt's (its lease expired): stop working on it
             self.lease.lost = True
         else:
             self.cancel_requested = flag
+
+
+# Iterations an attempt times at a scale before it trusts the rate: the first one of a scale also
+# builds its targets, and one interval alone is noise.
+ETA_MIN_ITERATIONS = 3
+
+
+class EtaEstimate:
+    """Seconds left in a job, from the rate this attempt measured at its current scale: an
+    iteration's cost grows with the scale's pixels, so the finer scales still to come cost more per
+    iteration than the current one. None until a rate is measured (a fresh attempt, a resume)."""
+
+    def __init__(self) -> None:
+        self._scale: int | None = None
+        self._since: tuple[int, float] = (0, 0.0)  # (iteration, monotonic time) the timing starts at
+        self._per_pixel: float | None = None  # seconds per iteration per pixel, last measured
+
+    def seconds_left(self, event: Any, now: float) -> float | None:
+        pixels = event.size[0] * event.size[1]
+        if event.scale != self._scale:  # a new scale (or the first event): time it from here
+            self._scale, self._since = event.scale, (event.iteration, now)
+        elif event.iteration - self._since[0] >= ETA_MIN_ITERATIONS:
+            self._per_pixel = (now - self._since[1]) / (event.iteration - self._since[0]) / pixels
+        if self._per_pixel is None:
+            return None
+        return self._per_pixel * pixels * _relative_work_left(event)
+
+
+def _relative_work_left(event: Any) -> float:
+    """Iterations left, each weighed by its scale's pixels over the current scale's."""
+    from worker.engine.optimize import split_iterations
+
+    budgets = split_iterations(event.iterations, event.scales)
+    long_side = max(event.size)
+    final_long = long_side * 2 ** (event.scales - event.scale)  # each scale about half the next
+    work = float(sum(budgets[: event.scale]) - event.iteration)
+    for scale in range(event.scale + 1, event.scales + 1):
+        side = final_long / 2 ** (event.scales - scale)
+        work += budgets[scale - 1] * (side / long_side) ** 2
+    return max(work, 0.0)
+
+
+def _attempt_folder(number: int) -> str:
+    """Where an attempt's snapshots and output are stored, under the job's folder."""
+    return f"attempt-{number}"
 
 
 def _params(stored: dict[str, Any]) -> StyleParams:

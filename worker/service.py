@@ -38,6 +38,9 @@ log = logging.getLogger("impasto.worker")
 # The runner of this process, built after the pool forks it: a database engine, storage
 # client and CUDA context must not cross a fork.
 _runner: JobRunner | None = None
+# A worker's transactions last milliseconds; one left open longer is a frozen process's, whose
+# lock on the job row would stop the reconciler from handing the job to another worker.
+IDLE_IN_TRANSACTION_S = 10
 # Set in a pool process by SIGTERM: its job stops at the next iteration and goes back to the queue.
 _stopping = threading.Event()
 
@@ -45,7 +48,7 @@ _stopping = threading.Event()
 def runner(app: Celery, settings: Settings, device: str | None) -> JobRunner:
     global _runner
     if _runner is None:
-        sessions = session_factory(make_engine(settings.database_url))
+        sessions = session_factory(make_engine(settings.database_url, idle_in_transaction_s=IDLE_IN_TRANSACTION_S))
 
         def requeue(job_id: str) -> None:  # to the queue it came from
             with sessions() as session:
@@ -75,7 +78,9 @@ def create_worker_app(
     def stylize(task, job_id: str) -> str | None:
         # While a job runs, a stop is cooperative, like a cancel: SIGTERM sets a flag, the job
         # stops at its next iteration and goes back to the queue, and a second SIGTERM changes
-        # nothing. Between jobs, billiard's own handler ends the idle process.
+        # nothing. Between jobs, billiard's own handler ends the idle process. A stop asked for
+        # during an earlier job that did not end the process is forgotten: it was for that job.
+        _stopping.clear()
         previous = signal.signal(signal.SIGTERM, _request_stop)
         try:
             return runner(app, settings, device).run(job_id, should_abort=_stopping.is_set)
@@ -84,12 +89,13 @@ def create_worker_app(
 
     @worker_process_init.connect(weak=False)
     def prepare_pool_process(sender: str | None = None, **_: object) -> None:
-        if preload:  # VGG-19 is loaded once per process, after the fork, before the first job
-            weights = runner(app, settings, device).weights(preload)
-            log.info("event=weights-loaded source=%s", weights.source)
+        # The memory cap and the heartbeat first: whatever happens to the weights, they are in place.
         if max_memory:
             resource.setrlimit(resource.RLIMIT_DATA, (max_memory, max_memory))
-        runner(app, settings, device).start_heartbeat(node=sender)  # for /metrics; sender: the Celery worker's name
+        job_runner = runner(app, settings, device)
+        job_runner.start_heartbeat(node=sender)  # for /metrics; sender: the Celery worker's name
+        if preload:  # VGG-19 from this machine's disk, after the fork; never a download here
+            job_runner.preload(preload)
 
     @worker_process_shutdown.connect(weak=False)
     def leave_metrics(**_: object) -> None:  # a pool process that ends on purpose is not a lost worker
@@ -113,8 +119,10 @@ def create_worker_app(
     @worker_shutting_down.connect(weak=False)
     def stop_pool_processes(**_: object) -> None:
         # Celery's warm shutdown would wait for the running job to end; instead each pool
-        # process hands its job back (docker and others signal only the main process).
-        for pid in _child_pids():
+        # process running one hands its job back (docker and `impasto up` signal only the main
+        # process). Idle ones are left to the warm shutdown, which closes them: one killed by
+        # the signal now would be logged as an error and replaced while the worker stops.
+        for pid in _busy_pool_pids():
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -127,12 +135,16 @@ def _request_stop(signum: int, frame: object) -> None:
     _stopping.set()
 
 
-def _child_pids() -> list[int]:
-    """This process's children (Linux: /proc), the pool processes among them."""
-    pids: list[int] = []
+def _busy_pool_pids() -> list[int]:
+    """The pool processes running a job now: those Celery's worker state says took a request,
+    among this process's children (Linux: /proc)."""
+    from celery.worker import state
+
+    children: set[int] = set()
     for listing in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
-        pids += [int(pid) for pid in listing.read_text().split()]
-    return pids
+        children.update(int(pid) for pid in listing.read_text().split())
+    busy = {request.worker_pid for request in list(state.active_requests)}
+    return sorted(children & busy)
 
 
 def device_problem(device: str) -> str | None:
