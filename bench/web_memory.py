@@ -37,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from shared.launcher import free_port, start_redis, stop_all  # noqa: E402
+from tests.servers import child_pids, peak_memory_kib  # noqa: E402
 
 SEED = 0
 LIMIT_MIB = 1024
@@ -51,26 +52,6 @@ def smooth_noise(megapixels: float, seed: int, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
-
-
-def peak_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM for process {pid}")
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == pid:
-                found.append(int(entry))
-    return found
 
 
 def burst(code: Path, env: dict[str, str], files: list[tuple[str, tuple[str, bytes]]], count: int) -> dict:
@@ -101,8 +82,8 @@ def burst(code: Path, env: dict[str, str], files: list[tuple[str, tuple[str, byt
             if web.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the web server did not start; see {log}")
             time.sleep(0.2)
-        workers = children(web.pid)
-        idle = max(peak_kib(pid) for pid in workers)
+        workers = child_pids(web.pid)
+        idle = max(peak_memory_kib(pid) for pid in workers)
 
         def submit(_: int) -> tuple[int, str]:
             try:
@@ -116,7 +97,7 @@ def burst(code: Path, env: dict[str, str], files: list[tuple[str, tuple[str, byt
         with ThreadPoolExecutor(count) as pool:
             answers = list(pool.map(submit, range(count)))
         seconds = time.monotonic() - started
-        peaks = {pid: peak_kib(pid) for pid in workers}
+        peaks = {pid: peak_memory_kib(pid) for pid in workers}
     finally:
         stop_all(processes)
     statuses: dict[str, int] = {}

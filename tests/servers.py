@@ -105,3 +105,25 @@ def wait_for_status(base: str, job_id: str, statuses: set[str], timeout: float =
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")
+
+
+def peak_memory_kib(pid: int) -> int:
+    """A process's peak resident set (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (gunicorn's workers, for its master)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry))
+    return found

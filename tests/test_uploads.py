@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import resource
 import select
 import socket
@@ -29,7 +28,7 @@ from shared.migrate import upgrade
 from shared.models import Job
 from shared.settings import load_settings
 from tests.conftest import PHOTO, SYSTEM_REDIS_URL, make_style
-from tests.servers import service_env, start, stop, wait_for_http
+from tests.servers import child_pids, peak_memory_kib, service_env, start, stop, wait_for_http
 from tests.test_api import app, client, queued, settings  # noqa: F401  (the API's fixtures)
 from tests.test_images import encode
 
@@ -500,26 +499,6 @@ def test_a_chunked_upload_is_cut_off_at_the_limit(web):
     assert sent < 16 * LIMIT
 
 
-def _peak_memory_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmHWM for {pid}")
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 def test_a_decompression_bomb_is_refused_fast_by_the_server_without_decoding_it(web):
     port, process = web
     bomb = bomb_png(30_000, 30_000)
@@ -533,10 +512,10 @@ def test_a_decompression_bomb_is_refused_fast_by_the_server_without_decoding_it(
         )
         assert response.status_code == 422 and response.json()["error"]["field"] == "content"
         assert time.monotonic() - started < 2
-    workers = _children(process.pid)
+    workers = child_pids(process.pid)
     assert workers
     for pid in workers:  # decoded, the bomb would be 900 MB in one of them
-        assert _peak_memory_kib(pid) < 400_000
+        assert peak_memory_kib(pid) < 400_000
 
 
 def test_large_images_are_checked_from_their_header_and_left_to_the_worker_to_decode(web):
@@ -551,7 +530,7 @@ def test_large_images_are_checked_from_their_header_and_left_to_the_worker_to_de
             files=[("content", ("big.png", big)), *[("style", (f"style{i}.png", big)) for i in range(5)]],
         )
         assert response.status_code == 202, response.text
-    workers = _children(process.pid)
+    workers = child_pids(process.pid)
     assert workers
     for pid in workers:
-        assert _peak_memory_kib(pid) < 150_000
+        assert peak_memory_kib(pid) < 150_000
