@@ -160,8 +160,8 @@ def test_no_interval_snapshots_when_turned_off(content_image, style_image, run_e
 
 
 def test_output_is_the_lowest_loss_image(content_image, style_image, run_engine):
-    # Adam at a large step overshoots, so the last iterate is not the best one.
-    events, result = run_engine(content_image, [style_image], optimizer="adam", learning_rate=1.0, iterations=12)
+    # Adam at a large step overshoots: its third iterate is far worse than its second.
+    events, result = run_engine(content_image, [style_image], optimizer="adam", learning_rate=1.0, iterations=3)
     totals = [e.losses.total for e in progress(events)]
     assert result.losses.total == min(totals + [result.initial_losses.total])
     assert totals[-1] > result.losses.total
