@@ -298,7 +298,14 @@ def test_time_limit_memory_and_missing_inputs_fail_clearly_and_the_worker_goes_o
     cluster.stop_workers()
 
 
-def test_a_worker_paused_past_its_lease_writes_nothing_once_it_wakes(cluster):
+@pytest.fixture
+def workers_stopped_after(cluster):
+    """Every worker the test starts is stopped after it, whatever happens."""
+    yield
+    cluster.stop_workers()
+
+
+def test_a_worker_paused_past_its_lease_writes_nothing_once_it_wakes(cluster, workers_stopped_after):
     """Fencing: a worker frozen with SIGSTOP (a long GC pause, a partition) past its lease loses
     the job to another worker; woken with SIGCONT, it must not write a snapshot row, a snapshot
     file a resume could pick, progress, an output or an end. A snapshot at every iteration makes

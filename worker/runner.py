@@ -165,12 +165,13 @@ class JobRunner:
         lease = _Lease(self, job_id, worker, number)
         lease.start()
         failed: JobError | None = None
+        status: str | None = None
         try:
             status = self._run(job_id, worker, number, _params(job.params), job.inputs, should_abort, lease, deadline)
         except JobFailed as failure:
             if self._finish(job_id, worker, number, FAILED, error=failure.error):
                 log.warning("job=%s event=failed code=%s message=%r", job_id, failure.error.code, str(failure))
-            failed = failure.error
+                failed = failure.error
         except (SystemExit, KeyboardInterrupt):
             self._hand_back(job_id, worker, number)
             raise
@@ -314,7 +315,7 @@ class JobRunner:
             weights_warning=result.weights_warning,
             error=error,
         ):
-            self.storage.delete(output_key)  # refused: no row names it
+            self._discard(job_id, output_key)  # refused: no row names it
             return None
         return status
 
@@ -330,8 +331,16 @@ class JobRunner:
             ),
             job_id,
         ):
-            self.storage.delete(key)
+            self._discard(job_id, key)
             lease.lost = True
+
+    def _discard(self, job_id: str, key: str) -> None:
+        """Remove a file a refused write left; one that stays is named by no row, so nothing reads
+        it, and it goes with the job's folder."""
+        try:
+            self.storage.delete(key)
+        except Exception as err:  # storage's errors have no common base; the job is not ours anyway
+            log.warning("job=%s event=discard-failed key=%s error=%r", job_id, key, str(err))
 
     def _lease_lost(self, job_id: str, worker: str, number: int, stage: str) -> None:
         log.warning("job=%s event=lease-lost worker=%s attempt=%d stage=%s", job_id, worker, number, stage)
