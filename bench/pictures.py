@@ -73,10 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--weights", default="random")
+    parser.add_argument("--style-weight", type=float, default=None, help="instead of the default (a trial)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     content, style = load(IMAGES / "tubingen.jpg"), load(IMAGES / "starry_night.jpg")
-    params = StyleParams(size=args.size, iterations=args.iterations, weights=args.weights)
+    extra = {} if args.style_weight is None else {"style_weight": args.style_weight}
+    params = StyleParams(size=args.size, iterations=args.iterations, weights=args.weights, **extra)
     weights = load_weights(args.weights)
     started = time.perf_counter()
     result = [e for e in stylize(content, [style], params, device="cpu", weights=weights)][-1]

@@ -78,7 +78,7 @@ def test_flags_are_derived_from_the_model():
     )
     params = params_from_args(StyleParams, args)
     assert params.size == 256 and params.style_layers == ("relu1_1", "relu2_1")
-    assert params.style_layer_weights == (1.0, 1.0)
+    assert params.style_layer_weights == (4.0, 1.0)  # each layer 4x the next deeper one
     assert params.preserve_colors == "luminance" and params.style_blend == (1.0, 2.0)
     assert params.iterations == StyleParams().iterations  # unset flags keep the model's default
     with pytest.raises(ParamsError, match="^--iterations: Input should be greater than or equal to 1$"):

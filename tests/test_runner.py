@@ -271,7 +271,9 @@ def test_the_eta_survives_a_resume_and_is_absent_until_it_is_known(runner):
 
     assert runner.run(job_id, should_abort=look) == "succeeded"
     ended = time.monotonic()
-    assert seen[0][1] == 12 and seen[0][2] is None  # the new attempt has timed nothing: no estimate, not a wrong one
+    # Where the first attempt's last (throttled) progress write left it, and no estimate: the new
+    # attempt has timed nothing, and says nothing rather than something wrong.
+    assert seen[0][1] <= 12 and seen[0][2] is None
     known = [(ended - when, eta) for when, iteration, eta in seen if eta is not None and iteration < 26]
     assert len(known) >= 5, seen
     # Not collapsed (an estimate from the attempt's start time and the whole job's iteration count
