@@ -41,7 +41,7 @@ LARGE_IMAGE_PIXELS = 1024 * 1024
 FINAL_SCALE_SHARE = 0.75
 
 # Whether L-BFGS keeps its curvature memory (upsampled) from one scale to the next instead of
-# starting afresh; bench/quality.py measures both (docs/benchmarks.md).
+# starting afresh; `bench/quality.py --carry-history no` compares the two (not measured yet, docs/benchmarks.md).
 CARRY_HISTORY = True
 
 
