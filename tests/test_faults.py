@@ -363,22 +363,20 @@ def test_a_submission_while_redis_is_down_is_queued_and_sent_once_it_is_back(clu
         cluster.redis.kill()
         cluster.redis.wait()
         rows_before = len(job_ids(cluster))
-        with open(PHOTO, "rb") as photo:
-            limited = requests.post(
-                f"{cluster.base}/api/v1/jobs",
-                timeout=30,
-                files={"content": ("tubingen.jpg", photo)},
-                data={"style_preset": "starry_night", "size": "64", "iterations": "10", "weights": "random"},
-            )
+
+        def submit(base: str) -> requests.Response:
+            with open(PHOTO, "rb") as photo:
+                return requests.post(
+                    f"{base}/api/v1/jobs",
+                    timeout=30,
+                    files={"content": ("tubingen.jpg", photo)},
+                    data={"style_preset": "starry_night", "size": "64", "iterations": "10", "weights": "random"},
+                )
+
+        limited = submit(cluster.base)
         assert limited.status_code == 503 and int(limited.headers["Retry-After"]) > 0, limited.text
         assert len(job_ids(cluster)) == rows_before  # nothing left behind
-        with open(PHOTO, "rb") as photo:
-            accepted = requests.post(
-                f"http://127.0.0.1:{port}/api/v1/jobs",
-                timeout=30,
-                files={"content": ("tubingen.jpg", photo)},
-                data={"style_preset": "starry_night", "size": "64", "iterations": "10", "weights": "random"},
-            )
+        accepted = submit(f"http://127.0.0.1:{port}")
         assert accepted.status_code == 202, accepted.text
         job_id = accepted.json()["id"]
         assert accepted.json()["status"] == "queued" and job_id in job_ids(cluster)
