@@ -100,6 +100,8 @@ def stylize(
     should_stop: Callable[[], bool] | None = None,
     resume: Resume | None = None,
     targets_cache: TargetCache | None = None,
+    init: Image.Image | None = None,
+    extra_loss: Callable[[tuple[int, int], torch.device], Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> Iterator[Event]:
     """Paint `content` in the style of `styles` as `params` (a shared.params.StyleParams) say.
 
@@ -107,6 +109,9 @@ def stylize(
     between iterations, and a stop still ends in a Result holding the current best image.
     `resume` continues an interrupted run from its latest snapshot. `targets_cache` keeps
     style targets for the next run with the same style (a worker keeps one per process).
+    `init` replaces params.init as the first scale's start (a video frame starts from the
+    previous output, warped); `extra_loss(dims, device)` gives a term added to the tv loss
+    at each scale (a video frame's temporal loss, worker/engine/temporal.py).
     """
     styles = list(styles)
     if not styles:
@@ -188,6 +193,7 @@ def stylize(
             targets_cache=targets_cache,
             network=network,
             precision=precision,
+            extra=extra_loss(dims, dev) if extra_loss is not None else None,
         )
 
         if resumed_here:
@@ -196,6 +202,9 @@ def stylize(
             start = rgb_to_yiq(start)[:, :1] if luminance_only else start
         elif best is not None:
             start = F.interpolate(best, size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
+        elif init is not None:
+            start = to_tensor(init, dims).to(dev)
+            start = rgb_to_yiq(start)[:, :1] if luminance_only else start
         elif params.init == "content":
             start = content_t
         elif params.init == "style":
