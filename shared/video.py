@@ -139,8 +139,12 @@ def probe_clip(
         except av_errors() as err:  # PyAV's own errors (InvalidDataError, ...) for bad data
             raise ClipError(f"{label} is truncated or corrupt at frame {frames + 1} ({_reason(err)})") from None
         fps = _frame_rate(stream, frames)
+        expected = _declared_frames(container, stream, fps)
     if frames == 0:
         raise ClipError(f"{label} holds no frame that can be decoded")
+    if expected is not None and frames < expected - max(1, expected // 10):
+        # A decoder that meets damaged data often drops frames instead of raising.
+        raise ClipError(f"{label} is truncated or corrupt: {frames} of its {expected} frames decode")
     if kind == "gif" and frames == 1:
         raise ClipError(f"{label} is a still GIF, not a clip; submit it as an image")
     return ClipInfo(kind, codec, size, frames, fps, audio)
@@ -307,6 +311,15 @@ def _frame_rate(stream: Any, frames: int) -> Fraction:
         if seconds > 0:
             return Fraction(frames / seconds).limit_denominator(1000)
     return Fraction(10)
+
+
+def _declared_frames(container: Any, stream: Any, fps: Fraction) -> int | None:
+    """How many frames the header says the clip holds (a count, or its duration times the rate)."""
+    if stream.frames:
+        return int(stream.frames)
+    if container.duration and fps > 0:  # microseconds
+        return round(container.duration / 1_000_000 * fps)
+    return None
 
 
 def _reason(err: BaseException) -> str:
