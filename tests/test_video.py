@@ -236,10 +236,10 @@ def test_the_command_line_stylizes_a_clip_into_its_container_and_a_frames_folder
     assert (info.container, info.frames, info.fps, info.audio, info.size) == ("mp4", 3, Fraction(12), "aac", (48, 36))
     written = sorted(p.name for p in frames.iterdir())
     assert written == ["frame_00000.png", "frame_00001.png", "frame_00002.png"]
-    assert Image.open(frames / written[0]).size == (48, 36)
+    with Image.open(frames / written[0]) as first:
+        assert first.size == (48, 36)
     summary = json.loads(run.stdout)
     assert summary["frames"] == 3 and summary["clip"]["frames"] == 3 and not summary["canceled"]
-    assert "frame" in run.stderr  # the progress bar counts frames
 
 
 @pytest.mark.parametrize(
