@@ -128,7 +128,7 @@ def create():
     token = new_job_token()
     try:
         axes = _api_axes()
-        with counted(submission_limit(key), jobs=_cell_count(axes)):
+        with counted(submission_limit(key), jobs=counted_jobs(axes)):
             sweep, _ = submit_sweep(
                 services(),
                 request.form,
@@ -161,7 +161,7 @@ def _api_axes() -> list[Axis]:
         raise SubmissionError([FieldError("axes", str(err))]) from None
 
 
-def _cell_count(axes: Sequence[Axis]) -> int:
+def counted_jobs(axes: Sequence[Axis]) -> int:
     """How many jobs the quota counts: the cells, or 1 while the axes are still to be refused."""
     count = _size(axes)
     return count if 0 < count <= services().settings.max_sweep_cells else 1
