@@ -84,7 +84,7 @@ def create():
                 )
             return redirect(url_for("pages.sweep", sweep_id=sweep.id), code=303)
         with counted(submission_limit(None)):
-            job = submit(services(), request.form, request.files, owner=browser_owner())
+            job = submit(services(), request.form, request.files, owner=browser_owner(), ignore=COMPARE_FIELDS)
     except SubmissionError as err:
         errors: dict[str, str] = {}
         for problem in err.errors:

@@ -205,11 +205,13 @@ def submit(
     *,
     owner: str | None = None,
     token_hash: str | None = None,
+    ignore: tuple[str, ...] = (),
 ) -> Job:
     """Check everything, store the inputs, commit the job row (with who owns it and the hash
     of the token that cancels it), then enqueue it. The committed row is the job: a send that
-    fails leaves it queued, and the reconciler sends it once the broker is back."""
-    checked = check_submission(services, form, files)
+    fails leaves it queued, and the reconciler sends it once the broker is back. `ignore`
+    names form fields that are not the job's (the form's compare settings, when off)."""
+    checked = check_submission(services, form, files, ignore=ignore)
     job_id = new_job_id()
     inputs = store_inputs(services, job_id, checked)
     queue = services.settings.queue_for(checked.params.size)  # small previews may go to the CPU queue
