@@ -26,7 +26,8 @@ Where each default comes from, and where Impasto departs from it:
 from __future__ import annotations
 
 import math
-from typing import Literal
+import types
+from typing import Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -255,3 +256,10 @@ class StyleParams(BaseModel):
             f"{min(out_w, out_h)} px is too small, layer {deepest} needs at least {need} px on the "
             f"short side; ask for a larger size, or crop the image to a less extreme aspect ratio"
         )
+
+
+def is_list_field(name: str) -> bool:
+    """Whether the StyleParams field takes several values (its type is a tuple, or one or None)."""
+    annotation = StyleParams.model_fields[name].annotation
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return any(get_origin(option) is tuple for option in options)

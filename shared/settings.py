@@ -38,6 +38,7 @@ class Settings:
     max_styles: int
     max_snapshots: int  # per job: each is a PNG in storage and a row
     max_frames: int  # per clip (shared/video.py), checked before any work
+    max_sweep_cells: int  # jobs one sweep may make
     job_time_limit: int  # seconds; past it a job is stopped (soft limit) then killed (hard limit)
     strict_weights: bool  # refuse to fall back to random VGG-19 weights
     s3_endpoint_url: str | None  # for S3-compatible servers (MinIO, Ceph, moto)
@@ -112,6 +113,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         max_styles=_int(env, "IMPASTO_MAX_STYLES", 5, 1, 64),
         max_snapshots=_int(env, "IMPASTO_MAX_SNAPSHOTS", 100, 1, 10_000),
         max_frames=_int(env, "IMPASTO_MAX_FRAMES", 600, 1, 100_000),
+        max_sweep_cells=_int(env, "IMPASTO_MAX_SWEEP_CELLS", 25, 1, 400),
         job_time_limit=_int(env, "IMPASTO_JOB_TIME_LIMIT", 3600, 10),
         strict_weights=_bool(env, "IMPASTO_STRICT_WEIGHTS", False),
         s3_endpoint_url=_url(env, "IMPASTO_S3_ENDPOINT_URL", None, ("http", "https")),

@@ -55,11 +55,12 @@ def create_app(
     services = services or Services.from_settings(settings)
     init_services(app, services)
 
-    from . import api, metrics, pages
+    from . import api, metrics, pages, sweeps
 
     csp = _content_security_policy(api.redirect_storage(services), services.settings.s3_public_endpoint_url)
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(sweeps.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(metrics.bp)
 

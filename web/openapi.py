@@ -8,6 +8,7 @@ from typing import Any
 from shared.params import WEIGHT_CHOICES, StyleParams
 from shared.settings import Settings
 
+from .openapi_sweeps import sweep_form, sweep_paths, sweep_schemas
 from .presets import PRESETS
 
 STATUSES = ["queued", "running", "succeeded", "failed", "canceled"]
@@ -280,7 +281,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "Impasto",
@@ -507,3 +508,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
         },
     }
+    encoding = {"content": _file_part("content", "photo.jpg"), "style": _file_part("style", "painting.jpg")}
+    document["paths"].update(sweep_paths(sweep_form(form, settings), encoding, _errors, key_optional, _png))
+    document["components"]["schemas"].update(sweep_schemas())
+    return document

@@ -19,7 +19,7 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from shared.images import CONTENT_TYPES, ImageError, inspect_image
 from shared.jobs import create_job
 from shared.models import Job, new_job_id
-from shared.params import WEIGHT_CHOICES, StyleParams
+from shared.params import WEIGHT_CHOICES, StyleParams, is_list_field
 from shared.settings import Settings
 from shared.storage import job_key
 from shared.tasks import enqueue_stylize
@@ -36,7 +36,7 @@ WEB_DECODE_PIXELS = 1_000_000
 log = logging.getLogger("impasto.web")
 
 # Fields that hold several values: repeated, or one field separated by commas or spaces.
-LIST_FIELDS = {name for name, f in StyleParams.model_fields.items() if "tuple" in str(f.annotation)}
+LIST_FIELDS = {name for name in StyleParams.model_fields if is_list_field(name)}
 FILE_FIELDS = ("content", "style")
 OTHER_FIELDS = ("style_preset", "csrf_token")
 
@@ -189,6 +189,15 @@ def decode_upload(upload: FileStorage, field: str, settings: Settings) -> Upload
     return Upload(data, content_type.removeprefix("image/").replace("jpeg", "jpg"), content_type, header.size)
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A submission that passed every check: its parameters and its images, not yet stored."""
+
+    params: StyleParams
+    images: list[tuple[str, Upload, str]]  # (field, upload, display name), the content first
+    preset: str
+
+
 def submit(
     services: Services,
     form: MultiDict[str, str],
@@ -196,11 +205,38 @@ def submit(
     *,
     owner: str | None = None,
     token_hash: str | None = None,
+    ignore: tuple[str, ...] = (),
 ) -> Job:
     """Check everything, store the inputs, commit the job row (with who owns it and the hash
     of the token that cancels it), then enqueue it. The committed row is the job: a send that
-    fails leaves it queued, and the reconciler sends it once the broker is back."""
+    fails leaves it queued, and the reconciler sends it once the broker is back. `ignore`
+    names form fields that are not the job's (the form's compare settings, when off)."""
+    checked = check_submission(services, form, files, ignore=ignore)
+    job_id = new_job_id()
+    inputs = store_inputs(services, job_id, checked)
+    queue = services.settings.queue_for(checked.params.size)  # small previews may go to the CPU queue
+    with services.sessions() as session:
+        job = create_job(
+            session,
+            job_id=job_id,
+            params=checked.params.model_dump(mode="json"),
+            inputs=inputs,
+            token_hash=token_hash,
+            owner=owner,
+            queue=queue,
+        )
+    send(services, job.id, queue)
+    return job
+
+
+def check_submission(
+    services: Services, form: MultiDict[str, str], files: MultiDict[str, FileStorage], *, ignore: tuple[str, ...] = ()
+) -> Checked:
+    """The parameters and images of a submission, every problem found raised as one
+    SubmissionError; `ignore` names form fields another caller reads (a sweep's axes)."""
     settings = services.settings
+    if ignore:
+        form = MultiDict([(k, v) for k, v in form.items(multi=True) if k not in ignore])
     errors: list[FieldError] = []
     params = None
     try:
@@ -260,10 +296,13 @@ def submit(
         raise SubmissionError(errors)
     if preset:
         decoded.append(("style", Upload(preset_bytes(preset), "jpg", "image/jpeg", (0, 0)), PRESETS[preset].title))
+    return Checked(params, decoded, preset)
 
-    job_id = new_job_id()
-    inputs: dict[str, Any] = {"content": None, "styles": [], "style_preset": preset or None}
-    for index, (field, upload, name) in enumerate(decoded):
+
+def store_inputs(services: Services, job_id: str, checked: Checked) -> dict[str, Any]:
+    """Store the job's images under its own keys; the `inputs` of its row."""
+    inputs: dict[str, Any] = {"content": None, "styles": [], "style_preset": checked.preset or None}
+    for index, (field, upload, name) in enumerate(checked.images):
         key = job_key(job_id, f"inputs/{index}-{field}.{upload.extension}")  # generated, never the upload's name
         services.storage.put(key, upload.data, upload.content_type)
         item = {"key": key, "name": _display_name(name), "content_type": upload.content_type}
@@ -271,24 +310,17 @@ def submit(
             inputs["content"] = item
         else:
             inputs["styles"].append(item)
-    queue = settings.queue_for(params.size)  # small previews may go to the CPU queue
-    with services.sessions() as session:
-        job = create_job(
-            session,
-            job_id=job_id,
-            params=params.model_dump(mode="json"),
-            inputs=inputs,
-            token_hash=token_hash,
-            owner=owner,
-            queue=queue,
-        )
+    return inputs
+
+
+def send(services: Services, job_id: str, queue: str) -> None:
+    """Send a committed job to its queue; a failed send is logged and left to the reconciler."""
     try:
-        enqueue_stylize(services.celery, job.id, queue)
+        enqueue_stylize(services.celery, job_id, queue)
     except Exception as err:  # kombu's connection errors have no common base worth naming
         # The broker is a delivery hint: the job stays queued, and the reconciler sends a queued
         # job the broker does not hold once IMPASTO_ENQUEUE_GRACE has passed since this attempt.
-        log.warning("job=%s event=enqueue-failed queue=%s error=%r; the reconciler sends it later", job.id, queue, err)
-    return job
+        log.warning("job=%s event=enqueue-failed queue=%s error=%r; the reconciler sends it later", job_id, queue, err)
 
 
 def _display_name(name: str) -> str:

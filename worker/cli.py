@@ -26,7 +26,7 @@ EXIT_INTERRUPTED = 130
 OUTPUT_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line instead of usage plus error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -34,7 +34,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="impasto stylize",
         description="Paint CONTENT in the style of one or more STYLE images (Gatys, Ecker and Bethge's optimization).",
     )
@@ -63,30 +63,53 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (ParamsError, ImageError, ClipError, OSError) as err:
-        return _fail(str(err))
+        return fail(str(err))
     except MemoryError:
-        return _fail("out of memory; try a smaller --size or fewer --scales")
+        return fail("out of memory; try a smaller --size or fewer --scales")
     except KeyboardInterrupt:  # before the optimization started, or a second Ctrl-C
         print("impasto stylize: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
-def _fail(message: str) -> int:
-    print(f"impasto stylize: error: {message}", file=sys.stderr)
+def fail(message: str, prog: str = "impasto stylize") -> int:
+    """Print one line saying what is wrong; the exit status for bad input."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def check_output(path: str, formats: tuple[str, ...] = OUTPUT_FORMATS) -> Path:
+    """--output as a path this command can write, or ParamsError saying what to fix."""
+    output = Path(path)
+    if output.suffix.lower() not in formats:
+        raise ParamsError(f"--output: {output} should end in one of {', '.join(formats)}")
+    if output.is_dir():
+        raise ParamsError(f"--output: {output} is a folder; give a file name such as {output / 'out.png'}")
+    if not output.parent.resolve().is_dir():
+        raise ParamsError(f"--output: folder {output.parent} does not exist")
+    if not os.access(output.parent.resolve(), os.W_OK):
+        raise ParamsError(f"--output: cannot write in folder {output.parent}")
+    return output
+
+
+def check_folder(flag: str, folder: str) -> None:
+    """Create `folder` if need be; ParamsError when it cannot be written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise ParamsError(f"{flag}: cannot create folder {folder} ({err.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise ParamsError(f"{flag}: cannot write in folder {folder}")
 
 
 def _run(args: argparse.Namespace) -> int:
     params = params_from_args(StyleParams, args)
-    output = Path(args.output)
     if is_clip(args.content):
-        return _run_clip(args, params, output)
+        return _run_clip(args, params)
     if args.frames_dir:
         raise ParamsError("--frames-dir: only for a clip; the content is a still image")
-    if output.suffix.lower() not in OUTPUT_FORMATS:
-        raise ParamsError(f"--output: {output} should end in one of {', '.join(OUTPUT_FORMATS)}")
-    _check_output(output, "out.png")
-    _check_folder(args.snapshot_dir, "--snapshot-dir")
+    output = check_output(args.output)
+    if args.snapshot_dir:
+        check_folder("--snapshot-dir", args.snapshot_dir)
     content = decode_image(args.content)
     styles = [decode_image(path) for path in args.styles]
     try:
@@ -100,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from worker.engine import EngineError, Progress, Result, Snapshot, load_weights, resolve_device, stylize
 
-    stop = _StopOnInterrupt()
+    stop = StopOnInterrupt()
     snapshots: list[str] = []
     started = time.perf_counter()
     try:
@@ -123,13 +146,13 @@ def _run(args: argparse.Namespace) -> int:
                 elif isinstance(event, Result):
                     result = event
     except EngineError as err:
-        return _fail(str(err))
+        return fail(str(err))
     except torch.OutOfMemoryError:
-        return _fail(f"the GPU ran out of memory at --size {params.size}; try a smaller size")
+        return fail(f"the GPU ran out of memory at --size {params.size}; try a smaller size")
     except RuntimeError as err:
         if "can't allocate memory" not in str(err):  # torch's CPU allocator failing
             raise
-        return _fail(f"out of memory at --size {params.size}; try a smaller size")
+        return fail(f"out of memory at --size {params.size}; try a smaller size")
     result.image.save(output)
     seconds = time.perf_counter() - started
 
@@ -158,30 +181,15 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.canceled else 0
 
 
-def _check_output(output: Path, example: str) -> None:
-    if output.is_dir():
-        raise ParamsError(f"--output: {output} is a folder; give a file name such as {output / example}")
-    if not output.parent.resolve().is_dir():
-        raise ParamsError(f"--output: folder {output.parent} does not exist")
-    if not os.access(output.parent.resolve(), os.W_OK):
-        raise ParamsError(f"--output: cannot write in folder {output.parent}")
-
-
-def _check_folder(folder: str | None, flag: str) -> None:
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-        if not os.access(folder, os.W_OK):
-            raise ParamsError(f"{flag}: cannot write in folder {folder}")
-
-
-def _run_clip(args: argparse.Namespace, params: StyleParams, output: Path) -> int:
+def _run_clip(args: argparse.Namespace, params: StyleParams) -> int:
     """A clip: checked, stylized frame by frame (each held to the last), written in its own container."""
     settings = load_settings()
     info = probe_clip(args.content, max_frames=settings.max_frames, max_pixels=settings.max_pixels)
-    if output.suffix.lower() != info.extension:
+    if Path(args.output).suffix.lower() != info.extension:
         raise ParamsError(f"--output: the clip is {info.container.upper()}; name the output *{info.extension}")
-    _check_output(output, f"out{info.extension}")
-    _check_folder(args.frames_dir, "--frames-dir")
+    output = check_output(args.output, (info.extension,))
+    if args.frames_dir:
+        check_folder("--frames-dir", args.frames_dir)
     problem = params.output_size_problem(info.size)
     if problem is not None:
         raise ParamsError(problem)
@@ -197,7 +205,7 @@ def _run_clip(args: argparse.Namespace, params: StyleParams, output: Path) -> in
     from worker.engine import EngineError, load_weights, resolve_device
     from worker.engine.video import FrameDone, FrameProgress, stylize_frames
 
-    stop = _StopOnInterrupt()
+    stop = StopOnInterrupt()
     outputs = []
     started = time.perf_counter()
     try:
@@ -217,9 +225,9 @@ def _run_clip(args: argparse.Namespace, params: StyleParams, output: Path) -> in
                         event.image.save(os.path.join(args.frames_dir, f"frame_{event.frame:05d}.png"))
                     bar.update(1)
     except EngineError as err:
-        return _fail(str(err))
+        return fail(str(err))
     except torch.OutOfMemoryError:
-        return _fail(f"the GPU ran out of memory at --size {params.size}; try a smaller size")
+        return fail(f"the GPU ran out of memory at --size {params.size}; try a smaller size")
     canceled = len(outputs) < info.frames
     if outputs:
         output.write_bytes(encode_clip(outputs, info, audio_from=args.content))
@@ -233,10 +241,11 @@ def _run_clip(args: argparse.Namespace, params: StyleParams, output: Path) -> in
     return EXIT_INTERRUPTED if canceled else 0
 
 
-class _StopOnInterrupt:
+class StopOnInterrupt:
     """Within its block, the first Ctrl-C asks the engine to stop; a second one aborts."""
 
-    def __init__(self) -> None:
+    def __init__(self, prog: str = "impasto stylize") -> None:
+        self.prog = prog
         self._requested = False
         self._previous = None
 
@@ -247,9 +256,9 @@ class _StopOnInterrupt:
         if self._requested:
             raise KeyboardInterrupt
         self._requested = True
-        print("\nimpasto stylize: stopping after this iteration (Ctrl-C again to abort)", file=sys.stderr)
+        print(f"\n{self.prog}: stopping after this iteration (Ctrl-C again to abort)", file=sys.stderr)
 
-    def __enter__(self) -> _StopOnInterrupt:
+    def __enter__(self) -> StopOnInterrupt:
         self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
