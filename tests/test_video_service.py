@@ -147,9 +147,8 @@ def test_a_clip_is_one_job_painted_by_two_workers_and_served_in_its_container(tw
 def test_a_corrupt_or_unsupported_clip_is_a_422_naming_the_content_field(service, clip, message):
     response = service.submit(clip())
     assert response.status_code == 422, response.text
-    errors = response.json()["error"]["fields"] if "fields" in response.json()["error"] else response.json()["errors"]
-    found = [e for e in errors if e["field"] == "content"]
-    assert found and re.search(message, found[0]["message"]), found
+    found = [e for e in response.json()["error"]["details"] if e["field"] == "content"]
+    assert found and found[0]["code"] == "invalid_clip" and re.search(message, found[0]["message"]), found
 
 
 def test_a_worker_killed_mid_clip_costs_only_its_current_frame(two_workers):
