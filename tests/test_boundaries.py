@@ -30,11 +30,13 @@ CHECKS = {
             "shared.reconcile",
             "shared.retention",
             "shared.keys",
+            "shared.video",
+            "shared.clips",
         ],
         ["flask", "torch", "web", "worker"],
     ),
-    "worker.engine": (["worker.engine"], ["flask", "sqlalchemy", "celery", "shared", "web"]),
-    "worker": (["worker.runner", "worker.service", "worker.cli"], ["flask", "web"]),
+    "worker.engine": (["worker.engine", "worker.engine.video", "worker.engine.temporal"], ["flask", "sqlalchemy", "celery", "shared", "web"]),
+    "worker": (["worker.runner", "worker.service", "worker.cli", "worker.clips"], ["flask", "web"]),
 }
 
 
