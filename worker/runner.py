@@ -255,6 +255,8 @@ class JobRunner:
         # The time limit is kept here, between iterations; Celery's limits only back it up.
         timed_out = lambda: time.monotonic() > deadline  # noqa: E731
         result = None
+        targets = self.targets_cache()
+        reused, computed = targets.hits, targets.misses
         try:
             for event in stylize(
                 content,
@@ -263,7 +265,7 @@ class JobRunner:
                 device=device,
                 weights=weights,
                 resume=resume,
-                targets_cache=self.targets_cache(),
+                targets_cache=targets,
                 should_stop=lambda: progress.cancel_requested or lease.lost or should_abort() or timed_out(),
             ):
                 if isinstance(event, Progress):
@@ -279,6 +281,13 @@ class JobRunner:
                 "out_of_memory", f"the GPU ran out of memory at size {params.size}; submit again with a smaller size"
             ) from None
         assert result is not None
+        # A sweep's cells share their style targets when they run on the same worker process.
+        log.info(
+            "job=%s event=style-targets computed=%d reused=%d",
+            job_id,
+            targets.misses - computed,
+            targets.hits - reused,
+        )
         if lease.lost:  # the lease expired and the job went to another attempt: leave it be
             return self._lease_lost(job_id, worker, number, "run")
         if result.canceled and should_abort() and not progress.cancel_requested:
