@@ -319,3 +319,85 @@ def test_the_command_line_refuses_bad_masks_in_one_line(files, tmp_path, masks, 
     assert done.returncode == 2
     assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert not (tmp_path / "out.png").exists()
+
+
+# --------------------------------------------------------------------------- the API (Flask's test client)
+
+
+@pytest.fixture
+def client(make_settings):
+    from shared.migrate import upgrade
+    from web.app import create_app
+
+    settings = make_settings(IMPASTO_MAX_STYLES=3)
+    upgrade(settings.database_url)
+    return create_app(settings).test_client()
+
+
+def submit_with_masks(client, masks, styles=(RED, BLUE), **fields):
+    data = {
+        "content": (io.BytesIO(png(GREY)), "grey.png"),
+        "style": [(io.BytesIO(png(s)), f"style{i}.png") for i, s in enumerate(styles)],
+        "style_mask": [
+            (io.BytesIO(m if isinstance(m, bytes) else png(m)), f"mask{i}.png") for i, m in enumerate(masks)
+        ],
+        "size": "64",
+        "iterations": "4",
+        "weights": "random",
+        **fields,
+    }
+    if not styles:
+        del data["style"]
+    return client.post("/api/v1/jobs", data=data, content_type="multipart/form-data")
+
+
+def test_the_api_stores_the_masks_with_the_inputs(client):
+    left, right = half_masks()
+    answer = submit_with_masks(client, [left, right])
+    assert answer.status_code == 202, answer.get_json()
+    job = answer.get_json()
+    assert len(job["inputs"]) == 3 and len(job["style_masks"]) == 2
+    for url, sent in zip(job["style_masks"], (left, right)):
+        stored = client.get(url)
+        assert stored.status_code == 200 and stored.data == png(sent)
+    assert client.get(job["url"]).status_code == 200
+    page = client.get(job["url"]).get_data(as_text=True)
+    for index, url in enumerate(job["style_masks"], start=1):
+        assert f'<img src="{url}" alt="The mask of style {index}"' in page
+
+
+def test_a_preset_takes_one_mask(client):
+    left, _ = half_masks()
+    answer = submit_with_masks(client, [left], styles=(), style_preset="starry_night")
+    assert answer.status_code == 202, answer.get_json()
+    assert len(answer.get_json()["style_masks"]) == 1
+
+
+def test_a_job_without_masks_lists_none(client):
+    answer = submit_with_masks(client, [])
+    assert answer.status_code == 202 and answer.get_json()["style_masks"] == []
+
+
+@pytest.mark.parametrize(
+    "masks, message",
+    [
+        ([half_masks()[0]], "1 masks for 2 style images; send one style_mask per style"),
+        ([half_masks()[0], RED], "style_mask 2 is in colour; a mask is grey-scale"),
+        ([half_masks()[0], b"not an image"], "style_mask 2 is not an image that can be read"),
+        ([half_masks()[0], b""], "style_mask 2 is empty"),
+    ],
+    ids=["count", "colour", "not-an-image", "empty"],
+)
+def test_bad_masks_are_a_422_naming_the_field(client, masks, message):
+    answer = submit_with_masks(client, masks)
+    assert answer.status_code == 422
+    error = answer.get_json()["error"]
+    assert error["field"] == "style_mask" and message in error["message"], error
+
+
+def test_the_openapi_document_describes_style_mask(client):
+    document = client.get("/api/v1/openapi.json").get_json()
+    form = document["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert "one grey-scale mask per style image" in form["schema"]["properties"]["style_mask"]["description"]
+    assert "style_mask" in form["encoding"]
+    assert "style_masks" in document["components"]["schemas"]["Job"]["properties"]
