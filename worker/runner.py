@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import database_unreachable, describe_error
 from shared.flags import describe_error as describe_invalid
-from shared.images import ImageError, decode_image
+from shared.images import ImageError, decode_image, decode_mask
 from shared.jobs import (
     JobError,
     add_snapshot,
@@ -231,6 +231,7 @@ class JobRunner:
         """The job's final status; None when the lease was lost (another attempt has the job)."""
         content = self._image(inputs["content"])
         styles = [self._image(style) for style in inputs["styles"]]
+        masks = [self._image(mask, decode_mask) for mask in inputs.get("style_masks", ())] or None
 
         import torch
 
@@ -266,6 +267,7 @@ class JobRunner:
                 weights=weights,
                 resume=resume,
                 targets_cache=targets,
+                style_masks=masks,
                 should_stop=lambda: progress.cancel_requested or lease.lost or should_abort() or timed_out(),
             ):
                 if isinstance(event, Progress):
@@ -385,7 +387,8 @@ class JobRunner:
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
-    def _image(self, item: dict[str, str]):
+    def _image(self, item: dict[str, str], decode: Callable[..., Any] = decode_image):
+        """An input from storage, decoded (`decode_mask` for a style mask)."""
         try:
             data = self.storage.get(item["key"])
         except MissingObject:
@@ -394,7 +397,7 @@ class JobRunner:
                 f"the uploaded image {item.get('name') or ''} is no longer in storage; submit the job again",
             ) from None
         try:
-            return decode_image(data, name=item.get("name") or "an input image", max_pixels=self.settings.max_pixels)
+            return decode(data, name=item.get("name") or "an input image", max_pixels=self.settings.max_pixels)
         except ImageError as err:
             raise JobFailed("bad_input", str(err)) from None
 
