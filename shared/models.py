@@ -95,6 +95,10 @@ class Job(Base):
         ForeignKey("sweeps.id", ondelete="SET NULL"), nullable=True, index=True
     )
     cell: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # A clip (shared/clips.py) is a job of kind "clip" that no worker claims: its segments,
+    # jobs of kind "segment" naming it as their parent, paint its frames; its status is derived.
+    kind: Mapped[str] = mapped_column(String(16), default="image", server_default="image")
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True, index=True)
 
     snapshots: Mapped[list[Snapshot]] = relationship(
         back_populates="job", order_by="Snapshot.iteration", cascade="all, delete-orphan", passive_deletes=True

@@ -74,6 +74,9 @@ def default_layer_weights(count: int) -> tuple[float, ...]:
 # and docs/benchmarks.md, "Issue 12").
 STYLE_WEIGHT = 1.0
 TV_WEIGHT = 0.02
+# The temporal loss is a mean squared pixel difference (values in [0, 1]), so its weight is
+# large beside the relative errors: bench/video.py measures the flicker it removes.
+TEMPORAL_WEIGHT = 100.0
 
 # Relative weights (per style layer, per style image) are normalised or multiplied by the
 # absolute ones; the cap keeps their sum finite.
@@ -114,6 +117,14 @@ class StyleParams(BaseModel):
     )
     # Not in the paper; a light smoothing of the speckle the optimizer leaves.
     tv_weight: float = Field(TV_WEIGHT, ge=0, le=1e12, description="weight of the total-variation smoothing")
+    # Ruder, Dosovitskiy and Brox's temporal loss, in this engine's units (docs/benchmarks.md, "Issue 15").
+    temporal_weight: float = Field(
+        TEMPORAL_WEIGHT,
+        ge=0,
+        le=1e12,
+        description="clips only: weight of the temporal loss holding each frame to the previous stylized "
+        "frame, warped by the optical flow, where that stays visible (0: frames stylized alone)",
+    )
     content_layers: tuple[str, ...] = Field(
         DEFAULT_CONTENT_LAYERS,
         min_length=1,

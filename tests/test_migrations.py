@@ -14,7 +14,7 @@ from shared.db import make_engine
 from shared.migrate import current_revision, downgrade, upgrade
 from shared.models import Base
 
-HEAD = "0006"  # the newest revision in migrations/versions
+HEAD = "0007"  # the newest revision in migrations/versions
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -17,6 +17,7 @@ from flask import Request
 from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage, MultiDict
 
+from shared.clips import new_clip
 from shared.images import CONTENT_TYPES, ImageError, decode_mask, inspect_image
 from shared.jobs import create_job
 from shared.models import Job, new_job_id
@@ -24,6 +25,7 @@ from shared.params import WEIGHT_CHOICES, StyleParams, is_list_field
 from shared.settings import Settings
 from shared.storage import job_key
 from shared.tasks import enqueue_stylize
+from shared.video import ClipError, ClipInfo, is_clip, probe_clip
 
 from .presets import PRESETS, preset_bytes
 from .services import Services
@@ -171,6 +173,7 @@ class Upload:
     extension: str
     content_type: str
     size: tuple[int, int]  # (width, height), upright
+    clip: ClipInfo | None = None  # a clip's container, frames and rate (shared/video.py)
 
 
 def decode_upload(upload: FileStorage, field: str, settings: Settings) -> Upload:
@@ -180,6 +183,8 @@ def decode_upload(upload: FileStorage, field: str, settings: Settings) -> Upload
     label = f"{field} image"
     if not data:
         raise SubmissionError([FieldError(field, f"the {label} is empty; choose an image file", "invalid_image")])
+    if field == "content" and is_clip(data):
+        return _clip_upload(data, settings)
     try:
         header = inspect_image(
             data, name=f"the {label}", max_pixels=settings.max_pixels, decode_up_to=WEB_DECODE_PIXELS
@@ -199,6 +204,15 @@ class Checked:
     preset: str
 
 
+def _clip_upload(data: bytes, settings: Settings) -> Upload:
+    """A content clip, checked in full (container, codec, frames, pixels, every frame decoded)."""
+    try:
+        info = probe_clip(data, name="the content clip", max_frames=settings.max_frames, max_pixels=settings.max_pixels)
+    except ClipError as err:
+        raise SubmissionError([FieldError("content", str(err), "invalid_clip")]) from None
+    return Upload(data, info.extension.lstrip("."), info.content_type, info.size, info)
+
+
 def submit(
     services: Services,
     form: MultiDict[str, str],
@@ -216,6 +230,9 @@ def submit(
     job_id = new_job_id()
     inputs = store_inputs(services, job_id, checked)
     queue = services.settings.queue_for(checked.params.size)  # small previews may go to the CPU queue
+    clip = checked.images[0][1].clip
+    if clip is not None:
+        return _submit_clip(services, job_id, checked, {**inputs, "clip": clip.as_dict()}, owner, token_hash, queue)
     with services.sessions() as session:
         job = create_job(
             session,
@@ -228,6 +245,37 @@ def submit(
         )
     send(services, job.id, queue)
     return job
+
+
+def _submit_clip(
+    services: Services,
+    job_id: str,
+    checked: Checked,
+    inputs: dict[str, Any],
+    owner: str | None,
+    token_hash: str | None,
+    queue: str,
+) -> Job:
+    """A clip: its row and its segments' committed together, then each segment sent."""
+    settings = services.settings
+    clip, segments = new_clip(
+        params=checked.params.model_dump(mode="json"),
+        inputs=inputs,
+        frames=inputs["clip"]["frames"],
+        segment_frames=settings.segment_frames,
+        overlap=settings.segment_overlap,
+        job_id=job_id,
+        token_hash=token_hash,
+        owner=owner,
+        queue=queue,
+    )
+    with services.sessions() as session:
+        session.add_all([clip, *segments])
+        session.commit()
+        ids = [segment.id for segment in segments]
+    for segment_id in ids:
+        send(services, segment_id, queue)
+    return clip
 
 
 def check_submission(

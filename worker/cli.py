@@ -18,6 +18,8 @@ from pathlib import Path
 from shared.flags import ParamsError, add_model_flags, params_from_args
 from shared.images import ImageError, decode_image, decode_mask
 from shared.params import StyleParams
+from shared.settings import load_settings
+from shared.video import ClipError, encode_clip, is_clip, probe_clip, read_frames
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -36,9 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="impasto stylize",
         description="Paint CONTENT in the style of one or more STYLE images (Gatys, Ecker and Bethge's optimization).",
     )
-    parser.add_argument("content", metavar="CONTENT", help="the photo to repaint")
+    parser.add_argument(
+        "content", metavar="CONTENT", help="the photo to repaint, or a clip (MP4 H.264, WebM VP8/VP9, animated GIF)"
+    )
     parser.add_argument("styles", metavar="STYLE", nargs="+", help="one or more style images")
-    parser.add_argument("-o", "--output", required=True, help="where to write the picture (.png, .jpg, ...)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="where to write the picture (.png, .jpg, ...); a clip's, in its container (.mp4, .webm, .gif)",
+    )
     add_model_flags(parser, StyleParams)
     parser.add_argument(
         "--style-masks",
@@ -48,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "black where it does not (where no mask is white the photo is kept)",
     )
     parser.add_argument("--snapshot-dir", help="save snapshots here as snapshot_NNNNN.png")
+    parser.add_argument("--frames-dir", help="a clip only: save every stylized frame here as frame_NNNNN.png")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--json", action="store_true", help="print one JSON object describing the result")
     return parser
@@ -59,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="impasto stylize: %(levelname)s: %(message)s")
     try:
         return _run(args)
-    except (ParamsError, ImageError, OSError) as err:
+    except (ParamsError, ImageError, ClipError, OSError) as err:
         return fail(str(err))
     except MemoryError:
         return fail("out of memory; try a smaller --size or fewer --scales")
@@ -100,6 +110,10 @@ def check_folder(flag: str, folder: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     params = params_from_args(StyleParams, args)
+    if is_clip(args.content):
+        return _run_clip(args, params)
+    if args.frames_dir:
+        raise ParamsError("--frames-dir: only for a clip; the content is a still image")
     output = check_output(args.output)
     if args.snapshot_dir:
         check_folder("--snapshot-dir", args.snapshot_dir)
@@ -183,6 +197,66 @@ def _run(args: argparse.Namespace) -> int:
             )
         )
     return EXIT_INTERRUPTED if result.canceled else 0
+
+
+def _run_clip(args: argparse.Namespace, params: StyleParams) -> int:
+    """A clip: checked, stylized frame by frame (each held to the last), written in its own container."""
+    settings = load_settings()
+    info = probe_clip(args.content, max_frames=settings.max_frames, max_pixels=settings.max_pixels)
+    if Path(args.output).suffix.lower() != info.extension:
+        raise ParamsError(f"--output: the clip is {info.container.upper()}; name the output *{info.extension}")
+    output = check_output(args.output, (info.extension,))
+    if args.frames_dir:
+        check_folder("--frames-dir", args.frames_dir)
+    problem = params.output_size_problem(info.size)
+    if problem is not None:
+        raise ParamsError(problem)
+    styles = [decode_image(path) for path in args.styles]
+    try:
+        params.style_blend_for(len(styles))
+    except ValueError as err:
+        raise ParamsError(f"--style-blend: {err}") from None
+
+    import torch
+    from tqdm import tqdm
+
+    from worker.engine import EngineError, load_weights, resolve_device
+    from worker.engine.video import FrameDone, FrameProgress, stylize_frames
+
+    stop = StopOnInterrupt()
+    outputs = []
+    started = time.perf_counter()
+    try:
+        device = resolve_device(args.device)
+        weights = load_weights(params.weights)
+        frames = read_frames(args.content)
+        with stop, tqdm(total=info.frames, unit="frame", file=sys.stderr, disable=None) as bar:
+            for event in stylize_frames(
+                frames, styles, params, device=device, weights=weights, should_stop=stop.requested
+            ):
+                if isinstance(event, FrameProgress):
+                    step = event.progress
+                    bar.set_postfix({"iteration": f"{step.iteration}/{step.iterations}"}, refresh=False)
+                elif isinstance(event, FrameDone):
+                    outputs.append(event.image)
+                    if args.frames_dir:
+                        event.image.save(os.path.join(args.frames_dir, f"frame_{event.frame:05d}.png"))
+                    bar.update(1)
+    except EngineError as err:
+        return fail(str(err))
+    except torch.OutOfMemoryError:
+        return fail(f"the GPU ran out of memory at --size {params.size}; try a smaller size")
+    canceled = len(outputs) < info.frames
+    if outputs:
+        output.write_bytes(encode_clip(outputs, info, audio_from=args.content))
+    seconds = time.perf_counter() - started
+    if canceled:
+        print(f"impasto stylize: interrupted after {len(outputs)} of {info.frames} frames", file=sys.stderr)
+    if args.json:
+        summary = {"output": str(output.resolve()) if outputs else None, "frames": len(outputs), "clip": info.as_dict()}
+        summary.update(seconds=round(seconds, 3), canceled=canceled, params=params.model_dump(mode="json"))
+        print(json.dumps(summary))
+    return EXIT_INTERRUPTED if canceled else 0
 
 
 class StopOnInterrupt:

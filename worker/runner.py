@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.clips import SEGMENT, settle_clip
 from shared.db import database_unreachable, describe_error
 from shared.flags import describe_error as describe_invalid
 from shared.images import ImageError, decode_image, decode_mask
@@ -42,6 +43,7 @@ from shared.models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, utc
 from shared.params import WEIGHT_CHOICES, StyleParams
 from shared.settings import Settings
 from shared.storage import MissingObject, Storage, job_key
+from worker.clips import run_segment
 
 log = logging.getLogger("impasto.worker")
 
@@ -167,7 +169,15 @@ class JobRunner:
         failed: JobError | None = None
         status: str | None = None
         try:
-            status = self._run(job_id, worker, number, _params(job.params), job.inputs, should_abort, lease, deadline)
+            if job.kind == SEGMENT:  # a run of a clip's frames (worker/clips.py)
+                status = run_segment(
+                    self, job_id, worker, number, _params(job.params), job.inputs, job.parent_id or "",
+                    should_abort, lease, deadline, job.iteration,
+                )  # fmt: skip
+            else:
+                status = self._run(
+                    job_id, worker, number, _params(job.params), job.inputs, should_abort, lease, deadline
+                )
         except JobFailed as failure:
             if self._finish(job_id, worker, number, FAILED, error=failure.error):
                 log.warning("job=%s event=failed code=%s message=%r", job_id, failure.error.code, str(failure))
@@ -200,6 +210,8 @@ class JobRunner:
         finally:
             lease.stop()
             self._now_running(None)
+            if job.parent_id is not None:  # the clip's status follows its segments'
+                self._db(lambda session: settle_clip(session, job.parent_id), job_id)
         if failed is not None:
             if failed.code == "out_of_memory":  # now that the failed job's frames are gone
                 _release_gpu_memory()

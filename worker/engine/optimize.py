@@ -102,6 +102,8 @@ def stylize(
     resume: Resume | None = None,
     targets_cache: TargetCache | None = None,
     style_masks: Sequence[Image.Image | None] | None = None,
+    init: Image.Image | None = None,
+    extra_loss: Callable[[tuple[int, int], torch.device], Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> Iterator[Event]:
     """Paint `content` in the style of `styles` as `params` (a shared.params.StyleParams) say.
 
@@ -111,6 +113,9 @@ def stylize(
     style targets for the next run with the same style (a worker keeps one per process).
     `style_masks`, one per style (a single-channel image, or None for everywhere), confine
     each style to its region of the output (see masks.py).
+    `init` replaces params.init as the first scale's start (a video frame starts from the
+    previous output, warped); `extra_loss(dims, device)` gives a term added to the tv loss
+    at each scale (a video frame's temporal loss, worker/engine/temporal.py).
     """
     styles = list(styles)
     if not styles:
@@ -194,6 +199,7 @@ def stylize(
             network=network,
             precision=precision,
             style_masks=None if masks is None else [mask_tensor(m, dims).to(dev) for m in masks],
+            extra=extra_loss(dims, dev) if extra_loss is not None else None,
         )
 
         if resumed_here:
@@ -202,6 +208,9 @@ def stylize(
             start = rgb_to_yiq(start)[:, :1] if luminance_only else start
         elif best is not None:
             start = F.interpolate(best, size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
+        elif init is not None:
+            start = to_tensor(init, dims).to(dev)
+            start = rgb_to_yiq(start)[:, :1] if luminance_only else start
         elif params.init == "content":
             start = content_t
         elif params.init == "style":
