@@ -17,12 +17,14 @@ same loss and gradient, then times them in interleaved rounds.
 
     python bench/engine.py --size 256 --device cpu [--repeats N] [--json]
     python bench/engine.py --size 256 512          # several sizes in one run
+    python bench/engine.py --size 512 --masks      # instead: with style masks against without
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -204,6 +206,7 @@ def build(size: int, device: torch.device, images: Path, precision: str = "fp32"
         "engine": engine,
         "reference": reference,
         "image": image,
+        "content": content,
         "content_src": content_src,
         "style_src": style_src,
         "shape": tuple(image.shape[-2:]),
@@ -554,6 +557,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the reference always runs float32",
     )
     parser.add_argument(
+        "--masks",
+        action="store_true",
+        help="instead: time the engine with two styles on complementary masks (left and right "
+        "halves) against the same two styles blended without masks",
+    )
+    parser.add_argument(
         "--batch",
         type=int,
         default=None,
@@ -580,6 +589,9 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or DEFAULT_REPEATS.get(device.type, DEFAULT_REPEATS["cpu"])
     if args.batch:
         main_batch(args, device, repeats)
+        return
+    if args.masks:
+        main_masks(args, device, repeats)
         return
 
     print(
@@ -664,6 +676,68 @@ def main_batch(args: argparse.Namespace, device: torch.device, repeats: int) -> 
             f"{r['width']}x{r['height']}: batch {r['batch_ms_per_image']:.1f} ms/image, separate "
             f"{r['separate_ms_per_image']:.1f} ms/image, batching speed-up "
             f"{r['batch_speedup']:.2f}x (gradients agree to {r['rel_diff_grad']:.1e})",
+            flush=True,
+        )
+        if args.json:
+            print(json.dumps(r))
+
+
+def measure_masks(size: int, device: torch.device, repeats: int, images: Path, precision: str) -> dict:
+    """Engine evaluations with two styles on complementary half masks (guided Gram matrices)
+    against the same two styles blended with no masks, interleaved pair by pair."""
+    torch.manual_seed(SEED)
+    setup = build(size, device, images, precision)
+    params = StyleParams(weights="random", precision=precision)
+    objective, image = setup["engine"], setup["image"]
+    style = load_image(images / STYLE_FILE, size, (size, size), SEED + 1)[0].to(device)
+    styles = [style, style.flip(-1)]  # two styles, each with its own target
+    height, width = setup["shape"]
+    left = torch.zeros(1, 1, height, width, device=device)
+    left[..., : width // 2] = 1
+    base = setup["content"]
+    blend = params.style_blend_for(2)
+    plain = StyleObjective(objective.net, params, base, styles, blend, precision=setup["precision"])
+    masked = StyleObjective(
+        objective.net, params, base, styles, blend, precision=setup["precision"], style_masks=[left, 1 - left]
+    )
+    runs = {"plain": engine_evaluation(plain, image), "masked": engine_evaluation(masked, image)}
+    for _ in range(WARMUP[device.type]):
+        for run in runs.values():
+            run()
+    sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            samples[name] += time_block(run, 1, device)[0]
+    ratios = [m / p for p, m in zip(samples["plain"], samples["masked"])]
+    return {
+        "size": size,
+        "width": width,
+        "height": height,
+        "device": device.type,
+        "precision": setup["precision"],
+        "repeats": repeats,
+        "plain_ms": round(statistics.median(samples["plain"]), 3),
+        "masked_ms": round(statistics.median(samples["masked"]), 3),
+        "masked_over_plain": round(statistics.median(ratios), 3),
+        "plain_spread_ms": [round(min(samples["plain"]), 1), round(max(samples["plain"]), 1)],
+        "masked_spread_ms": [round(min(samples["masked"]), 1), round(max(samples["masked"]), 1)],
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def main_masks(args: argparse.Namespace, device: torch.device, repeats: int) -> None:
+    print(
+        f"torch {torch.__version__}, device {device} ({device_name(device)}), "
+        f"{torch.get_num_threads()} threads; two styles on complementary masks against the same two "
+        f"blended without masks, {repeats} timed pairs, median reported"
+    )
+    for size in args.size:
+        r = measure_masks(size, device, repeats, args.images, args.precision)
+        print(
+            f"{r['width']}x{r['height']} {r['precision']}: with masks {r['masked_ms']:.1f} ms, without "
+            f"{r['plain_ms']:.1f} ms per evaluation; paired median ratio {r['masked_over_plain']:.3f}x "
+            f"(load average {', '.join(map(str, r['load_average']))})",
             flush=True,
         )
         if args.json:

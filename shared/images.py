@@ -1,4 +1,5 @@
-"""Safe image decoding: the one way a path or uploaded bytes become an upright RGB image."""
+"""Safe image decoding: the one way a path or uploaded bytes become an upright RGB image
+(or, for a style mask, an upright grey-scale one)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 # Checked from the header, before any pixel is decoded (8000 x 8000).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -107,6 +108,58 @@ def _decode(source: str | os.PathLike[str] | bytes, label: str, max_pixels: int)
         except Exception as err:  # decoders raise OSError, ValueError, SyntaxError, EOFError, ... for bad data
             raise ImageError(f"{label} is truncated or corrupt ({err})") from None
         return upright, image.format or "PNG"
+
+
+# A mask is grey: an RGB pixel whose channels differ by more than this (of 255) is colour,
+# and a mask with more than MASK_COLOUR_SHARE of such pixels is refused (JPEG noise is not).
+MASK_CHANNEL_SPREAD = 24
+MASK_COLOUR_SHARE = 0.01
+
+
+def decode_mask(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Open a path or bytes as a style mask: an upright single-channel ("L") image, white
+    where the style applies. Grey-scale images of any depth are taken as they are, RGB ones
+    whose pixels are grey too; transparency counts as black (a painted stroke over nothing).
+    A coloured image is refused: it is a picture, not a mask."""
+    label = name or ("the mask" if isinstance(source, bytes) else os.fspath(source))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _open(source, label, max_pixels) as image:
+            _check_size(image, label, max_pixels)
+            try:
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+            except MemoryError:
+                raise
+            except Exception as err:  # decoders raise OSError, ValueError, SyntaxError, EOFError, ...
+                raise ImageError(f"{label} is truncated or corrupt ({err})") from None
+            return _to_mask(upright, label)
+
+
+def _to_mask(image: Image.Image, label: str) -> Image.Image:
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return _to_rgb(image).convert("L")  # 16-bit and float grey scaled to 0..255
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info)
+    alpha = image.convert("RGBA").getchannel("A") if has_alpha else None
+    if image.mode in ("1", "L", "LA", "La"):
+        grey = image.convert("L")
+    else:
+        red, green, blue = image.convert("RGB").split()
+        high = ImageChops.lighter(ImageChops.lighter(red, green), blue)
+        low = ImageChops.darker(ImageChops.darker(red, green), blue)
+        spread = ImageChops.subtract(high, low).point(lambda v: 255 if v > MASK_CHANNEL_SPREAD else 0)
+        if spread.histogram()[255] > MASK_COLOUR_SHARE * image.width * image.height:
+            raise ImageError(
+                f"{label} is in colour; a mask is grey-scale: white where the style applies, black where it does not"
+            )
+        grey = image.convert("RGB").convert("L")
+    return grey if alpha is None else ImageChops.multiply(grey, alpha)
 
 
 def _open(source: str | os.PathLike[str] | bytes, label: str, max_pixels: int) -> Image.Image:

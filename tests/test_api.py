@@ -311,10 +311,13 @@ def test_the_openapi_document_lists_every_route_and_parameter(client, app):
     form = document["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     from shared.params import StyleParams
 
-    assert set(StyleParams.model_fields) | {"content", "style", "style_preset"} == set(form["properties"])
+    assert set(StyleParams.model_fields) | {"content", "style", "style_preset", "style_mask"} == set(form["properties"])
+    sweep = document["paths"]["/api/v1/sweeps"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(sweep["properties"]) == set(form["properties"]) | {"axes"}
     assert form["properties"]["size"]["minimum"] == 16
     routes = {
         rule.rule.replace("<job_id>", "{job_id}")
+        .replace("<sweep_id>", "{sweep_id}")
         .replace("<int:iteration>", "{iteration}")
         .replace("<int:index>", "{index}")
         .replace("<int:frame>", "{frame}")

@@ -293,7 +293,7 @@ def snapshot(job_id: str, iteration: int):
 def input_image(job_id: str, index: int):
     with services().sessions() as session:
         job = load_job(session, job_id)
-    items = [job.inputs["content"], *job.inputs["styles"]]
+    items = [job.inputs["content"], *job.inputs["styles"], *job.inputs.get("style_masks", ())]
     if index >= len(items):
         abort(404, f"job {job_id} has no input {index}")
     return _image(items[index]["key"], None, items[index].get("content_type", "application/octet-stream"))
@@ -374,6 +374,10 @@ def job_json(job: Job, position: int | None, *, snapshots: bool = True) -> dict[
         "params": job.params,
         "style_preset": job.inputs.get("style_preset"),
         "inputs": [url_for("api.input_image", job_id=job.id, index=i) for i in range(1 + len(job.inputs["styles"]))],
+        "style_masks": [
+            url_for("api.input_image", job_id=job.id, index=1 + len(job.inputs["styles"]) + i)
+            for i in range(len(job.inputs.get("style_masks", ())))
+        ],
         "snapshots": [
             {"iteration": s.iteration, "url": url_for("api.snapshot", job_id=job.id, iteration=s.iteration)}
             for s in job.snapshots

@@ -99,6 +99,12 @@ def _job_schema() -> dict[str, Any]:
                 "items": {"type": "string"},
                 "description": "URLs of the content image, then the style images",
             },
+            "style_masks": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "URLs of the style masks, one per style image in the same order; "
+                "empty when the job has none",
+            },
             "snapshots": {
                 "type": "array",
                 "items": {
@@ -300,6 +306,17 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "description": "one or more paintings",
             },
             "style_preset": {"type": "string", "enum": list(PRESETS), "description": "a built-in painting"},
+            "style_mask": {
+                "type": "array",
+                "items": FILE,
+                "minItems": 1,
+                "maxItems": settings.max_styles,
+                "description": "optional: one grey-scale mask per style image (or one with `style_preset`), "
+                "in the same order, resized to the output: white where that style applies, grey where it "
+                "partly does, black where it does not; where no mask is white the photo is kept. A mask "
+                "in colour, or a number of masks other than the number of styles, is a 422 naming "
+                "`style_mask`",
+            },
             **_param_schemas(settings),
         },
         "additionalProperties": False,
@@ -329,6 +346,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 "encoding": {
                                     "content": _file_part("content", "photo.jpg"),
                                     "style": _file_part("style", "painting.jpg"),
+                                    "style_mask": _file_part("style_mask", "mask.png"),
                                 },
                             }
                         },
@@ -500,7 +518,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/api/v1/jobs/{job_id}/inputs/{index}": {
                 "get": {
                     "operationId": "getInput",
-                    "summary": "An input image: 0 is the content, then the styles",
+                    "summary": "An input image: 0 is the content, then the styles, then the style masks",
                     "parameters": [
                         job_id,
                         {"name": "index", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}},

@@ -1,7 +1,8 @@
 """A submission, from the form or the API, checked and turned into a queued job.
 
 Both entry points send the same multipart fields: a `content` file, one or more `style` files
-or a `style_preset`, and the parameters named as the command line's flags with underscores.
+or a `style_preset`, optionally one `style_mask` file per style (in the same order), and the
+parameters named as the command line's flags with underscores.
 Every problem is collected as a FieldError naming the field, for a 422 or a message beside
 the form field.
 """
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage, MultiDict
 
 from shared.clips import new_clip
-from shared.images import CONTENT_TYPES, ImageError, inspect_image
+from shared.images import CONTENT_TYPES, ImageError, decode_mask, inspect_image
 from shared.jobs import create_job
 from shared.models import Job, new_job_id
 from shared.params import WEIGHT_CHOICES, StyleParams, is_list_field
@@ -39,7 +40,7 @@ log = logging.getLogger("impasto.web")
 
 # Fields that hold several values: repeated, or one field separated by commas or spaces.
 LIST_FIELDS = {name for name in StyleParams.model_fields if is_list_field(name)}
-FILE_FIELDS = ("content", "style")
+FILE_FIELDS = ("content", "style", "style_mask")
 OTHER_FIELDS = ("style_preset", "csrf_token")
 
 
@@ -296,7 +297,9 @@ def check_submission(
         if name not in FILE_FIELDS:
             errors.append(
                 FieldError(
-                    name, f"unknown file field {name!r}; send the photo as 'content' and each painting as 'style'"
+                    name,
+                    f"unknown file field {name!r}; send the photo as 'content', each painting as 'style' "
+                    f"and any masks as 'style_mask'",
                 )
             )
     contents = [f for f in files.getlist("content") if f]
@@ -320,6 +323,15 @@ def check_submission(
     elif len(styles) > settings.max_styles:
         errors.append(FieldError("style", f"{len(styles)} style images; at most {settings.max_styles}"))
     count = 1 if preset else len(styles)
+    masks = [f for f in files.getlist("style_mask") if f and f.filename]
+    if masks and count and len(masks) != count:
+        errors.append(
+            FieldError(
+                "style_mask",
+                f"{len(masks)} masks for {count} style images; send one style_mask per style, in the same order",
+                "invalid_image",
+            )
+        )
     if params is not None and count:
         try:
             params.style_blend_for(count)
@@ -340,16 +352,23 @@ def check_submission(
         problem = params.output_size_problem(decoded[0][1].size)
         if problem is not None:
             errors.append(FieldError("content", f"the content image is too thin: {problem}"))
+    for index, mask in enumerate(masks, start=1):
+        try:
+            decoded.append(("style_mask", decode_mask_upload(mask, index, settings), mask.filename or "mask"))
+        except SubmissionError as err:
+            errors += err.errors
     if errors:
         raise SubmissionError(errors)
     if preset:
-        decoded.append(("style", Upload(preset_bytes(preset), "jpg", "image/jpeg", (0, 0)), PRESETS[preset].title))
+        decoded.insert(1, ("style", Upload(preset_bytes(preset), "jpg", "image/jpeg", (0, 0)), PRESETS[preset].title))
     return Checked(params, decoded, preset)
 
 
 def store_inputs(services: Services, job_id: str, checked: Checked) -> dict[str, Any]:
     """Store the job's images under its own keys; the `inputs` of its row."""
     inputs: dict[str, Any] = {"content": None, "styles": [], "style_preset": checked.preset or None}
+    if any(field == "style_mask" for field, _, _ in checked.images):
+        inputs["style_masks"] = []
     for index, (field, upload, name) in enumerate(checked.images):
         key = job_key(job_id, f"inputs/{index}-{field}.{upload.extension}")  # generated, never the upload's name
         services.storage.put(key, upload.data, upload.content_type)
@@ -357,7 +376,7 @@ def store_inputs(services: Services, job_id: str, checked: Checked) -> dict[str,
         if field == "content":
             inputs["content"] = item
         else:
-            inputs["styles"].append(item)
+            inputs["styles" if field == "style" else "style_masks"].append(item)
     return inputs
 
 
@@ -369,6 +388,23 @@ def send(services: Services, job_id: str, queue: str) -> None:
         # The broker is a delivery hint: the job stays queued, and the reconciler sends a queued
         # job the broker does not hold once IMPASTO_ENQUEUE_GRACE has passed since this attempt.
         log.warning("job=%s event=enqueue-failed queue=%s error=%r; the reconciler sends it later", job_id, queue, err)
+
+
+def decode_mask_upload(upload: FileStorage, index: int, settings: Settings) -> Upload:
+    """A style mask checked as the worker will read it (grey-scale, or grey-scale convertible);
+    decoded in full when small (WEB_DECODE_PIXELS), from its header only when larger."""
+    data = upload.read()
+    label = f"style_mask {index}"
+    try:
+        if not data:
+            raise ImageError(f"{label} is empty; send a grey-scale image, white where the style applies")
+        header = inspect_image(data, name=label, max_pixels=settings.max_pixels)
+        if header.size[0] * header.size[1] <= WEB_DECODE_PIXELS:
+            decode_mask(data, name=label, max_pixels=settings.max_pixels)
+    except ImageError as err:
+        raise SubmissionError([FieldError("style_mask", str(err), "invalid_image")]) from None
+    content_type = CONTENT_TYPES.get(header.format, "application/octet-stream")
+    return Upload(data, content_type.removeprefix("image/").replace("jpeg", "jpg"), content_type, header.size)
 
 
 def _display_name(name: str) -> str:

@@ -110,7 +110,7 @@ def _cell_params(
         form.add(name, value)
     try:
         params = parse_params(form, services.settings)
-        params.style_blend_for(len(checked.images) - 1)
+        params.style_blend_for(sum(field == "style" for field, _, _ in checked.images))
     except SubmissionError as err:
         problem = err.errors[0]
         raise SubmissionError([FieldError("axes", f"cell {label}: {problem.field}: {problem.message}")]) from None

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from shared.flags import ParamsError, add_model_flags, params_from_args
-from shared.images import ImageError, decode_image
+from shared.images import ImageError, decode_image, decode_mask
 from shared.params import StyleParams
 from shared.settings import load_settings
 from shared.video import ClipError, encode_clip, is_clip, probe_clip, read_frames
@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the picture (.png, .jpg, ...); a clip's, in its container (.mp4, .webm, .gif)",
     )
     add_model_flags(parser, StyleParams)
+    parser.add_argument(
+        "--style-masks",
+        nargs="+",
+        metavar="MASK",
+        help="one grey-scale mask per style image, in the same order: white where that style applies, "
+        "black where it does not (where no mask is white the photo is kept)",
+    )
     parser.add_argument("--snapshot-dir", help="save snapshots here as snapshot_NNNNN.png")
     parser.add_argument("--frames-dir", help="a clip only: save every stylized frame here as frame_NNNNN.png")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -112,6 +119,14 @@ def _run(args: argparse.Namespace) -> int:
         check_folder("--snapshot-dir", args.snapshot_dir)
     content = decode_image(args.content)
     styles = [decode_image(path) for path in args.styles]
+    masks = None
+    if args.style_masks is not None:
+        if len(args.style_masks) != len(styles):
+            raise ParamsError(
+                f"--style-masks: {len(args.style_masks)} masks for {len(styles)} style images; "
+                f"give one mask per style, in the same order"
+            )
+        masks = [decode_mask(path, name=f"--style-masks: {path}") for path in args.style_masks]
     try:
         params.style_blend_for(len(styles))
     except ValueError as err:
@@ -130,7 +145,10 @@ def _run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         weights = load_weights(params.weights)  # logs a WARNING if it falls back to random
         with stop, tqdm(total=params.iterations, unit="it", file=sys.stderr, disable=None) as bar:
-            for event in stylize(content, styles, params, device=device, weights=weights, should_stop=stop.requested):
+            events = stylize(
+                content, styles, params, device=device, weights=weights, should_stop=stop.requested, style_masks=masks
+            )
+            for event in events:
                 if isinstance(event, Progress):
                     bar.set_description(
                         f"scale {event.scale}/{event.scales} {event.size[0]}x{event.size[1]}", refresh=False

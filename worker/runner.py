@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.clips import SEGMENT, settle_clip
 from shared.db import database_unreachable, describe_error
 from shared.flags import describe_error as describe_invalid
-from shared.images import ImageError, decode_image
+from shared.images import ImageError, decode_image, decode_mask
 from shared.jobs import (
     JobError,
     add_snapshot,
@@ -243,6 +243,7 @@ class JobRunner:
         """The job's final status; None when the lease was lost (another attempt has the job)."""
         content = self._image(inputs["content"])
         styles = [self._image(style) for style in inputs["styles"]]
+        masks = [self._image(mask, decode_mask) for mask in inputs.get("style_masks", ())] or None
 
         import torch
 
@@ -267,6 +268,8 @@ class JobRunner:
         # The time limit is kept here, between iterations; Celery's limits only back it up.
         timed_out = lambda: time.monotonic() > deadline  # noqa: E731
         result = None
+        targets = self.targets_cache()
+        reused, computed = targets.hits, targets.misses
         try:
             for event in stylize(
                 content,
@@ -275,7 +278,8 @@ class JobRunner:
                 device=device,
                 weights=weights,
                 resume=resume,
-                targets_cache=self.targets_cache(),
+                targets_cache=targets,
+                style_masks=masks,
                 should_stop=lambda: progress.cancel_requested or lease.lost or should_abort() or timed_out(),
             ):
                 if isinstance(event, Progress):
@@ -291,6 +295,13 @@ class JobRunner:
                 "out_of_memory", f"the GPU ran out of memory at size {params.size}; submit again with a smaller size"
             ) from None
         assert result is not None
+        # A sweep's cells share their style targets when they run on the same worker process.
+        log.info(
+            "job=%s event=style-targets computed=%d reused=%d",
+            job_id,
+            targets.misses - computed,
+            targets.hits - reused,
+        )
         if lease.lost:  # the lease expired and the job went to another attempt: leave it be
             return self._lease_lost(job_id, worker, number, "run")
         if result.canceled and should_abort() and not progress.cancel_requested:
@@ -388,7 +399,8 @@ class JobRunner:
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
-    def _image(self, item: dict[str, str]):
+    def _image(self, item: dict[str, str], decode: Callable[..., Any] = decode_image):
+        """An input from storage, decoded (`decode_mask` for a style mask)."""
         try:
             data = self.storage.get(item["key"])
         except MissingObject:
@@ -397,7 +409,7 @@ class JobRunner:
                 f"the uploaded image {item.get('name') or ''} is no longer in storage; submit the job again",
             ) from None
         try:
-            return decode_image(data, name=item.get("name") or "an input image", max_pixels=self.settings.max_pixels)
+            return decode(data, name=item.get("name") or "an input image", max_pixels=self.settings.max_pixels)
         except ImageError as err:
             raise JobFailed("bad_input", str(err)) from None
 

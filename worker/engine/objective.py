@@ -10,6 +10,7 @@ import torch
 
 from .errors import EngineError
 from .losses import content_loss, squared_norm, style_loss, tv_loss
+from .masks import GuidedStyleLoss
 from .targets import NetworkKey, TargetCache, style_grams
 from .vgg import VGGFeatures
 
@@ -61,9 +62,12 @@ class StyleObjective:
         targets_cache: TargetCache | None = None,
         network: NetworkKey | None = None,
         precision: str = "fp32",
+        style_masks: Sequence[torch.Tensor] | None = None,
         extra: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
-        """`targets_cache` with `network` (what `net` was built from) reuses style Gram matrices;
+        """`targets_cache` with `network` (what `net` was built from) reuses style Gram matrices.
+        `style_masks` (one (1, 1, H, W) per style, at the image's size) makes the style losses
+        regional (masks.GuidedStyleLoss) instead of one loss against the blended Gram matrices.
         `extra` is a weighted term of the image added to the tv loss (a video frame's temporal loss)."""
         self.net = net
         self.precision = precision
@@ -78,11 +82,19 @@ class StyleObjective:
             features = self.features(content)
             self.content_targets = {name: features[name].float() for name in params.content_layers}
             self.style_targets = {name: 0.0 for name in params.style_layers}
-            for style, weight in zip(styles, blend):
+            per_style = []
+            for style in styles:
                 with autocast(precision, self.device):
-                    grams = style_grams(net, style, params.style_layers, targets_cache, network)
-                for name in params.style_layers:
-                    self.style_targets[name] = self.style_targets[name] + weight * grams[name]
+                    per_style.append(style_grams(net, style, params.style_layers, targets_cache, network))
+            self.guided = None
+            if style_masks is None:
+                for grams, weight in zip(per_style, blend):
+                    for name in params.style_layers:
+                        self.style_targets[name] = self.style_targets[name] + weight * grams[name]
+            else:
+                shapes = {name: tuple(features[name].shape[-2:]) for name in params.style_layers}
+                self.guided = GuidedStyleLoss(per_style, blend, style_masks, self.layer_weights, shapes)
+                self.style_targets = {}
             self.content_norms = {n: squared_norm(t) for n, t in self.content_targets.items()}
             self.style_norms = {n: squared_norm(t) for n, t in self.style_targets.items()}
 
@@ -94,10 +106,13 @@ class StyleObjective:
         """(1, 3, H, W) -> weighted (content, style, tv) losses, float32 scalars."""
         features = self.features(image)
         content = sum(content_loss(features[n], t, self.content_norms[n]) for n, t in self.content_targets.items())
-        style = sum(
-            self.layer_weights[n] * style_loss(features[n], t, self.style_norms[n])
-            for n, t in self.style_targets.items()
-        )
+        if self.guided is not None:
+            style = self.guided(features)
+        else:
+            style = sum(
+                self.layer_weights[n] * style_loss(features[n], t, self.style_norms[n])
+                for n, t in self.style_targets.items()
+            )
         smooth = self.tv_weight * tv_loss(image)
         if self.extra is not None:
             smooth = smooth + self.extra(image)

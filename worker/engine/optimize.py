@@ -20,6 +20,7 @@ from .descent import Descent, ProjectedAdam, ProjectedLBFGS
 from .errors import EngineError
 from .events import Event, Losses, Progress, Result, Resume, Snapshot
 from .images import fit_long_side, to_pil, to_tensor
+from .masks import check_masks, mask_tensor
 from .objective import StyleObjective, resolve_precision
 from .targets import NetworkKey, TargetCache
 from .vgg import LAYER_NAMES, LoadedWeights, VGGFeatures, load_weights
@@ -100,6 +101,7 @@ def stylize(
     should_stop: Callable[[], bool] | None = None,
     resume: Resume | None = None,
     targets_cache: TargetCache | None = None,
+    style_masks: Sequence[Image.Image | None] | None = None,
     init: Image.Image | None = None,
     extra_loss: Callable[[tuple[int, int], torch.device], Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> Iterator[Event]:
@@ -109,6 +111,8 @@ def stylize(
     between iterations, and a stop still ends in a Result holding the current best image.
     `resume` continues an interrupted run from its latest snapshot. `targets_cache` keeps
     style targets for the next run with the same style (a worker keeps one per process).
+    `style_masks`, one per style (a single-channel image, or None for everywhere), confine
+    each style to its region of the output (see masks.py).
     `init` replaces params.init as the first scale's start (a video frame starts from the
     previous output, warped); `extra_loss(dims, device)` gives a term added to the tv loss
     at each scale (a video frame's temporal loss, worker/engine/temporal.py).
@@ -116,6 +120,7 @@ def stylize(
     styles = list(styles)
     if not styles:
         raise EngineError("give at least one style image")
+    masks = check_masks(style_masks, len(styles))
     try:
         blend = params.style_blend_for(len(styles))
     except ValueError as err:
@@ -193,6 +198,7 @@ def stylize(
             targets_cache=targets_cache,
             network=network,
             precision=precision,
+            style_masks=None if masks is None else [mask_tensor(m, dims).to(dev) for m in masks],
             extra=extra_loss(dims, dev) if extra_loss is not None else None,
         )
 

@@ -1,0 +1,114 @@
+"""Spatial control: a style for each region of the output (Gatys et al. 2017, section 4).
+
+Each style image may come with a mask over the output: white where the style applies, grey
+where it partly does, black where it does not. The style target stays the Gram matrix of the
+whole style image (as the paper does for a style that fills its region); the output's Gram
+matrix for style i is taken over its features weighted by mask i at that layer's resolution
+(a guided Gram matrix), divided by the mask's mass, so a region's Gram is an average over the
+region however small it is. Where no mask is white only the content loss (and TV) applies,
+so the photo is kept.
+
+Each region's relative error is weighted by the share of the layer the mask covers (its mean),
+so a pixel is pulled towards its style as hard as in a run with that style alone, and a mask
+of uniform grey 0.5 is a style at half strength. The blend weights (normalised to mean 1 here)
+still scale the styles against each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import EngineError
+from .losses import relative_error, squared_norm
+
+# Pillow modes a mask may come in: one channel each ("F" holds floats in [0, 1]).
+MASK_MODES = ("1", "L", "F")
+
+
+def check_masks(masks: Sequence[Image.Image | None] | None, styles: int) -> list[Image.Image | None] | None:
+    """The masks, one per style (None: the style applies everywhere), or None when no style has one."""
+    if masks is None:
+        return None
+    masks = list(masks)
+    if len(masks) != styles:
+        raise EngineError(f"{len(masks)} style masks for {styles} style images; give one mask per style, in order")
+    for index, mask in enumerate(masks, start=1):
+        if mask is not None and mask.mode not in MASK_MODES:
+            raise EngineError(
+                f"style mask {index} is a {mask.mode} image; give a single-channel (grey-scale) mask, "
+                f"white where the style applies"
+            )
+    return masks if any(mask is not None for mask in masks) else None
+
+
+def mask_tensor(mask: Image.Image | None, dims: tuple[int, int]) -> torch.Tensor:
+    """A mask resized to the output's (width, height) -> (1, 1, H, W) float32 in [0, 1]."""
+    width, height = dims
+    if mask is None:
+        return torch.ones(1, 1, height, width)
+    if mask.mode == "F":
+        array = np.asarray(mask, dtype=np.float32).clip(0, 1)
+    else:
+        array = np.asarray(mask.convert("L"), dtype=np.float32) / 255
+    tensor = torch.from_numpy(array.copy())[None, None]
+    if tensor.shape[-2:] != (height, width):
+        # antialias: a mask shrunk to a coarse scale averages its pixels instead of sampling them.
+        tensor = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return tensor.clamp_(0, 1)
+
+
+def guided_gram(features: torch.Tensor, weights: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) features and (H*W,) weights of total `mass` -> (1, C, C) Gram matrix of the
+    weighted region in float32: Σ_p m_p f_p f_pᵀ / (C · Σ_p m_p). All-ones weights give `gram_matrix`."""
+    with torch.autocast(features.device.type, enabled=False):
+        f = features.float()
+        b, c, h, w = f.shape
+        if f.is_contiguous(memory_format=torch.channels_last) and c > 1:
+            flat = f.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view of channels-last memory
+            return (flat * weights[:, None]).transpose(1, 2) @ flat / (c * mass)
+        flat = f.reshape(b, c, h * w)
+        return (flat * weights) @ flat.transpose(1, 2) / (c * mass)
+
+
+class GuidedStyleLoss:
+    """Σ_l w_l Σ_i a_il · relative error of style i's guided Gram against its whole-image Gram.
+
+    a_il = blend_i · (number of styles) · (mean of mask i at layer l): see the module docstring.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[Mapping[str, torch.Tensor]],
+        blend: Sequence[float],
+        masks: Sequence[torch.Tensor],
+        layer_weights: Mapping[str, float],
+        shapes: Mapping[str, tuple[int, int]],
+    ):
+        """`targets[i]`: {layer: Gram} of style i; `masks[i]`: (1, 1, H, W) at the output's size;
+        `shapes`: each style layer's (h, w) for that output."""
+        # (layer weight, [(weights (h*w,), mass, target, its squared norm, a_il)])
+        self.terms: dict[str, tuple[float, list[tuple]]] = {}
+        for name, layer_weight in layer_weights.items():
+            regions = []
+            for grams, share, mask in zip(targets, blend, masks):
+                small = F.adaptive_avg_pool2d(mask, shapes[name]).reshape(-1)  # (h*w,)
+                mass = small.sum()
+                coverage = float(mass) / small.numel()  # one host sync per term, at set-up
+                if coverage <= 0:
+                    continue  # an all-black mask: this style has no region
+                weight = share * len(targets) * coverage
+                regions.append((small, mass, grams[name], squared_norm(grams[name]), weight))
+            self.terms[name] = (layer_weight, regions)
+
+    def __call__(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        total = torch.zeros((), device=next(iter(features.values())).device)
+        for name, (layer_weight, regions) in self.terms.items():
+            for weights, mass, target, norm, share in regions:
+                gram = guided_gram(features[name], weights, mass)
+                total = total + layer_weight * share * relative_error(gram, target, norm)
+        return total
