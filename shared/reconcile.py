@@ -33,7 +33,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .clips import CLIP, settle_clip
-from .db import database_unreachable, describe_error
+from .db import database_unreachable, describe_db_error
 from .models import CANCELED, FAILED, QUEUED, RUNNING, Job, utcnow
 from .settings import Settings
 from .tasks import STYLIZE, queue_keys
@@ -232,7 +232,7 @@ class Reconciler:
                 self._orphans_swept = now
                 purge_orphans(self.sessions, self.storage)
         except Exception as err:
-            log.warning("event=cleanup-failed error=%r", describe_error(err), exc_info=not database_unreachable(err))
+            log.warning("event=cleanup-failed error=%r", describe_db_error(err), exc_info=not database_unreachable(err))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="impasto-reconciler", daemon=True)
@@ -255,7 +255,7 @@ class Reconciler:
             except Exception as err:  # the database or the broker is away: try again next time
                 if database_unreachable(err):
                     self._watching_since = None  # and give workers a whole lease to renew once it is back
-                log.warning("event=reconcile-failed error=%r", describe_error(err))
+                log.warning("event=reconcile-failed error=%r", describe_db_error(err))
 
 
 def reconciler_for(settings: Settings, celery_app: Any) -> Reconciler:

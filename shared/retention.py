@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import sqlalchemy.exc
 
-    from .db import describe_error, make_engine, session_factory
+    from .db import describe_db_error, make_engine, session_factory
     from .settings import SettingsError, load_settings
     from .storage import StorageError, open_storage
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = purge_expired(sessions, storage, settings.retention)
         orphans = 0 if args.no_orphans else purge_orphans(sessions, storage)
     except sqlalchemy.exc.SQLAlchemyError as err:
-        print(f"impasto cleanup: error: the database: {describe_error(err)}", file=sys.stderr)
+        print(f"impasto cleanup: error: the database: {describe_db_error(err)}", file=sys.stderr)
         return 1
     except StorageError as err:
         print(f"impasto cleanup: error: the storage: {err}", file=sys.stderr)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException
 
 from shared.clips import CLIP, cancel_segments
-from shared.db import database_unreachable, describe_error
+from shared.db import database_unreachable, describe_db_error
 from shared.jobs import queue_position, recent_jobs, request_cancel
 from shared.keys import LimiterUnavailable, LimitExceeded, hash_secret, new_job_token
 from shared.models import Job, utcnow
@@ -220,7 +220,8 @@ def _event_stream(job_id: str) -> Iterator[str]:
             if not database_unreachable(err):
                 raise
             # The page falls back to polling, which answers 503 until the database is back.
-            log.warning("event=stream-ended reason=database-unavailable job=%s error=%r", job_id, describe_error(err))
+            reason = describe_db_error(err)
+            log.warning("event=stream-ended reason=database-unavailable job=%s error=%r", job_id, reason)
             return
         seen = {
             "status": body["status"],
@@ -313,7 +314,7 @@ def healthz():
     except Exception as err:
         if not database_unreachable(err):
             raise
-        checks["database"] = f"unreachable: {describe_error(err)}"
+        checks["database"] = f"unreachable: {describe_db_error(err)}"
     try:
         import redis
 

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge, ServiceUnavailable
 
-from shared.db import database_unreachable, describe_error
+from shared.db import database_unreachable, describe_db_error
 from shared.settings import Settings, load_settings
 from shared.storage import S3Storage, StorageError
 
@@ -102,7 +102,7 @@ def create_app(
     def database_error(err: Exception):
         if not database_unreachable(err):
             return unexpected(err)
-        return unavailable("database", describe_error(err), "a few seconds")
+        return unavailable("database", describe_db_error(err), "a few seconds")
 
     @app.errorhandler(StorageError)
     def storage_error(err: StorageError):  # the image store (S3) is down or refuses us

@@ -24,8 +24,8 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clips import SEGMENT, settle_clip
-from shared.db import database_unreachable, describe_error
-from shared.flags import describe_error as describe_invalid
+from shared.db import database_unreachable, describe_db_error
+from shared.flags import describe_invalid
 from shared.images import ImageError, decode_image, decode_mask
 from shared.jobs import (
     JobError,
@@ -191,7 +191,7 @@ class JobRunner:
                     "job=%s event=abandoned reason=database-unreachable error=%r; the job goes on from its "
                     "latest snapshot once its lease expires",
                     job_id,
-                    describe_error(err),
+                    describe_db_error(err),
                 )
                 return None
             code, message = _classify(err)
@@ -395,7 +395,7 @@ class JobRunner:
                 wait = DB_RETRY_WAITS_S[min(attempt, len(DB_RETRY_WAITS_S) - 1)]
                 if not database_unreachable(err) or time.monotonic() + wait > deadline:
                     raise
-                log.warning("job=%s event=db-retry attempt=%d error=%r", job_id, attempt + 1, describe_error(err))
+                log.warning("job=%s event=db-retry attempt=%d error=%r", job_id, attempt + 1, describe_db_error(err))
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
