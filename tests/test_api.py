@@ -311,7 +311,7 @@ def test_the_openapi_document_lists_every_route_and_parameter(client, app):
     form = document["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     from shared.params import StyleParams
 
-    assert set(StyleParams.model_fields) | {"content", "style", "style_preset"} == set(form["properties"])
+    assert set(StyleParams.model_fields) | {"content", "style", "style_preset", "style_mask"} == set(form["properties"])
     assert form["properties"]["size"]["minimum"] == 16
     routes = {
         rule.rule.replace("<job_id>", "{job_id}")

@@ -9,36 +9,18 @@ from __future__ import annotations
 
 import io
 import re
-import signal
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from shared.launcher import free_port
-from tests.servers import service_env, start, stop, wait_for_http, wait_for_status
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, MISSING_CHROMIUM
+from tests.servers import wait_for_status
 from tests.test_masks import BLUE, GREY, RED, half_masks, mean_colour, png
 
 JOB = {"size": "64", "iterations": "30", "scales": "1", "weights": "random"}
 JOB_TIMEOUT_S = 150  # a cold worker imports torch and builds VGG-19 first
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> str:
-    data_dir = tmp_path_factory.mktemp("impasto-up")
-    port = free_port()
-    log = data_dir / "up.log"
-    env = service_env({"TORCH_HOME": str(data_dir / "torch-home")})
-    process = start(["up", "--port", str(port), "--data-dir", str(data_dir)], env, log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(base + "/healthz", process, log, timeout=90)
-        yield base
-    finally:
-        stop(process, signal.SIGINT, timeout=30)
 
 
 def assert_halves_follow(picture: Image.Image, left_style: Image.Image, right_style: Image.Image) -> None:
@@ -57,16 +39,20 @@ def fetch_image(url: str) -> Image.Image:
     return Image.open(io.BytesIO(answer.content)).convert("RGB")
 
 
-def test_the_api_takes_one_mask_per_style_end_to_end(server):
-    left, right = half_masks()
+def post_job(server: str, masks: list[Image.Image]) -> requests.Response:
+    """A grey photo, a red style then a blue one, with `masks` as their style_mask files."""
     files = [
         ("content", ("grey.png", png(GREY), "image/png")),
         ("style", ("red.png", png(RED), "image/png")),
         ("style", ("blue.png", png(BLUE), "image/png")),
-        ("style_mask", ("left.png", png(left), "image/png")),
-        ("style_mask", ("right.png", png(right), "image/png")),
+        *(("style_mask", (f"mask{i}.png", png(mask), "image/png")) for i, mask in enumerate(masks)),
     ]
-    answer = requests.post(f"{server}/api/v1/jobs", files=files, data=JOB, timeout=30)
+    return requests.post(f"{server}/api/v1/jobs", files=files, data=JOB, timeout=30)
+
+
+def test_the_api_takes_one_mask_per_style_end_to_end(server):
+    left, right = half_masks()
+    answer = post_job(server, [left, right])
     assert answer.status_code == 202, answer.text
     job = wait_for_status(server, answer.json()["id"], {"succeeded", "failed", "canceled"}, timeout=JOB_TIMEOUT_S)
     assert job["status"] == "succeeded", job
@@ -76,36 +62,13 @@ def test_the_api_takes_one_mask_per_style_end_to_end(server):
 
 
 def test_the_api_refuses_a_colour_mask_naming_the_field(server):
-    left, _ = half_masks()
-    files = [
-        ("content", ("grey.png", png(GREY), "image/png")),
-        ("style", ("red.png", png(RED), "image/png")),
-        ("style", ("blue.png", png(BLUE), "image/png")),
-        ("style_mask", ("left.png", png(left), "image/png")),
-        ("style_mask", ("blue.png", png(BLUE), "image/png")),
-    ]
-    answer = requests.post(f"{server}/api/v1/jobs", files=files, data=JOB, timeout=30)
+    answer = post_job(server, [half_masks()[0], BLUE])
     assert answer.status_code == 422
     error = answer.json()["error"]
     assert error["field"] == "style_mask" and "style_mask 2 is in colour" in error["message"]
 
 
 # --------------------------------------------------------------------------- the brush, in Chromium
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(MISSING_CHROMIUM)
-    playwright = sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-    finally:
-        playwright.stop()
 
 
 @pytest.fixture
@@ -116,14 +79,6 @@ def page(browser, server):
     tab.set_default_timeout(15_000)
     yield tab
     context.close()
-
-
-@pytest.fixture
-def problems(page) -> list[str]:
-    found: list[str] = []
-    page.on("console", lambda msg: found.append(f"console.error: {msg.text}") if msg.type == "error" else None)
-    page.on("pageerror", lambda err: found.append(f"uncaught: {err}"))
-    return found
 
 
 @pytest.fixture
