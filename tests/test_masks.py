@@ -132,6 +132,20 @@ def test_an_all_white_mask_is_the_same_objective_as_none(random_weights, content
         assert torch.allclose(a, b, rtol=1e-5)
 
 
+def test_a_grey_mask_is_the_style_at_part_strength(random_weights, content_image, style_image):
+    params = StyleParams(size=48, weights="random")
+    net = VGGFeatures(random_weights, (*params.content_layers, *params.style_layers))
+    content, style = to_tensor(content_image), to_tensor(style_image, (40, 40))
+
+    def style_term(grey):
+        mask = mask_tensor(Image.new("L", content_image.size, grey), content_image.size)
+        return StyleObjective(net, params, content, [style], [1.0], style_masks=[mask])(image)[1]
+
+    image = torch.rand(content.shape)
+    assert torch.allclose(style_term(51), 0.2 * style_term(255), rtol=1e-4)
+    assert style_term(0) == 0
+
+
 def test_masks_that_are_all_none_are_no_masks(random_weights):
     photo = make_content(WIDTH, HEIGHT)
     _, plain = run(photo, [RED, BLUE], random_weights)
