@@ -14,13 +14,23 @@ time, the first frame (all scales) apart from the following ones.
 
     python bench/video.py                                   # flicker: 8 frames, 128 px
     python bench/video.py --size 256 --frames 4 --skip-alone    # seconds per frame at 256 px
+    python bench/video.py --service 1 2 --frames 10         # one clip's wall time on 1, then 2 workers
+
+--service starts the real service (impasto web and N `impasto worker` processes, SQLite, a
+private Redis) for each count, submits the panned clip through the API (cut into segments of
+--segment-frames), and times it from submission to success. Each worker runs torch on one
+thread (OMP_NUM_THREADS=1), so that N workers stand for N GPUs rather than sharing one
+process's threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +83,71 @@ def run(frames, style, params, weights) -> tuple[list[Image.Image], list[float],
     return outputs, seconds, coverage, style_losses
 
 
+def encode_mp4(frames: list[Image.Image], fps: int = 12) -> bytes:
+    """The frames as an H.264 MP4, as a phone would send them."""
+    from fractions import Fraction
+
+    from shared.video import ClipInfo, encode_clip
+
+    info = ClipInfo("mp4", "h264", frames[0].size, len(frames), Fraction(fps), None)
+    return encode_clip(frames, info)
+
+
+def service_seconds(workers: int, clip: bytes, style: Image.Image, args: argparse.Namespace) -> float:
+    """Wall time of one clip on a fresh service with `workers` worker processes."""
+    import requests
+
+    from shared.launcher import free_port, start_redis, stop_all
+    from tests.servers import service_env, start, stop, wait_for_http, wait_for_log
+
+    with tempfile.TemporaryDirectory() as folder_name:
+        folder = Path(folder_name)
+        processes: list = []
+        redis_url = start_redis(folder, processes)
+        env = service_env(
+            {
+                "IMPASTO_DATA_DIR": str(folder / "data"),
+                "IMPASTO_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
+                "IMPASTO_BROKER_URL": redis_url,
+                "IMPASTO_SEGMENT_FRAMES": str(args.segment_frames),
+                "IMPASTO_CPU_MAX_SIZE": "0",
+            }
+        )
+        env["OMP_NUM_THREADS"] = "1"
+        running = []
+        try:
+            assert start(["db", "upgrade"], env, folder / "migrate.log").wait(timeout=120) == 0
+            port = free_port()
+            web = start(["web", "--port", str(port)], env, folder / "web.log")
+            running.append(web)
+            wait_for_http(f"http://127.0.0.1:{port}/healthz", web, folder / "web.log")
+            for n in range(workers):
+                log = folder / f"worker-{n}.log"
+                running.append(start(["worker"], env, log))
+                wait_for_log(log, "ready.", running[-1])
+            painting = io.BytesIO()
+            style.save(painting, "JPEG")
+            fields = {"size": str(args.size), "iterations": str(args.iterations), "weights": args.weights}
+            started = time.perf_counter()
+            sent = requests.post(
+                f"http://127.0.0.1:{port}/api/v1/jobs",
+                files={"content": ("clip.mp4", clip), "style": ("style.jpg", painting.getvalue())},
+                data=fields,
+                timeout=120,
+            )
+            assert sent.status_code == 202, sent.text
+            url = f"http://127.0.0.1:{port}/api/v1/jobs/{sent.json()['id']}"
+            while (job := requests.get(url, timeout=30).json())["status"] in ("queued", "running"):
+                time.sleep(0.2)
+            seconds = time.perf_counter() - started
+            assert job["status"] == "succeeded", job
+            return seconds
+        finally:
+            for process in running:
+                stop(process)
+            stop_all(processes)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128, help="frame width (= output size) in px")
@@ -83,6 +158,8 @@ def main() -> int:
     parser.add_argument("--weights", default="random")
     parser.add_argument("--skip-alone", action="store_true", help="time the video run only")
     parser.add_argument("--save", help="write both runs' frames into this folder")
+    parser.add_argument("--service", type=int, nargs="+", help="worker counts to time the clip on, as a service")
+    parser.add_argument("--segment-frames", type=int, default=5, help="--service: frames per segment")
     args = parser.parse_args()
 
     size = (args.size, args.size * 3 // 4)
@@ -90,6 +167,15 @@ def main() -> int:
         frames = panned_frames(photo, size, args.frames, args.shift)
     with Image.open(DATA / "starry_night.jpg") as painting:
         style = painting.convert("RGB")
+    if args.service:
+        clip = encode_mp4(frames)
+        print(
+            f"service: {args.frames} frames {size[0]}x{size[1]}, segments of {args.segment_frames}, "
+            f"{args.iterations} iterations, weights {args.weights}"
+        )
+        for workers in args.service:
+            print(f"{workers} worker(s): {service_seconds(workers, clip, style, args):.1f} s wall")
+        return 0
     extra = {} if args.temporal_weight is None else {"temporal_weight": args.temporal_weight}
     params = StyleParams(size=args.size, iterations=args.iterations, weights=args.weights, **extra)
     weights = load_weights(args.weights)

@@ -320,6 +320,8 @@ def test_the_openapi_document_lists_every_route_and_parameter(client, app):
         .replace("<sweep_id>", "{sweep_id}")
         .replace("<int:iteration>", "{iteration}")
         .replace("<int:index>", "{index}")
+        .replace("<int:frame>", "{frame}")
+        .replace("<any(mp4, webm, gif):extension>", "{extension}")
         for rule in app.url_map.iter_rules()
         if rule.rule.startswith(("/api", "/healthz"))
     }

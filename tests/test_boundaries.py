@@ -33,11 +33,16 @@ CHECKS = {
             "shared.sweeps",
             "shared.sheet",
             "shared.client",
+            "shared.video",
+            "shared.clips",
         ],
         ["flask", "torch", "web", "worker"],
     ),
-    "worker.engine": (["worker.engine"], ["flask", "sqlalchemy", "celery", "shared", "web"]),
-    "worker": (["worker.runner", "worker.service", "worker.cli", "worker.sweep_cli"], ["flask", "web"]),
+    "worker.engine": (
+        ["worker.engine", "worker.engine.video", "worker.engine.temporal"],
+        ["flask", "sqlalchemy", "celery", "shared", "web"],
+    ),
+    "worker": (["worker.runner", "worker.service", "worker.cli", "worker.sweep_cli", "worker.clips"], ["flask", "web"]),
 }
 
 

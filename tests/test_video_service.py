@@ -173,3 +173,32 @@ def test_a_worker_killed_mid_clip_costs_only_its_current_frame(two_workers):
             assert service.get(f"/api/v1/jobs/{job_id}/frames/{frame}.png").content == png, frame
     resumed = [m for _, log in service.workers for m in re.findall(r"event=resumed frame=(\d+)", log.read_text())]
     assert resumed, "no segment went on from its stored frames"
+
+
+def test_the_web_form_takes_a_clip_and_its_page_plays_it_with_a_frame_strip(two_workers):
+    service = two_workers
+    browser = requests.Session()
+    form = browser.get(service.base + "/", timeout=30).text
+    assert "video/mp4" in form  # the file field offers clips
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form)[1]
+    fields = {"csrf_token": token, "style_preset": "starry_night", "size": "64", "iterations": "3", "scales": "1"}
+    bad = browser.post(
+        service.base + "/jobs", data=fields, files={"content": ("clip.webm", make_clip("webm")[:500])}, timeout=60
+    )
+    assert bad.status_code == 422 and re.search("damaged clip|truncated or corrupt|no frame", bad.text)  # not a crash
+    sent = browser.post(
+        service.base + "/jobs", data={**fields, "weights": "random"}, files={"content": ("clip.gif", make_clip("gif"))},
+        timeout=60, allow_redirects=False,
+    )  # fmt: skip
+    assert sent.status_code in (302, 303), sent.text[-2000:]
+    job_id = sent.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+    done = service.wait(job_id, lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded" and done["output_url"].endswith("/output.gif"), done
+    assert probe_clip(service.get(done["output_url"]).content).frames == 4
+    page = browser.get(service.base + done["url"], timeout=30).text
+    assert page.count('class="snapshot"') == 4 and "Frames" in page and "4 / 4 frames" in page
+    webm = service.submit(make_clip("webm", panned(3), audio=True))
+    done = service.wait(webm.json()["id"], lambda j: j["status"] not in ("queued", "running"))
+    page = browser.get(service.base + done["url"], timeout=30).text
+    assert '<video id="output"' in page and done["output_url"] in page and "Download WEBM" in page
+    assert probe_clip(service.get(done["output_url"]).content).audio == "opus"

@@ -66,6 +66,8 @@ def submit_sweep(
     """Check the photo, styles and parameters once and every cell's parameters as a job's,
     store each cell's inputs, commit the sweep with its cells, then send each cell."""
     checked = check_submission(services, form, files, ignore=ignore)
+    if checked.images[0][1].clip is not None:  # a clip is already many jobs (shared/clips.py)
+        raise SubmissionError([FieldError("content", "a sweep paints a photo; submit a clip alone", "invalid_clip")])
     base = MultiDict([(k, v) for k, v in form.items(multi=True) if k not in ignore])
     try:
         cells = check_axes(axes, checked.params.model_dump(), services.settings.max_sweep_cells)
