@@ -21,7 +21,6 @@ from shared.migrate import upgrade
 from shared.models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, Snapshot, Sweep, utcnow
 from shared.retention import ABANDONED_DELETE_AGE, delete_job, main, purge_expired, purge_orphans
 from shared.storage import LocalStorage, Storage, StorageError, job_key, open_storage
-from tests.test_storage import s3, s3_server  # noqa: F401  (fixtures: moto's S3 server and a bucket)
 
 DAY = 24 * 3600
 WEEK = 7 * DAY
