@@ -429,3 +429,20 @@ def test_the_openapi_document_describes_style_mask(client):
     assert "one grey-scale mask per style image" in form["schema"]["properties"]["style_mask"]["description"]
     assert "style_mask" in form["encoding"]
     assert "style_masks" in document["components"]["schemas"]["Job"]["properties"]
+
+
+def test_the_form_shows_a_bad_mask_beside_its_field(client):
+    import re
+
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").get_data(as_text=True)).group(1)
+    data = {
+        "content": (io.BytesIO(png(GREY)), "grey.png"),
+        "style_preset": "starry_night",
+        "style_mask": (io.BytesIO(png(RED)), "red.png"),
+        "csrf_token": token,
+    }
+    answer = client.post("/jobs", data=data, content_type="multipart/form-data")
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 422
+    assert 'data-error-for="style_mask">style_mask 1 is in colour' in page
+    assert 'id="field-style_mask"' in page and 'aria-invalid="true"' in page

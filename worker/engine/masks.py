@@ -103,7 +103,7 @@ class _SymmetricGram(torch.autograd.Function):
 
 
 # Below this share of a layer's positions a mask's Gram matrix is taken over its positions
-# alone (gathered); above it, multiplying by the zeros is cheaper than gathering.
+# alone (gathered); above it, the gather (and its scatter in the backward pass) saves little.
 GATHER_BELOW = 0.9
 
 
