@@ -120,6 +120,20 @@ def test_a_guided_gram_is_the_gram_of_its_region_alone():
     assert torch.allclose(guided, gram_matrix(region), atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_a_gathered_guided_gram_is_the_same_as_a_weighted_one(layout):
+    features = torch.rand(1, 8, 6, 6).contiguous(memory_format=layout).requires_grad_(True)
+    weights = torch.zeros(36)
+    weights[5:20] = torch.rand(15)
+    index = weights.nonzero().reshape(-1)
+    full = guided_gram(features, weights, weights.sum())
+    gathered = guided_gram(features, weights[index], weights.sum(), index)
+    assert torch.allclose(full, gathered, atol=1e-6)
+    (full_grad,) = torch.autograd.grad(full.pow(2).sum(), features)
+    (gathered_grad,) = torch.autograd.grad(gathered.pow(2).sum(), features)
+    assert torch.allclose(full_grad, gathered_grad, atol=1e-6)
+
+
 def test_an_all_white_mask_is_the_same_objective_as_none(random_weights, content_image, style_image):
     params = StyleParams(size=48, weights="random")
     net = VGGFeatures(random_weights, (*params.content_layers, *params.style_layers))
@@ -415,3 +429,20 @@ def test_the_openapi_document_describes_style_mask(client):
     assert "one grey-scale mask per style image" in form["schema"]["properties"]["style_mask"]["description"]
     assert "style_mask" in form["encoding"]
     assert "style_masks" in document["components"]["schemas"]["Job"]["properties"]
+
+
+def test_the_form_shows_a_bad_mask_beside_its_field(client):
+    import re
+
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").get_data(as_text=True)).group(1)
+    data = {
+        "content": (io.BytesIO(png(GREY)), "grey.png"),
+        "style_preset": "starry_night",
+        "style_mask": (io.BytesIO(png(RED)), "red.png"),
+        "csrf_token": token,
+    }
+    answer = client.post("/jobs", data=data, content_type="multipart/form-data")
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 422
+    assert 'data-error-for="style_mask">style_mask 1 is in colour' in page
+    assert 'id="field-style_mask"' in page and 'aria-invalid="true"' in page
