@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from shared.params import StyleParams  # noqa: E402
 from worker.engine import load_weights  # noqa: E402
-from worker.engine.video import FrameDone, stylize_frames  # noqa: E402
+from worker.engine.video import FrameDone, FrameProgress, stylize_frames  # noqa: E402
 
 DATA = REPO_ROOT / "tests" / "data"
 
@@ -67,12 +67,15 @@ def flicker(outputs: list[Image.Image], shift: int) -> tuple[float, float]:
     return float(np.mean(aligned)), float(np.mean(raw))
 
 
-def run(frames, style, params, weights) -> tuple[list[Image.Image], list[float], list[float], list[float]]:
-    """Outputs, seconds per frame, the temporal loss's coverage per frame, and style losses."""
+def run(frames, style, params, weights) -> tuple[list, list[float], list[float], list[float], list[int]]:
+    """Outputs, seconds per frame, the temporal loss's coverage per frame, style losses, evaluations."""
     outputs, seconds, coverage, style_losses = [], [], [], []
+    evaluations = [0] * len(frames)  # objective evaluations per frame, line-search trials included
     started = time.perf_counter()
     for event in stylize_frames(frames, [style], params, device="cpu", weights=weights):
-        if isinstance(event, FrameDone):
+        if isinstance(event, FrameProgress):
+            evaluations[event.frame] = event.progress.evaluations
+        elif isinstance(event, FrameDone):
             outputs.append(event.image)
             style_losses.append(event.result.losses.style)
             now = time.perf_counter()
@@ -80,7 +83,7 @@ def run(frames, style, params, weights) -> tuple[list[Image.Image], list[float],
             started = now
             if event.coverage is not None:
                 coverage.append(event.coverage)
-    return outputs, seconds, coverage, style_losses
+    return outputs, seconds, coverage, style_losses, evaluations
 
 
 def encode_mp4(frames: list[Image.Image], fps: int = 12) -> bytes:
@@ -187,14 +190,16 @@ def main() -> int:
         runs["alone"] = params.model_copy(update={"temporal_weight": 0.0})
     figures = {}
     for name, run_params in runs.items():
-        outputs, seconds, coverage, style_losses = run(frames, style, run_params, weights)
+        outputs, seconds, coverage, style_losses, evaluations = run(frames, style, run_params, weights)
         aligned, raw = flicker(outputs, args.shift)
         figures[name] = aligned
         following = seconds[1:] or [float("nan")]
         held = np.mean(coverage) if coverage else float("nan")
         print(
             f"{name:5s}: flicker {aligned:.2f} (raw {raw:.2f}); s/frame first {seconds[0]:.1f}, "
-            f"following {np.mean(following):.1f}; style loss {np.mean(style_losses):.3g}; coverage {held:.3f}"
+            f"following {np.mean(following):.1f}; evaluations first {evaluations[0]}, "
+            f"following {np.mean(evaluations[1:] or [0]):.0f}; style loss {np.mean(style_losses):.3g}; "
+            f"coverage {held:.3f}"
         )
         if args.save:
             folder = Path(args.save)
