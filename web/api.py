@@ -18,10 +18,10 @@ from werkzeug.exceptions import HTTPException
 
 from shared.clips import CLIP, cancel_segments
 from shared.db import database_unreachable, describe_db_error
+from shared.deletion import delete_job
 from shared.jobs import queue_position, recent_jobs, request_cancel
 from shared.keys import LimiterUnavailable, LimitExceeded, hash_secret, new_job_token
 from shared.models import Job, utcnow
-from shared.retention import delete_job
 from shared.storage import MissingObject, S3Storage
 from shared.video import ClipInfo
 

@@ -25,12 +25,12 @@ from shared.db import make_engine, session_factory
 from shared.jobs import job_queue
 from shared.logs import configure_logging
 from shared.metrics import MetricsUnavailable, Recorder
-from shared.reconcile import reconciler_for
 from shared.settings import Settings, SettingsError, load_settings
 from shared.storage import open_storage
 from shared.tasks import STYLIZE, enqueue_stylize, make_celery
 
 from .gpus import GpuError, children, gpu_count, parse_gpus, supervise
+from .reconcile import reconciler_for
 from .runner import JobRunner
 
 log = logging.getLogger("impasto.worker")
