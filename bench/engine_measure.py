@@ -195,6 +195,18 @@ def batch_images(setup: dict, batch: int, device: torch.device) -> tuple[torch.T
     return batched, singles
 
 
+def gradient_agreement(
+    one_batch: Evaluation, one_each: list[Evaluation], batched: torch.Tensor, singles: list[torch.Tensor]
+) -> float:
+    """The relative difference of the gradients: the same images give the same ones either way
+    (up to the 1/N of the batch mean)."""
+    one_batch()
+    for run in one_each:
+        run()
+    single_grads = torch.cat([image.grad for image in singles])
+    return float((batched.grad * len(singles) - single_grads).norm() / single_grads.norm())
+
+
 def measure_batch(size: int, device: torch.device, repeats: int, images: Path, batch: int) -> dict:
     """Per-image cost of `batch` images through VGG as one batch against one at a time.
 
@@ -208,13 +220,7 @@ def measure_batch(size: int, device: torch.device, repeats: int, images: Path, b
     one_batch = evaluation(batched_objective(setup["engine"]), batched)
     one_each = [evaluation(setup["engine"], image) for image in singles]
 
-    # The same images give the same gradients either way (up to the 1/N of the batch mean).
-    one_batch()
-    for run in one_each:
-        run()
-    single_grads = torch.cat([image.grad for image in singles])
-    rel_grad = float((batched.grad * batch - single_grads).norm() / single_grads.norm())
-
+    rel_grad = gradient_agreement(one_batch, one_each, batched, singles)
     runs = {"batch": one_batch, "separate": lambda: [run() for run in one_each][-1]}
     warm_up(runs, device)
     samples: dict[str, list[float]] = {name: [] for name in runs}
