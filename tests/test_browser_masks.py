@@ -132,7 +132,15 @@ def test_paint_two_regions_and_the_picture_follows_them(page: Page, problems: li
     page.locator("#brush-size").fill("14")
     page.locator("#brush-canvas").scroll_into_view_if_needed()
 
-    paint_with_the_mouse(page, rows(4, 26))  # style 1, red: the left half
+    page.click("#brush-fill")
+    expect(page.locator("#brush-status")).to_contain_text("Painted regions for 1 of 2 styles")
+    page.click("#brush-clear")
+    expect(page.locator("#brush-status")).to_contain_text("Nothing painted")
+
+    paint_with_the_mouse(page, [*rows(4, 26), (40, 20, 60, 28)])  # style 1, red: the left half, and a slip
+    page.check("#brush-eraser")
+    paint_with_the_mouse(page, rows(34, 64))  # the slip rubbed out
+    page.uncheck("#brush-eraser")
     page.check("#brush-style-1")
     paint_with_a_finger(page, rows(38, 60))  # style 2, blue: the right half
     expect(page.locator("#brush-status")).to_contain_text("Painted regions for 2 of 2 styles.")
