@@ -31,8 +31,17 @@ class JobError:
     message: str
 
 
-def create_job(
-    session: Session,
+def create_job(session: Session, **fields: Any) -> Job:
+    """Insert a queued job and commit: from now on the job exists, whatever the broker does
+    (a job whose message never reaches the broker is sent again by the reconciler).
+    `fields` are `new_job`'s."""
+    job = new_job(**fields)
+    session.add(job)
+    session.commit()
+    return job
+
+
+def new_job(
     *,
     params: dict[str, Any],
     inputs: dict[str, Any],
@@ -40,11 +49,12 @@ def create_job(
     token_hash: str | None = None,
     owner: str | None = None,
     queue: str | None = None,
+    sweep_id: str | None = None,
+    cell: int | None = None,
 ) -> Job:
-    """Insert a queued job and commit: from now on the job exists, whatever the broker does
-    (a job whose message never reaches the broker is sent again by the reconciler)."""
+    """A queued job's row, not yet added to a session (a sweep adds all its cells at once)."""
     now = utcnow()
-    job = Job(
+    return Job(
         id=job_id or new_job_id(),
         status=QUEUED,
         params=params,
@@ -58,11 +68,10 @@ def create_job(
         token_hash=token_hash,
         owner=owner,
         queue=queue,
+        sweep_id=sweep_id,
+        cell=cell,
         snapshots=[],
     )
-    session.add(job)
-    session.commit()
-    return job
 
 
 def job_queue(session: Session, job_id: str) -> str | None:
@@ -286,6 +295,7 @@ __all__ = [
     "add_snapshot",
     "claim_job",
     "create_job",
+    "new_job",
     "fail_unclaimed",
     "finish_job",
     "hand_back",

@@ -1,4 +1,4 @@
-"""The SQL schema: a job and its snapshots. SQL is the source of truth; the broker only hints.
+"""The SQL schema: jobs and their snapshots, sweeps of jobs, API keys. SQL is the source of truth.
 
 Changing a column means a new Alembic revision in migrations/versions.
 """
@@ -90,6 +90,15 @@ class Job(Base):
     # Set, and committed, when a delete begins: from then on the job is gone to every reader,
     # while its files and then its rows are removed (shared/retention.py).
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    # A cell of a sweep: which sweep, and its place in the sweep's grid (row-major).
+    sweep_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    cell: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # A clip (shared/clips.py) is a job of kind "clip" that no worker claims: its segments,
+    # jobs of kind "segment" naming it as their parent, paint its frames; its status is derived.
+    kind: Mapped[str] = mapped_column(String(16), default="image", server_default="image")
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True, index=True)
 
     snapshots: Mapped[list[Snapshot]] = relationship(
         back_populates="job", order_by="Snapshot.iteration", cascade="all, delete-orphan", passive_deletes=True
@@ -112,6 +121,19 @@ class Snapshot(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="snapshots")
+
+
+class Sweep(Base):
+    """A grid of jobs over one or two parameters (shared/sweeps.py); its cells are ordinary jobs."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    # [{"name": a StyleParams field, "values": [each value as the job field takes it]}]
+    axes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
 
 
 class ApiKey(Base):

@@ -26,7 +26,8 @@ Where each default comes from, and where Impasto departs from it:
 from __future__ import annotations
 
 import math
-from typing import Literal
+import types
+from typing import Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -73,6 +74,9 @@ def default_layer_weights(count: int) -> tuple[float, ...]:
 # and docs/benchmarks.md, "Issue 12").
 STYLE_WEIGHT = 1.0
 TV_WEIGHT = 0.02
+# The temporal loss is a mean squared pixel difference (values in [0, 1]), so its weight is
+# large beside the relative errors: bench/video.py measures the flicker it removes.
+TEMPORAL_WEIGHT = 100.0
 
 # Relative weights (per style layer, per style image) are normalised or multiplied by the
 # absolute ones; the cap keeps their sum finite.
@@ -113,6 +117,14 @@ class StyleParams(BaseModel):
     )
     # Not in the paper; a light smoothing of the speckle the optimizer leaves.
     tv_weight: float = Field(TV_WEIGHT, ge=0, le=1e12, description="weight of the total-variation smoothing")
+    # Ruder, Dosovitskiy and Brox's temporal loss, in this engine's units (docs/benchmarks.md, "Issue 15").
+    temporal_weight: float = Field(
+        TEMPORAL_WEIGHT,
+        ge=0,
+        le=1e12,
+        description="clips only: weight of the temporal loss holding each frame to the previous stylized "
+        "frame, warped by the optical flow, where that stays visible (0: frames stylized alone)",
+    )
     content_layers: tuple[str, ...] = Field(
         DEFAULT_CONTENT_LAYERS,
         min_length=1,
@@ -244,3 +256,10 @@ class StyleParams(BaseModel):
             f"{min(out_w, out_h)} px is too small, layer {deepest} needs at least {need} px on the "
             f"short side; ask for a larger size, or crop the image to a less extreme aspect ratio"
         )
+
+
+def is_list_field(name: str) -> bool:
+    """Whether the StyleParams field takes several values (its type is a tuple, or one or None)."""
+    annotation = StyleParams.model_fields[name].annotation
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return any(get_origin(option) is tuple for option in options)

@@ -32,7 +32,8 @@ from typing import Any
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .db import database_unreachable, describe_error
+from .clips import CLIP, settle_clip
+from .db import database_unreachable, describe_db_error
 from .models import CANCELED, FAILED, QUEUED, RUNNING, Job, utcnow
 from .settings import Settings
 from .tasks import STYLIZE, queue_keys
@@ -72,7 +73,10 @@ def reconcile(
     last_sign = func.coalesce(Job.heartbeat_at, Job.started_at, Job.created_at)
     stale = (
         session.execute(
-            select(Job.id, Job.workers_lost, Job.queue).where(Job.status == RUNNING, last_sign < expired)
+            # A clip is no worker's: its segments are (shared/clips.py).
+            select(Job.id, Job.workers_lost, Job.queue).where(
+                Job.status == RUNNING, last_sign < expired, Job.kind != CLIP
+            )
         ).all()
         if judge_leases
         else []
@@ -112,9 +116,16 @@ def reconcile(
             send(job_id, queue or settings.gpu_queue)
             report.requeued.append(job_id)
 
+    for job_id in report.lost:  # a clip whose segment was lost for good fails with it
+        parent = session.scalar(select(Job.parent_id).where(Job.id == job_id))
+        if parent is not None:
+            settle_clip(session, parent)
+
     unsent_before = now - timedelta(seconds=settings.enqueue_grace)
     last_sent = func.coalesce(Job.enqueued_at, Job.created_at)
-    waiting = session.execute(select(Job.id, Job.queue).where(Job.status == QUEUED, last_sent < unsent_before)).all()
+    waiting = session.execute(
+        select(Job.id, Job.queue).where(Job.status == QUEUED, last_sent < unsent_before, Job.kind != CLIP)
+    ).all()
     if waiting:
         held = broker_job_ids()
         for job_id, queue in waiting:
@@ -221,7 +232,7 @@ class Reconciler:
                 self._orphans_swept = now
                 purge_orphans(self.sessions, self.storage)
         except Exception as err:
-            log.warning("event=cleanup-failed error=%r", describe_error(err), exc_info=not database_unreachable(err))
+            log.warning("event=cleanup-failed error=%r", describe_db_error(err), exc_info=not database_unreachable(err))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="impasto-reconciler", daemon=True)
@@ -244,7 +255,7 @@ class Reconciler:
             except Exception as err:  # the database or the broker is away: try again next time
                 if database_unreachable(err):
                     self._watching_since = None  # and give workers a whole lease to renew once it is back
-                log.warning("event=reconcile-failed error=%r", describe_error(err))
+                log.warning("event=reconcile-failed error=%r", describe_db_error(err))
 
 
 def reconciler_for(settings: Settings, celery_app: Any) -> Reconciler:

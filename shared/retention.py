@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import FINAL_STATUSES, Job, Snapshot, utcnow
+from .models import FINAL_STATUSES, Job, Snapshot, Sweep, utcnow
 from .storage import Storage, StoredObject
 
 log = logging.getLogger("impasto.retention")
@@ -79,7 +79,19 @@ def purge_expired(
             abandoned += _remove(session, storage, job_id)
     if abandoned:
         log.info("event=abandoned-deletes-finished jobs=%d", abandoned)
+    _purge_empty_sweeps(sessions, now - ABANDONED_DELETE_AGE)
     return deleted + abandoned
+
+
+def _purge_empty_sweeps(sessions: sessionmaker[Session], before: datetime) -> None:
+    """Sweeps whose every cell has been deleted (a sweep made before `before`: its cells are
+    committed with it, so a younger one is never empty)."""
+    with sessions() as session:
+        empty = ~select(Job.id).where(Job.sweep_id == Sweep.id).exists()
+        removed = session.execute(delete(Sweep).where(Sweep.created_at < before, empty)).rowcount
+        session.commit()
+    if removed:
+        log.info("event=empty-sweeps-deleted sweeps=%d", removed)
 
 
 def _pages(sessions: sessionmaker[Session], condition: Any, batch: int) -> Iterator[str]:
@@ -201,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import sqlalchemy.exc
 
-    from .db import describe_error, make_engine, session_factory
+    from .db import describe_db_error, make_engine, session_factory
     from .settings import SettingsError, load_settings
     from .storage import StorageError, open_storage
 
@@ -218,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = purge_expired(sessions, storage, settings.retention)
         orphans = 0 if args.no_orphans else purge_orphans(sessions, storage)
     except sqlalchemy.exc.SQLAlchemyError as err:
-        print(f"impasto cleanup: error: the database: {describe_error(err)}", file=sys.stderr)
+        print(f"impasto cleanup: error: the database: {describe_db_error(err)}", file=sys.stderr)
         return 1
     except StorageError as err:
         print(f"impasto cleanup: error: the storage: {err}", file=sys.stderr)

@@ -37,6 +37,10 @@ class Settings:
     max_iterations: int
     max_styles: int
     max_snapshots: int  # per job: each is a PNG in storage and a row
+    max_frames: int  # per clip (shared/video.py), checked before any work
+    segment_frames: int  # a clip is cut into segments of this many frames, run by workers at once
+    segment_overlap: int  # frames a segment paints before its first, faded into its predecessor's
+    max_sweep_cells: int  # jobs one sweep may make
     job_time_limit: int  # seconds; past it a job is stopped (soft limit) then killed (hard limit)
     strict_weights: bool  # refuse to fall back to random VGG-19 weights
     s3_endpoint_url: str | None  # for S3-compatible servers (MinIO, Ceph, moto)
@@ -110,6 +114,10 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         max_iterations=_int(env, "IMPASTO_MAX_ITERATIONS", 5000, 1, 100_000),
         max_styles=_int(env, "IMPASTO_MAX_STYLES", 5, 1, 64),
         max_snapshots=_int(env, "IMPASTO_MAX_SNAPSHOTS", 100, 1, 10_000),
+        max_frames=_int(env, "IMPASTO_MAX_FRAMES", 600, 1, 100_000),
+        segment_frames=_int(env, "IMPASTO_SEGMENT_FRAMES", 24, 1, 100_000),
+        segment_overlap=_int(env, "IMPASTO_SEGMENT_OVERLAP", 2, 0, 100),
+        max_sweep_cells=_int(env, "IMPASTO_MAX_SWEEP_CELLS", 25, 1, 400),
         job_time_limit=_int(env, "IMPASTO_JOB_TIME_LIMIT", 3600, 10),
         strict_weights=_bool(env, "IMPASTO_STRICT_WEIGHTS", False),
         s3_endpoint_url=_url(env, "IMPASTO_S3_ENDPOINT_URL", None, ("http", "https")),

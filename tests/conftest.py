@@ -13,6 +13,9 @@ from PIL import Image
 
 from shared.params import StyleParams
 
+# Fixtures more than one module uses live in plugin modules, named here.
+pytest_plugins = ["tests.fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):

@@ -10,11 +10,18 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from shared.db import make_engine, session_factory
+from shared.launcher import free_port
+from shared.models import Job
+from shared.settings import Settings, load_settings
+from tests.conftest import POSTGRES_ADMIN_URL, SYSTEM_REDIS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,3 +134,59 @@ def child_pids(pid: int) -> list[int]:
             if int(stat.rpartition(")")[2].split()[1]) == pid:
                 found.append(int(entry))
     return found
+
+
+@dataclass
+class Service:
+    base: str
+    settings: Settings
+    env: dict[str, str]
+    folder: Path
+    worker: subprocess.Popen[bytes]
+
+    def restart_worker(self) -> Path:
+        stop(self.worker)
+        log = self.folder / f"worker-{uuid.uuid4().hex[:6]}.log"
+        self.worker = start(["worker"], self.env, log)
+        wait_for_log(log, "ready.", self.worker)
+        return log
+
+    def row(self, job_id: str) -> Job:
+        engine = make_engine(self.settings.database_url)
+        try:
+            with session_factory(engine)() as session:
+                job = session.get(Job, job_id)
+                _ = job.snapshots  # loaded before the session closes
+                return job
+        finally:
+            engine.dispose()
+
+
+@contextlib.contextmanager
+def running_service(database: str, folder: Path, redis_url: str | None = None) -> Iterator[Service]:
+    """`impasto web` and `impasto worker` as processes on a fresh database: "postgresql" (a
+    temporary database, this machine's Redis) or "sqlite" (in `folder`, with `redis_url`)."""
+    env = {"IMPASTO_DATA_DIR": str(folder / "data"), "IMPASTO_QUEUE": f"impasto-e2e-{uuid.uuid4().hex[:8]}"}
+    with (
+        temporary_postgres_database(POSTGRES_ADMIN_URL) if database == "postgresql" else contextlib.nullcontext() as pg
+    ):
+        if database == "postgresql":
+            env.update(IMPASTO_DATABASE_URL=pg, IMPASTO_BROKER_URL=SYSTEM_REDIS_URL)
+        else:
+            env.update(IMPASTO_BROKER_URL=redis_url)
+        env = service_env(env)
+        settings = load_settings(env)
+        service = None
+        migrate = start(["db", "upgrade"], env, folder / "migrate.log")
+        assert migrate.wait(timeout=120) == 0, (folder / "migrate.log").read_text()
+        port = free_port()
+        worker = start(["worker"], env, folder / "worker.log")
+        web = start(["web", "--port", str(port)], env, folder / "web.log")
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/healthz", web, folder / "web.log")
+            wait_for_log(folder / "worker.log", "ready.", worker)
+            service = Service(f"http://127.0.0.1:{port}", settings, env, folder, worker)
+            yield service
+        finally:
+            stop(web)
+            stop(service.worker if service else worker)

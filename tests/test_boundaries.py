@@ -10,7 +10,7 @@ import pytest
 
 CHECKS = {
     "web": (
-        ["web.app", "web.api", "web.pages", "web.serve", "web.submit", "web.openapi", "web.access"],
+        ["web.app", "web.api", "web.pages", "web.serve", "web.submit", "web.openapi", "web.access", "web.sweeps"],
         ["torch", "worker"],
     ),
     "shared": (
@@ -30,11 +30,19 @@ CHECKS = {
             "shared.reconcile",
             "shared.retention",
             "shared.keys",
+            "shared.sweeps",
+            "shared.sheet",
+            "shared.client",
+            "shared.video",
+            "shared.clips",
         ],
         ["flask", "torch", "web", "worker"],
     ),
-    "worker.engine": (["worker.engine"], ["flask", "sqlalchemy", "celery", "shared", "web"]),
-    "worker": (["worker.runner", "worker.service", "worker.cli"], ["flask", "web"]),
+    "worker.engine": (
+        ["worker.engine", "worker.engine.video", "worker.engine.temporal"],
+        ["flask", "sqlalchemy", "celery", "shared", "web"],
+    ),
+    "worker": (["worker.runner", "worker.service", "worker.cli", "worker.sweep_cli", "worker.clips"], ["flask", "web"]),
 }
 
 

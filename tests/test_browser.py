@@ -316,3 +316,50 @@ def test_a_live_page_opens_a_new_stream_when_the_server_ends_one(browser, short_
         assert polls == [] and problems == []
     finally:
         context.close()
+
+
+def test_compare_settings_make_a_sweep_whose_grid_fills_in(page: Page, problems: list[str]):
+    page.goto("/")
+    page.set_input_files("#field-content", str(PHOTO))
+    fill_small_job(page, iterations="8")
+    page.check("#field-compare")
+    page.select_option("#field-axis_1_name", "style_weight")
+    page.fill("#field-axis_1_values", "0.1, 10")
+    page.click("#submit")
+
+    page.wait_for_url(re.compile(r"/sweeps/[^/?#]+$"))
+    cells = page.locator(".sweep-cell")
+    expect(cells).to_have_count(2)
+    expect(page.locator("thead th")).to_have_text(["0.1", "10"])
+    expect(page.locator("#sweep-status")).to_have_text("succeeded", timeout=2 * JOB_TIMEOUT_MS)
+    expect(page.locator("#sweep-done")).to_have_text("2 of 2 done")
+    # Each cell shows its own output (the event stream brought it) and links to its job's page.
+    pictures = page.locator(".sweep-picture")
+    expect(pictures.nth(1)).to_have_attribute("src", re.compile(r"/api/v1/jobs/[^/]+/output\.png$"))
+    page.wait_for_function("[...document.images].every(img => img.hidden || (img.complete && img.naturalWidth > 0))")
+    sources = pictures.evaluate_all("els => els.map(e => e.getAttribute('src'))")
+    assert len(set(sources)) == 2, sources
+    with page.expect_download() as info:
+        page.click("#sheet-download")
+    with Image.open(info.value.path()) as sheet:
+        assert sheet.format == "PNG" and sheet.width > 2 * 64
+    page.locator(".sweep-link").first.click()
+    page.wait_for_url(re.compile(r"/jobs/[^/?#]+$"))
+    expect(page.locator("#status")).to_have_text("succeeded")
+    assert problems == []
+
+
+def test_a_bad_comparison_is_shown_in_the_compare_settings(page: Page, problems: list[str]):
+    page.goto("/")
+    page.set_input_files("#field-content", str(PHOTO))
+    fill_small_job(page)
+    page.check("#field-compare")
+    page.fill("#field-axis_1_values", "1, -5")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.click("#submit")
+    assert answer.value.status == 422
+    error = page.locator(".compare [data-error-for=axes]")
+    expect(error).to_contain_text("axis style_weight, value '-5'")
+    expect(page.locator("#field-compare")).to_be_checked()
+    expect(page.locator("#field-axis_1_values")).to_have_value("1, -5")
+    assert [p for p in problems if "status of 422" not in p] == []

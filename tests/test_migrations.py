@@ -14,6 +14,8 @@ from shared.db import make_engine
 from shared.migrate import current_revision, downgrade, upgrade
 from shared.models import Base
 
+HEAD = "0007"  # the newest revision in migrations/versions
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
@@ -32,7 +34,7 @@ def tables(url: str) -> set[str]:
 
 def test_upgrade_gives_the_models_schema_and_downgrade_removes_it(database_url):
     upgrade(database_url)
-    assert current_revision(database_url) == "0005"
+    assert current_revision(database_url) == HEAD
     assert {"jobs", "snapshots", "alembic_version"} <= tables(database_url)
     engine = make_engine(database_url)
     try:
@@ -46,7 +48,7 @@ def test_upgrade_gives_the_models_schema_and_downgrade_removes_it(database_url):
     assert current_revision(database_url) is None
     assert tables(database_url) <= {"alembic_version"}
     upgrade(database_url)  # and up again: downgrade left nothing behind
-    assert current_revision(database_url) == "0005"
+    assert current_revision(database_url) == HEAD
 
 
 def test_impasto_db_upgrade_command(database_url, tmp_path):
@@ -58,7 +60,7 @@ def test_impasto_db_upgrade_command(database_url, tmp_path):
     current = subprocess.run(
         [sys.executable, "-m", "shared.cli", "db", "current"], env=env, capture_output=True, text=True, timeout=120
     )
-    assert current.stdout.strip() == "0005"
+    assert current.stdout.strip() == HEAD
 
 
 def test_unreachable_database_is_one_line(tmp_path):

@@ -18,10 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db import make_engine, session_factory
 from shared.jobs import create_job, recent_jobs
 from shared.migrate import upgrade
-from shared.models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, Snapshot, utcnow
+from shared.models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, Snapshot, Sweep, utcnow
 from shared.retention import ABANDONED_DELETE_AGE, delete_job, main, purge_expired, purge_orphans
 from shared.storage import LocalStorage, Storage, StorageError, job_key, open_storage
-from tests.test_storage import s3, s3_server  # noqa: F401  (fixtures: moto's S3 server and a bucket)
 
 DAY = 24 * 3600
 WEEK = 7 * DAY
@@ -364,3 +363,18 @@ def test_the_cleanup_command_runs_one_pass_from_the_settings(tmp_path, monkeypat
     assert "deleted 1 finished jobs" in capsys.readouterr().out
     assert rows(sessions, old) == (0, 0) and rows(sessions, fresh) == (1, 2)
     engine.dispose()
+
+
+def test_a_sweep_goes_once_its_last_cell_has_gone(sessions, tmp_path):
+    storage = LocalStorage(tmp_path / "storage")
+    old, young = make_job(sessions, storage, SUCCEEDED, age=2 * WEEK), make_job(sessions, storage, SUCCEEDED, age=DAY)
+    with sessions() as session:
+        then = utcnow() - timedelta(seconds=2 * WEEK)
+        session.add_all([Sweep(id="both", axes=[], created_at=then), Sweep(id="old-only", axes=[], created_at=then)])
+        session.flush()
+        session.execute(update(Job).where(Job.id == old).values(sweep_id="old-only", cell=0))
+        session.execute(update(Job).where(Job.id == young).values(sweep_id="both", cell=1))
+        session.commit()
+    assert purge_expired(sessions, storage, WEEK) == 1
+    with sessions() as session:
+        assert session.scalars(select(Sweep.id)).all() == ["both"]  # its young cell is still there

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from shared.db import make_engine, session_factory
-from shared.jobs import create_job, request_cancel
+from shared.jobs import request_cancel
 from shared.migrate import upgrade
 from shared.models import Job
-from shared.params import StyleParams
 from shared.storage import LocalStorage
-from tests.conftest import PAINTING, PHOTO
+from tests.conftest import PHOTO
+from tests.helpers import queue_job
 from worker.runner import EtaEstimate, JobRunner, _classify
 
 
@@ -28,22 +28,6 @@ def runner(make_settings):
     engine.dispose()
 
 
-def queue(runner, content: bytes | None = None, style: bytes | None = None, **params):
-    content = PHOTO.read_bytes() if content is None else content
-    style = PAINTING.read_bytes() if style is None else style
-    storage = runner.storage
-    storage.put("jobs/t/inputs/0-content.jpg", content, "image/jpeg")
-    storage.put("jobs/t/inputs/1-style.jpg", style, "image/jpeg")
-    inputs = {
-        "content": {"key": "jobs/t/inputs/0-content.jpg", "name": "photo.jpg"},
-        "styles": [{"key": "jobs/t/inputs/1-style.jpg", "name": "painting.jpg"}],
-        "style_preset": None,
-    }
-    settings = {"size": 48, "iterations": 8, "snapshot_every": 2, "weights": "random", **params}
-    with runner.sessions() as session:
-        return create_job(session, params=StyleParams(**settings).model_dump(mode="json"), inputs=inputs).id
-
-
 def row(runner, job_id) -> Job:
     with runner.sessions() as session:
         job = session.get(Job, job_id)
@@ -52,7 +36,7 @@ def row(runner, job_id) -> Job:
 
 
 def test_a_job_runs_to_success_with_snapshots_and_an_output(runner):
-    job_id = queue(runner)
+    job_id = queue_job(runner)
     assert runner.run(job_id) == "succeeded"
     job = row(runner, job_id)
     assert (job.status, job.iteration, job.attempts, job.weights) == ("succeeded", 8, 1, "random")
@@ -65,14 +49,14 @@ def test_a_job_runs_to_success_with_snapshots_and_an_output(runner):
 
 
 def test_a_second_delivery_does_nothing(runner):
-    job_id = queue(runner)
+    job_id = queue_job(runner)
     assert runner.run(job_id) == "succeeded"
     assert runner.run(job_id) is None
     assert row(runner, job_id).attempts == 1
 
 
 def test_a_cancel_stops_the_job_between_iterations(runner, monkeypatch):
-    job_id = queue(runner, iterations=500, snapshot_every=0)
+    job_id = queue_job(runner, iterations=500, snapshot_every=0)
     calls = []
 
     def cancel_after_a_few() -> bool:  # the web tier's cancel, arriving while the job runs
@@ -96,7 +80,7 @@ def test_a_cancel_stops_the_job_between_iterations(runner, monkeypatch):
     ],
 )
 def test_bad_inputs_fail_with_a_code(runner, change, code, says):
-    job_id = queue(runner, content=b"<svg></svg>" if change == "not an image" else PHOTO.read_bytes())
+    job_id = queue_job(runner, content=b"<svg></svg>" if change == "not an image" else PHOTO.read_bytes())
     if change == "missing":
         runner.storage.delete("jobs/t/inputs/0-content.jpg")
     assert runner.run(job_id) == "failed"
@@ -109,7 +93,7 @@ def test_strict_weights_refuse_the_random_fallback(make_settings):
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     strict = JobRunner(settings, session_factory(engine), LocalStorage(settings.data_dir / "storage"), device="cpu")
-    job_id = queue(strict, weights="auto")
+    job_id = queue_job(strict, weights="auto")
     assert strict.run(job_id) == "failed"
     job = row(strict, job_id)
     engine.dispose()
@@ -117,7 +101,7 @@ def test_strict_weights_refuse_the_random_fallback(make_settings):
 
 
 def test_a_weights_path_in_a_stored_job_is_refused(runner):
-    job_id = queue(runner)
+    job_id = queue_job(runner)
     with runner.sessions() as session:  # a row written by something other than the web tier
         job = session.get(Job, job_id)
         job.params = {**job.params, "weights": "/etc/passwd"}
@@ -127,7 +111,7 @@ def test_a_weights_path_in_a_stored_job_is_refused(runner):
 
 
 def test_stored_params_that_no_longer_validate_fail_with_a_code(runner):
-    job_id = queue(runner)
+    job_id = queue_job(runner)
     with runner.sessions() as session:
         job = session.get(Job, job_id)
         job.params = {**job.params, "style_layers": ["conv9_9"]}
@@ -138,7 +122,7 @@ def test_stored_params_that_no_longer_validate_fail_with_a_code(runner):
 
 
 def test_a_stopping_worker_hands_its_job_back(runner):
-    job_id = queue(runner, iterations=500)
+    job_id = queue_job(runner, iterations=12)  # stopped at its third poll, long before the end
     requeued = []
     runner.requeue = requeued.append
     calls = []
@@ -158,7 +142,7 @@ def test_a_stopping_worker_hands_its_job_back(runner):
 
 
 def test_a_job_interrupted_goes_on_from_its_latest_snapshot(runner, caplog):
-    job_id = queue(runner, iterations=12, snapshot_every=2)
+    job_id = queue_job(runner, iterations=12, snapshot_every=2)
     polls = []
 
     def stop_after_five_iterations() -> bool:  # a worker shutting down, polled once per iteration
@@ -177,7 +161,7 @@ def test_a_job_interrupted_goes_on_from_its_latest_snapshot(runner, caplog):
 
 
 def test_a_missing_snapshot_means_starting_afresh_not_failing(runner, caplog):
-    job_id = queue(runner, iterations=8, snapshot_every=2)
+    job_id = queue_job(runner, iterations=8, snapshot_every=2)
     polls = []
     runner.run(job_id, should_abort=lambda: polls.append(1) or len(polls) > 4)
     for snapshot in row(runner, job_id).snapshots:
@@ -190,7 +174,7 @@ def test_a_missing_snapshot_means_starting_afresh_not_failing(runner, caplog):
 def test_the_lease_is_renewed_and_a_worker_that_lost_the_job_notices(runner):
     from worker.runner import _Lease
 
-    job_id = queue(runner)
+    job_id = queue_job(runner)
     with runner.sessions() as session:
         from shared.jobs import claim_job
 
@@ -208,10 +192,10 @@ def test_the_lease_is_renewed_and_a_worker_that_lost_the_job_notices(runner):
 
 
 def test_the_next_job_with_the_same_style_reuses_its_targets(runner):
-    assert runner.run(queue(runner)) == "succeeded"
+    assert runner.run(queue_job(runner)) == "succeeded"
     cache = runner.targets_cache()
     assert cache.hits == 0 and len(cache) > 0
-    assert runner.run(queue(runner, iterations=4)) == "succeeded"
+    assert runner.run(queue_job(runner, iterations=4)) == "succeeded"
     assert cache.hits == len(cache)
 
 
@@ -258,7 +242,7 @@ def test_the_eta_survives_a_resume_and_is_absent_until_it_is_known(runner):
     from web.app import create_app
 
     client = create_app(runner.settings).test_client()
-    job_id = queue(runner, iterations=30, snapshot_every=2, scales=1)
+    job_id = queue_job(runner, iterations=30, snapshot_every=2, scales=1)
     polls = []
     runner.run(job_id, should_abort=lambda: polls.append(1) or len(polls) > 13)  # stopped at iteration 12
     seen: list[tuple[float, int, float | None]] = []

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import io
+import json
 import re
 import subprocess
 import sys
@@ -36,8 +37,8 @@ from shared.models import ApiKey, Job, Snapshot, new_job_id
 from shared.settings import load_settings
 from shared.storage import job_key
 from tests.conftest import PHOTO, SYSTEM_REDIS_URL
+from tests.helpers import form_submit, form_token, png
 from tests.servers import service_env, start, stop, wait_for_http
-from tests.test_api import form_token, png
 from web.access import BROWSER_COOKIE, client_address
 from web.app import create_app
 
@@ -85,13 +86,6 @@ def api_submit(client, headers=None, address="127.0.0.1", **fields):
         environ_base={"REMOTE_ADDR": address},
         content_type="multipart/form-data",
     )
-
-
-def form_submit(client, csrf_token, address="127.0.0.1"):
-    data = {"content": (io.BytesIO(png()), "photo.png"), "style_preset": "starry_night"}
-    if csrf_token is not None:
-        data["csrf_token"] = csrf_token
-    return client.post("/jobs", data=data, environ_base={"REMOTE_ADDR": address}, content_type="multipart/form-data")
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -599,3 +593,22 @@ def test_storage_keys_are_made_by_the_service_never_by_the_upload(app, client, n
     assert stored == [f"jobs/{job['id']}/inputs/0-content.png", f"jobs/{job['id']}/inputs/1-style.png"]
     shown = client.get(job["inputs"][0])
     assert shown.mimetype == "image/png"  # what the bytes are, not what the upload said
+
+
+def test_each_cell_of_a_sweep_counts_against_the_limit(make_app, sessions):
+    app = make_app(IMPASTO_ANONYMOUS_JOBS_PER_HOUR=3)
+    client = app.test_client()
+
+    def sweep(values):
+        data = {"content": (io.BytesIO(png()), "photo.png"), "style_preset": "starry_night"}
+        data["axes"] = json.dumps({"style_weight": values})
+        return client.post("/api/v1/sweeps", data=data, content_type="multipart/form-data")
+
+    assert sweep([1, -1]).status_code == 422  # refused: its two counts are given back
+    assert sweep([1, 2]).status_code == 202  # two of three
+    over = sweep([3, 4])
+    assert over.status_code == 429 and over.get_json()["error"]["code"] == "rate_limited"
+    assert api_submit(client).status_code == 202  # the third
+    assert api_submit(client).status_code == 429
+    with app.extensions["impasto"].sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 3

@@ -10,90 +10,30 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
 
-from shared.db import make_engine, session_factory
-from shared.launcher import free_port
-from shared.models import Job
-from shared.settings import Settings, load_settings
 from shared.storage import LocalStorage
-from tests.conftest import PAINTING, PHOTO, POSTGRES_ADMIN_URL, SYSTEM_REDIS_URL
+from tests.conftest import PAINTING, PHOTO, SYSTEM_REDIS_URL
 from tests.servers import (
+    Service,
+    running_service,
     service_env,
-    start,
     stop,
-    temporary_postgres_database,
-    wait_for_http,
     wait_for_log,
     wait_for_status,
 )
 
 
-@dataclass
-class Service:
-    base: str
-    settings: Settings
-    env: dict[str, str]
-    folder: Path
-    worker: subprocess.Popen[bytes]
-
-    def restart_worker(self) -> Path:
-        stop(self.worker)
-        log = self.folder / f"worker-{uuid.uuid4().hex[:6]}.log"
-        self.worker = start(["worker"], self.env, log)
-        wait_for_log(log, "ready.", self.worker)
-        return log
-
-    def row(self, job_id: str) -> Job:
-        engine = make_engine(self.settings.database_url)
-        try:
-            with session_factory(engine)() as session:
-                job = session.get(Job, job_id)
-                _ = job.snapshots  # loaded before the session closes
-                return job
-        finally:
-            engine.dispose()
-
-
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
 def service(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"service-{request.param}")
-    env = {"IMPASTO_DATA_DIR": str(folder / "data"), "IMPASTO_QUEUE": f"impasto-e2e-{uuid.uuid4().hex[:8]}"}
-    with temporary_postgres_database(POSTGRES_ADMIN_URL) if request.param == "postgresql" else _nothing() as pg:
-        if request.param == "postgresql":
-            env.update(IMPASTO_DATABASE_URL=pg, IMPASTO_BROKER_URL=SYSTEM_REDIS_URL)
-        else:
-            env.update(IMPASTO_BROKER_URL=request.getfixturevalue("own_redis"))
-        env = service_env(env)
-        settings = load_settings(env)
-        service = None
-        migrate = start(["db", "upgrade"], env, folder / "migrate.log")
-        assert migrate.wait(timeout=120) == 0, (folder / "migrate.log").read_text()
-        port = free_port()
-        worker = start(["worker"], env, folder / "worker.log")
-        web = start(["web", "--port", str(port)], env, folder / "web.log")
-        try:
-            wait_for_http(f"http://127.0.0.1:{port}/healthz", web, folder / "web.log")
-            wait_for_log(folder / "worker.log", "ready.", worker)
-            service = Service(f"http://127.0.0.1:{port}", settings, env, folder, worker)
-            yield service
-        finally:
-            stop(web)
-            stop(service.worker if service else worker)
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    redis_url = request.getfixturevalue("own_redis") if request.param == "sqlite" else None
+    with running_service(request.param, folder, redis_url) as found:
+        yield found
 
 
 def submit(service: Service, **fields) -> requests.Response:

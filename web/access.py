@@ -27,7 +27,7 @@ import redis
 from flask import Response, current_app, g, request
 
 from shared.keys import Limit, LimiterUnavailable, LimitExceeded, RateLimiter, find_key, hash_secret, matches
-from shared.models import ApiKey, Job
+from shared.models import ApiKey, Job, Sweep
 
 from .services import services
 
@@ -148,8 +148,8 @@ def _owner_of(secret: str) -> str:
 # --- a job's token, key or browser --------------------------------------------------------------
 
 
-def may_change(job: Job) -> bool:
-    """Whether this request may cancel or delete `job`: it carries the job's token (header
+def may_change(job: Job | Sweep) -> bool:
+    """Whether this request may cancel or delete `job` (or a sweep's cells): it carries the job's token (header
     X-Job-Token), the API key that submitted it, or comes from the submitting browser's own
     page (its cookie and the CSRF header, which no other site can send)."""
     token = request.headers.get(JOB_TOKEN_HEADER)
@@ -173,19 +173,22 @@ def submission_limit(key: ApiKey | None) -> Limit | None:
 
 
 @contextmanager
-def counted(limit: Limit | None) -> Iterator[None]:
-    """Count one submission against `limit` (LimitExceeded when it is used up); a submission
-    that makes no job (refused, or the queue is down) is given back."""
+def counted(limit: Limit | None, jobs: int = 1) -> Iterator[None]:
+    """Count a submission of `jobs` jobs against `limit` (LimitExceeded when it would go over);
+    a submission that makes no job (refused, or the queue is down) is given back."""
     if limit is None:
         yield
         return
     limiter = _limiter()
-    ticket = limiter.take(limit)
+    tickets: list[str] = []
     try:
+        for _ in range(jobs):
+            tickets.append(limiter.take(limit))
         yield
     except BaseException:
         try:
-            limiter.give_back(limit, ticket)
+            for ticket in tickets:
+                limiter.give_back(limit, ticket)
         except LimiterUnavailable as err:  # the error on its way out matters more
             log.warning("event=limit-not-given-back bucket=%s error=%s", limit.bucket, err)
         raise

@@ -16,12 +16,14 @@ from sqlalchemy import text
 from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException
 
-from shared.db import database_unreachable, describe_error
+from shared.clips import CLIP, cancel_segments
+from shared.db import database_unreachable, describe_db_error
 from shared.jobs import queue_position, recent_jobs, request_cancel
 from shared.keys import LimiterUnavailable, LimitExceeded, hash_secret, new_job_token
 from shared.models import Job, utcnow
 from shared.retention import delete_job
 from shared.storage import MissingObject, S3Storage
+from shared.video import ClipInfo
 
 from .access import (
     JOB_TOKEN_HEADER,
@@ -149,6 +151,9 @@ def cancel(job_id: str):
         job = request_cancel(session, job_id)
         if job is None:
             abort(404, f"no job {job_id}")
+        if job.kind == CLIP:  # its segments stop too; the clip ends canceled when they have
+            cancel_segments(session, job_id)
+            session.commit()
         if job.status in ("succeeded", "failed"):
             return error_response(409, "conflict", f"the job has already {job.status}; nothing to cancel")
         job = load_job(session, job_id)
@@ -215,7 +220,8 @@ def _event_stream(job_id: str) -> Iterator[str]:
             if not database_unreachable(err):
                 raise
             # The page falls back to polling, which answers 503 until the database is back.
-            log.warning("event=stream-ended reason=database-unavailable job=%s error=%r", job_id, describe_error(err))
+            reason = describe_db_error(err)
+            log.warning("event=stream-ended reason=database-unavailable job=%s error=%r", job_id, reason)
             return
         seen = {
             "status": body["status"],
@@ -252,6 +258,28 @@ def output(job_id: str):
     return _image(job.output_key, f"impasto-{job_id}.png")
 
 
+@bp.get("/api/v1/jobs/<job_id>/output.<any(mp4, webm, gif):extension>")
+def clip_output(job_id: str, extension: str):
+    with services().sessions() as session:
+        job = load_job(session, job_id)
+    clip = job.inputs.get("clip")
+    if job.kind != CLIP or not job.output_key or clip is None or clip["container"] != extension:
+        abort(404, f"job {job_id} has no {extension} clip (status {job.status})")
+    info = ClipInfo.from_dict(clip)
+    return _image(job.output_key, f"impasto-{job_id}{info.extension}", info.content_type)
+
+
+@bp.get("/api/v1/jobs/<job_id>/frames/<int:frame>.png")
+def frame(job_id: str, frame: int):
+    """A clip's stylized frame (0-based), as soon as it is painted."""
+    with services().sessions() as session:
+        job = load_job(session, job_id)
+        found = next((s for s in job.snapshots if s.iteration == frame), None) if job.kind == CLIP else None
+    if found is None:
+        abort(404, f"job {job_id} has no stylized frame {frame} (yet)")
+    return _image(found.key, f"impasto-{job_id}-frame-{frame}.png")
+
+
 @bp.get("/api/v1/jobs/<job_id>/snapshots/<int:iteration>.png")
 def snapshot(job_id: str, iteration: int):
     with services().sessions() as session:
@@ -286,7 +314,7 @@ def healthz():
     except Exception as err:
         if not database_unreachable(err):
             raise
-        checks["database"] = f"unreachable: {describe_error(err)}"
+        checks["database"] = f"unreachable: {describe_db_error(err)}"
     try:
         import redis
 
@@ -367,8 +395,33 @@ def job_json(job: Job, position: int | None, *, snapshots: bool = True) -> dict[
         "started_at": _time(job.started_at),
         "finished_at": _time(job.finished_at),
         "url": url_for("pages.job", job_id=job.id),
+        "kind": job.kind,
+        "clip": _clip_json(job, snapshots),
     }
+    if job.kind == CLIP:
+        info = job.inputs["clip"]
+        body["output_url"] = (
+            url_for("api.clip_output", job_id=job.id, extension=info["container"]) if job.output_key else None
+        )
     return body
+
+
+def _clip_json(job: Job, frames: bool) -> dict[str, Any] | None:
+    """A clip's frames: how many, how many are painted, each painted one's URL, the latest's."""
+    if job.kind != CLIP:
+        return None
+    info = job.inputs["clip"]
+    latest = max(job.snapshots, key=lambda s: s.created_at, default=None) if frames else None
+    return {
+        "frames": info["frames"],
+        "frames_done": job.iteration,
+        "fps": info["fps"][0] / info["fps"][1],
+        "container": info["container"],
+        "size": info["size"],
+        "audio": info["audio"] is not None,
+        "frame_urls": [url_for("api.frame", job_id=job.id, frame=s.iteration) for s in job.snapshots] if frames else [],
+        "latest_frame_url": url_for("api.frame", job_id=job.id, frame=latest.iteration) if latest else None,
+    }
 
 
 def _eta(job: Job) -> float | None:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge, ServiceUnavailable
 
-from shared.db import database_unreachable, describe_error
+from shared.db import database_unreachable, describe_db_error
 from shared.settings import Settings, load_settings
 from shared.storage import S3Storage, StorageError
 
@@ -55,11 +55,12 @@ def create_app(
     services = services or Services.from_settings(settings)
     init_services(app, services)
 
-    from . import api, metrics, pages
+    from . import api, metrics, pages, sweeps
 
     csp = _content_security_policy(api.redirect_storage(services), services.settings.s3_public_endpoint_url)
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(sweeps.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(metrics.bp)
 
@@ -101,7 +102,7 @@ def create_app(
     def database_error(err: Exception):
         if not database_unreachable(err):
             return unexpected(err)
-        return unavailable("database", describe_error(err), "a few seconds")
+        return unavailable("database", describe_db_error(err), "a few seconds")
 
     @app.errorhandler(StorageError)
     def storage_error(err: StorageError):  # the image store (S3) is down or refuses us

@@ -8,6 +8,7 @@ from typing import Any
 from shared.params import WEIGHT_CHOICES, StyleParams
 from shared.settings import Settings
 
+from .openapi_sweeps import sweep_form, sweep_paths, sweep_schemas
 from .presets import PRESETS
 
 STATUSES = ["queued", "running", "succeeded", "failed", "canceled"]
@@ -129,6 +130,27 @@ def _job_schema() -> dict[str, Any]:
             "started_at": nullable_time,
             "finished_at": nullable_time,
             "url": {"type": "string", "description": "the job's web page"},
+            "kind": {
+                "type": "string",
+                "enum": ["image", "clip", "segment"],
+                "description": "clip: the content was a clip, and `output_url` is the stylized clip; "
+                "segment: a run of a clip's frames, painted by one worker",
+            },
+            "clip": {
+                "type": ["object", "null"],
+                "description": "a clip's frames (null for an image); progress counts frames",
+                "required": ["frames", "frames_done", "fps", "container", "frame_urls", "latest_frame_url"],
+                "properties": {
+                    "frames": {"type": "integer", "minimum": 1},
+                    "frames_done": {"type": "integer", "minimum": 0},
+                    "fps": {"type": "number"},
+                    "container": {"type": "string", "enum": ["mp4", "webm", "gif"]},
+                    "size": {"type": "array", "items": {"type": "integer"}},
+                    "audio": {"type": "boolean", "description": "the input's audio is copied into the output"},
+                    "frame_urls": {"type": "array", "items": {"type": "string"}, "description": "painted frames"},
+                    "latest_frame_url": {"type": ["string", "null"], "description": "the frame painted last"},
+                },
+            },
         },
     }
 
@@ -272,7 +294,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "content": {
                 **FILE,
                 "description": "the photo (PNG, JPEG, WebP, ...); scaled so its long side is `size`, its "
-                "short side must keep the pixels the deepest layer needs (16 for conv5_1)",
+                "short side must keep the pixels the deepest layer needs (16 for conv5_1). Or a clip: an MP4 "
+                "(H.264), a WebM (VP8/VP9) or an animated GIF of at most IMPASTO_MAX_FRAMES frames, told "
+                "apart by its bytes; a damaged or unsupported one is a 422 with code invalid_clip",
             },
             "style": {
                 "type": "array",
@@ -297,7 +321,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "Impasto",
@@ -435,6 +459,45 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "responses": {"200": _png("the output"), **_REDIRECT, **_errors(404, 503)},
                 }
             },
+            "/api/v1/jobs/{job_id}/output.{extension}": {
+                "get": {
+                    "operationId": "getClipOutput",
+                    "summary": "A clip job's stylized clip, in the input's container and frame rate, its audio kept",
+                    "parameters": [
+                        job_id,
+                        {
+                            "name": "extension",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "enum": ["mp4", "webm", "gif"]},
+                        },
+                        {"name": "download", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the clip",
+                            "content": {
+                                kind: {"schema": {"type": "string", "format": "binary"}}
+                                for kind in ("video/mp4", "video/webm", "image/gif")
+                            },
+                        },
+                        **_REDIRECT,
+                        **_errors(404, 503),
+                    },
+                }
+            },
+            "/api/v1/jobs/{job_id}/frames/{frame}.png": {
+                "get": {
+                    "operationId": "getFrame",
+                    "summary": "A clip's stylized frame (0-based), as soon as it is painted",
+                    "parameters": [
+                        job_id,
+                        {"name": "frame", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}},
+                        {"name": "download", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {"200": _png("the frame"), **_REDIRECT, **_errors(404, 503)},
+                }
+            },
             "/api/v1/jobs/{job_id}/snapshots/{iteration}.png": {
                 "get": {
                     "operationId": "getSnapshot",
@@ -525,3 +588,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
         },
     }
+    encoding = {"content": _file_part("content", "photo.jpg"), "style": _file_part("style", "painting.jpg")}
+    document["paths"].update(sweep_paths(sweep_form(form, settings), encoding, _errors, key_optional, _png))
+    document["components"]["schemas"].update(sweep_schemas())
+    return document

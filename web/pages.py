@@ -9,6 +9,7 @@ from shared.db import database_unreachable
 from shared.jobs import recent_jobs
 from shared.keys import LimiterUnavailable, LimitExceeded
 from shared.params import StyleParams
+from shared.sweeps import NOT_SWEEPABLE, AxisError, axis_from_flag
 
 from .access import (
     CSRF_FIELD,
@@ -23,13 +24,16 @@ from .access import (
 from .api import job_json, load_job, position
 from .presets import PRESETS
 from .services import services
-from .submit import SubmissionError, check_form_read, submit
+from .submit import FieldError, SubmissionError, check_form_read, submit
+from .sweeps import counted_jobs, load_sweep, submit_sweep, sweep_cells, sweep_json
 
 bp = Blueprint("pages", __name__)
 bp.after_request(remember_browser)  # the first page a browser sees gives it its cookie
 
 # The form shows these up front; every other StyleParams field is under "advanced".
 MAIN_FIELDS = ("size", "iterations", "style_weight", "preserve_colors")
+# The "Compare settings" switch and its two axes, each a parameter and its values.
+COMPARE_FIELDS = ("compare", "axis_1_name", "axis_1_values", "axis_2_name", "axis_2_values")
 
 
 def form_context(values=None, errors=None) -> dict:
@@ -43,6 +47,7 @@ def form_context(values=None, errors=None) -> dict:
         "values": values or {},
         "errors": errors or {},
         "settings": services().settings,
+        "sweepable": [name for name in fields if name not in NOT_SWEEPABLE],
     }
 
 
@@ -71,8 +76,15 @@ def create():
                     },
                 ),
             ), 403
+        if request.form.get("compare"):
+            axes = _form_axes(request.form)
+            with counted(submission_limit(None), jobs=counted_jobs(axes)):
+                sweep, _ = submit_sweep(
+                    services(), request.form, request.files, axes, ignore=COMPARE_FIELDS, owner=browser_owner()
+                )
+            return redirect(url_for("pages.sweep", sweep_id=sweep.id), code=303)
         with counted(submission_limit(None)):
-            job = submit(services(), request.form, request.files, owner=browser_owner())
+            job = submit(services(), request.form, request.files, owner=browser_owner(), ignore=COMPARE_FIELDS)
     except SubmissionError as err:
         errors: dict[str, str] = {}
         for problem in err.errors:
@@ -105,6 +117,29 @@ def create():
         )
         return page, 503, {"Retry-After": "5"}
     return redirect(url_for("pages.job", job_id=job.id), code=303)
+
+
+def _form_axes(form) -> list:
+    """The form's one or two axes; a second with no values, or no parameter, is left out."""
+    axes = []
+    for n in (1, 2):
+        name, values = form.get(f"axis_{n}_name", "").strip(), form.get(f"axis_{n}_values", "").strip()
+        if n == 2 and not (name and values):
+            continue
+        try:
+            axes.append(axis_from_flag(f"{name}={values}"))
+        except AxisError as err:
+            raise SubmissionError([FieldError("axes", str(err))]) from None
+    return axes
+
+
+@bp.get("/sweeps/<sweep_id>")
+def sweep(sweep_id: str):
+    with services().sessions() as session:
+        found = load_sweep(session, sweep_id)
+        body = sweep_json(found, sweep_cells(session, sweep_id))
+    mine = found.owner is not None and found.owner == browser_owner()
+    return render_template("sweep.html", sweep=body, mine=mine)
 
 
 @bp.get("/jobs/<job_id>")

@@ -17,13 +17,15 @@ from flask import Request
 from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage, MultiDict
 
+from shared.clips import new_clip
 from shared.images import CONTENT_TYPES, ImageError, decode_mask, inspect_image
 from shared.jobs import create_job
 from shared.models import Job, new_job_id
-from shared.params import WEIGHT_CHOICES, StyleParams
+from shared.params import WEIGHT_CHOICES, StyleParams, is_list_field
 from shared.settings import Settings
 from shared.storage import job_key
 from shared.tasks import enqueue_stylize
+from shared.video import ClipError, ClipInfo, is_clip, probe_clip
 
 from .presets import PRESETS, preset_bytes
 from .services import Services
@@ -37,7 +39,7 @@ WEB_DECODE_PIXELS = 1_000_000
 log = logging.getLogger("impasto.web")
 
 # Fields that hold several values: repeated, or one field separated by commas or spaces.
-LIST_FIELDS = {name for name, f in StyleParams.model_fields.items() if "tuple" in str(f.annotation)}
+LIST_FIELDS = {name for name in StyleParams.model_fields if is_list_field(name)}
 FILE_FIELDS = ("content", "style", "style_mask")
 OTHER_FIELDS = ("style_preset", "csrf_token")
 
@@ -171,6 +173,7 @@ class Upload:
     extension: str
     content_type: str
     size: tuple[int, int]  # (width, height), upright
+    clip: ClipInfo | None = None  # a clip's container, frames and rate (shared/video.py)
 
 
 def decode_upload(upload: FileStorage, field: str, settings: Settings) -> Upload:
@@ -180,6 +183,8 @@ def decode_upload(upload: FileStorage, field: str, settings: Settings) -> Upload
     label = f"{field} image"
     if not data:
         raise SubmissionError([FieldError(field, f"the {label} is empty; choose an image file", "invalid_image")])
+    if field == "content" and is_clip(data):
+        return _clip_upload(data, settings)
     try:
         header = inspect_image(
             data, name=f"the {label}", max_pixels=settings.max_pixels, decode_up_to=WEB_DECODE_PIXELS
@@ -190,6 +195,24 @@ def decode_upload(upload: FileStorage, field: str, settings: Settings) -> Upload
     return Upload(data, content_type.removeprefix("image/").replace("jpeg", "jpg"), content_type, header.size)
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A submission that passed every check: its parameters and its images, not yet stored."""
+
+    params: StyleParams
+    images: list[tuple[str, Upload, str]]  # (field, upload, display name), the content first
+    preset: str
+
+
+def _clip_upload(data: bytes, settings: Settings) -> Upload:
+    """A content clip, checked in full (container, codec, frames, pixels, every frame decoded)."""
+    try:
+        info = probe_clip(data, name="the content clip", max_frames=settings.max_frames, max_pixels=settings.max_pixels)
+    except ClipError as err:
+        raise SubmissionError([FieldError("content", str(err), "invalid_clip")]) from None
+    return Upload(data, info.extension.lstrip("."), info.content_type, info.size, info)
+
+
 def submit(
     services: Services,
     form: MultiDict[str, str],
@@ -197,11 +220,72 @@ def submit(
     *,
     owner: str | None = None,
     token_hash: str | None = None,
+    ignore: tuple[str, ...] = (),
 ) -> Job:
     """Check everything, store the inputs, commit the job row (with who owns it and the hash
     of the token that cancels it), then enqueue it. The committed row is the job: a send that
-    fails leaves it queued, and the reconciler sends it once the broker is back."""
+    fails leaves it queued, and the reconciler sends it once the broker is back. `ignore`
+    names form fields that are not the job's (the form's compare settings, when off)."""
+    checked = check_submission(services, form, files, ignore=ignore)
+    job_id = new_job_id()
+    inputs = store_inputs(services, job_id, checked)
+    queue = services.settings.queue_for(checked.params.size)  # small previews may go to the CPU queue
+    clip = checked.images[0][1].clip
+    if clip is not None:
+        return _submit_clip(services, job_id, checked, {**inputs, "clip": clip.as_dict()}, owner, token_hash, queue)
+    with services.sessions() as session:
+        job = create_job(
+            session,
+            job_id=job_id,
+            params=checked.params.model_dump(mode="json"),
+            inputs=inputs,
+            token_hash=token_hash,
+            owner=owner,
+            queue=queue,
+        )
+    send(services, job.id, queue)
+    return job
+
+
+def _submit_clip(
+    services: Services,
+    job_id: str,
+    checked: Checked,
+    inputs: dict[str, Any],
+    owner: str | None,
+    token_hash: str | None,
+    queue: str,
+) -> Job:
+    """A clip: its row and its segments' committed together, then each segment sent."""
     settings = services.settings
+    clip, segments = new_clip(
+        params=checked.params.model_dump(mode="json"),
+        inputs=inputs,
+        frames=inputs["clip"]["frames"],
+        segment_frames=settings.segment_frames,
+        overlap=settings.segment_overlap,
+        job_id=job_id,
+        token_hash=token_hash,
+        owner=owner,
+        queue=queue,
+    )
+    with services.sessions() as session:
+        session.add_all([clip, *segments])
+        session.commit()
+        ids = [segment.id for segment in segments]
+    for segment_id in ids:
+        send(services, segment_id, queue)
+    return clip
+
+
+def check_submission(
+    services: Services, form: MultiDict[str, str], files: MultiDict[str, FileStorage], *, ignore: tuple[str, ...] = ()
+) -> Checked:
+    """The parameters and images of a submission, every problem found raised as one
+    SubmissionError; `ignore` names form fields another caller reads (a sweep's axes)."""
+    settings = services.settings
+    if ignore:
+        form = MultiDict([(k, v) for k, v in form.items(multi=True) if k not in ignore])
     errors: list[FieldError] = []
     params = None
     try:
@@ -277,12 +361,15 @@ def submit(
         raise SubmissionError(errors)
     if preset:
         decoded.insert(1, ("style", Upload(preset_bytes(preset), "jpg", "image/jpeg", (0, 0)), PRESETS[preset].title))
+    return Checked(params, decoded, preset)
 
-    job_id = new_job_id()
-    inputs: dict[str, Any] = {"content": None, "styles": [], "style_preset": preset or None}
-    if masks:
+
+def store_inputs(services: Services, job_id: str, checked: Checked) -> dict[str, Any]:
+    """Store the job's images under its own keys; the `inputs` of its row."""
+    inputs: dict[str, Any] = {"content": None, "styles": [], "style_preset": checked.preset or None}
+    if any(field == "style_mask" for field, _, _ in checked.images):
         inputs["style_masks"] = []
-    for index, (field, upload, name) in enumerate(decoded):
+    for index, (field, upload, name) in enumerate(checked.images):
         key = job_key(job_id, f"inputs/{index}-{field}.{upload.extension}")  # generated, never the upload's name
         services.storage.put(key, upload.data, upload.content_type)
         item = {"key": key, "name": _display_name(name), "content_type": upload.content_type}
@@ -290,24 +377,17 @@ def submit(
             inputs["content"] = item
         else:
             inputs["styles" if field == "style" else "style_masks"].append(item)
-    queue = settings.queue_for(params.size)  # small previews may go to the CPU queue
-    with services.sessions() as session:
-        job = create_job(
-            session,
-            job_id=job_id,
-            params=params.model_dump(mode="json"),
-            inputs=inputs,
-            token_hash=token_hash,
-            owner=owner,
-            queue=queue,
-        )
+    return inputs
+
+
+def send(services: Services, job_id: str, queue: str) -> None:
+    """Send a committed job to its queue; a failed send is logged and left to the reconciler."""
     try:
-        enqueue_stylize(services.celery, job.id, queue)
+        enqueue_stylize(services.celery, job_id, queue)
     except Exception as err:  # kombu's connection errors have no common base worth naming
         # The broker is a delivery hint: the job stays queued, and the reconciler sends a queued
         # job the broker does not hold once IMPASTO_ENQUEUE_GRACE has passed since this attempt.
-        log.warning("job=%s event=enqueue-failed queue=%s error=%r; the reconciler sends it later", job.id, queue, err)
-    return job
+        log.warning("job=%s event=enqueue-failed queue=%s error=%r; the reconciler sends it later", job_id, queue, err)
 
 
 def decode_mask_upload(upload: FileStorage, index: int, settings: Settings) -> Upload:

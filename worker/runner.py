@@ -23,8 +23,9 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import database_unreachable, describe_error
-from shared.flags import describe_error as describe_invalid
+from shared.clips import SEGMENT, settle_clip
+from shared.db import database_unreachable, describe_db_error
+from shared.flags import describe_invalid
 from shared.images import ImageError, decode_image, decode_mask
 from shared.jobs import (
     JobError,
@@ -42,6 +43,7 @@ from shared.models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, utc
 from shared.params import WEIGHT_CHOICES, StyleParams
 from shared.settings import Settings
 from shared.storage import MissingObject, Storage, job_key
+from worker.clips import run_segment
 
 log = logging.getLogger("impasto.worker")
 
@@ -167,7 +169,15 @@ class JobRunner:
         failed: JobError | None = None
         status: str | None = None
         try:
-            status = self._run(job_id, worker, number, _params(job.params), job.inputs, should_abort, lease, deadline)
+            if job.kind == SEGMENT:  # a run of a clip's frames (worker/clips.py)
+                status = run_segment(
+                    self, job_id, worker, number, _params(job.params), job.inputs, job.parent_id or "",
+                    should_abort, lease, deadline, job.iteration,
+                )  # fmt: skip
+            else:
+                status = self._run(
+                    job_id, worker, number, _params(job.params), job.inputs, should_abort, lease, deadline
+                )
         except JobFailed as failure:
             if self._finish(job_id, worker, number, FAILED, error=failure.error):
                 log.warning("job=%s event=failed code=%s message=%r", job_id, failure.error.code, str(failure))
@@ -181,7 +191,7 @@ class JobRunner:
                     "job=%s event=abandoned reason=database-unreachable error=%r; the job goes on from its "
                     "latest snapshot once its lease expires",
                     job_id,
-                    describe_error(err),
+                    describe_db_error(err),
                 )
                 return None
             code, message = _classify(err)
@@ -200,6 +210,8 @@ class JobRunner:
         finally:
             lease.stop()
             self._now_running(None)
+            if job.parent_id is not None:  # the clip's status follows its segments'
+                self._db(lambda session: settle_clip(session, job.parent_id), job_id)
         if failed is not None:
             if failed.code == "out_of_memory":  # now that the failed job's frames are gone
                 _release_gpu_memory()
@@ -256,6 +268,8 @@ class JobRunner:
         # The time limit is kept here, between iterations; Celery's limits only back it up.
         timed_out = lambda: time.monotonic() > deadline  # noqa: E731
         result = None
+        targets = self.targets_cache()
+        reused, computed = targets.hits, targets.misses
         try:
             for event in stylize(
                 content,
@@ -264,7 +278,7 @@ class JobRunner:
                 device=device,
                 weights=weights,
                 resume=resume,
-                targets_cache=self.targets_cache(),
+                targets_cache=targets,
                 style_masks=masks,
                 should_stop=lambda: progress.cancel_requested or lease.lost or should_abort() or timed_out(),
             ):
@@ -281,6 +295,13 @@ class JobRunner:
                 "out_of_memory", f"the GPU ran out of memory at size {params.size}; submit again with a smaller size"
             ) from None
         assert result is not None
+        # A sweep's cells share their style targets when they run on the same worker process.
+        log.info(
+            "job=%s event=style-targets computed=%d reused=%d",
+            job_id,
+            targets.misses - computed,
+            targets.hits - reused,
+        )
         if lease.lost:  # the lease expired and the job went to another attempt: leave it be
             return self._lease_lost(job_id, worker, number, "run")
         if result.canceled and should_abort() and not progress.cancel_requested:
@@ -374,7 +395,7 @@ class JobRunner:
                 wait = DB_RETRY_WAITS_S[min(attempt, len(DB_RETRY_WAITS_S) - 1)]
                 if not database_unreachable(err) or time.monotonic() + wait > deadline:
                     raise
-                log.warning("job=%s event=db-retry attempt=%d error=%r", job_id, attempt + 1, describe_error(err))
+                log.warning("job=%s event=db-retry attempt=%d error=%r", job_id, attempt + 1, describe_db_error(err))
                 time.sleep(wait)
         raise AssertionError("unreachable")
 

@@ -58,6 +58,9 @@
   let pinned = null; // the iteration of a snapshot the reader chose to look at, or null
 
   const isFinal = (j) => FINAL.includes(j.status);
+  // A clip's progress and strip count frames; an image's, iterations.
+  const unit = job.kind === "clip" ? "frame" : "iteration";
+  const Unit = unit[0].toUpperCase() + unit.slice(1);
 
   // --- formatting -------------------------------------------------------------------------
 
@@ -87,7 +90,7 @@
 
   function progressText(j) {
     const p = j.progress || {};
-    let text = (p.iteration || 0) + " / " + (p.iterations || 0) + " iterations";
+    let text = (p.iteration || 0) + " / " + (p.iterations || 0) + " " + unit + "s";
     if (j.status === "running" && typeof p.eta_seconds === "number") {
       text += ", about " + duration(p.eta_seconds) + " left";
     } else if (j.status === "succeeded" && j.started_at && j.finished_at) {
@@ -178,7 +181,7 @@
       button.type = "button";
       button.className = "snapshot-button";
       button.dataset.iteration = String(s.iteration);
-      button.setAttribute("aria-label", "Show iteration " + s.iteration);
+      button.setAttribute("aria-label", "Show " + unit + " " + s.iteration);
       const img = document.createElement("img");
       img.className = "snapshot";
       img.dataset.iteration = String(s.iteration);
@@ -200,7 +203,8 @@
 
   function renderStage(j) {
     const items = (j.snapshots || []).slice().sort((a, b) => a.iteration - b.iteration);
-    const latest = items[items.length - 1];
+    const newest = j.clip && j.clip.latest_frame_url; // a clip's frames are painted out of order
+    const latest = (newest && items.find((s) => newest.endsWith("/frames/" + s.iteration + ".png"))) || items[items.length - 1];
     const chosen = pinned === null ? null : items.find((s) => s.iteration === pinned);
     const total = (j.progress || {}).iterations;
 
@@ -218,20 +222,21 @@
     const showSnapshot = (snapshot, alt) => {
       setSrc(el.latest, snapshot.url);
       el.latest.alt = alt + snapshot.iteration;
-      el.caption.textContent = "Iteration " + snapshot.iteration + " of " + total;
+      el.caption.textContent = Unit + " " + snapshot.iteration + " of " + total;
       show(el.latest, true);
       show(el.output, false);
       show(el.stageEmpty, false);
     };
     if (chosen) {
-      showSnapshot(chosen, "The snapshot at iteration ");
+      showSnapshot(chosen, "The snapshot at " + unit + " ");
     } else if (j.output_url) {
-      el.caption.textContent = j.status === "succeeded" ? "The finished picture" : "The picture so far";
+      const what = j.kind === "clip" ? "clip" : "picture";
+      el.caption.textContent = j.status === "succeeded" ? "The finished " + what : "The " + what + " so far";
       show(el.output, true);
       show(el.latest, false);
       show(el.stageEmpty, false);
     } else if (latest) {
-      showSnapshot(latest, "The latest snapshot, at iteration ");
+      showSnapshot(latest, "The latest snapshot, at " + unit + " ");
     } else {
       el.caption.textContent = "";
       el.stageEmpty.textContent =

@@ -4,6 +4,7 @@ from .errors import EngineError, WeightsError
 from .events import Event, Losses, Progress, Result, Resume, Snapshot
 from .objective import PRECISIONS, StyleObjective, resolve_precision
 from .optimize import resolve_device, stylize
+from .targets import TargetCache
 from .vgg import LAYER_NAMES, LoadedWeights, VGGFeatures, load_weights
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "Resume",
     "Snapshot",
     "StyleObjective",
+    "TargetCache",
     "VGGFeatures",
     "WeightsError",
     "load_weights",

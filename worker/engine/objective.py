@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -63,16 +63,19 @@ class StyleObjective:
         network: NetworkKey | None = None,
         precision: str = "fp32",
         style_masks: Sequence[torch.Tensor] | None = None,
+        extra: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         """`targets_cache` with `network` (what `net` was built from) reuses style Gram matrices.
         `style_masks` (one (1, 1, H, W) per style, at the image's size) makes the style losses
-        regional (masks.GuidedStyleLoss) instead of one loss against the blended Gram matrices."""
+        regional (masks.GuidedStyleLoss) instead of one loss against the blended Gram matrices.
+        `extra` is a weighted term of the image added to the tv loss (a video frame's temporal loss)."""
         self.net = net
         self.precision = precision
         self.device = content.device
         self.content_weight = params.content_weight
         self.style_weight = params.style_weight
         self.tv_weight = params.tv_weight
+        self.extra = extra
         total = sum(params.style_layer_weights)
         self.layer_weights = {n: w / total for n, w in zip(params.style_layers, params.style_layer_weights)}
         with torch.no_grad():
@@ -110,7 +113,10 @@ class StyleObjective:
                 self.layer_weights[n] * style_loss(features[n], t, self.style_norms[n])
                 for n, t in self.style_targets.items()
             )
-        return (self.content_weight * content, self.style_weight * style, self.tv_weight * tv_loss(image))
+        smooth = self.tv_weight * tv_loss(image)
+        if self.extra is not None:
+            smooth = smooth + self.extra(image)
+        return (self.content_weight * content, self.style_weight * style, smooth)
 
     @property
     def loss_scale(self) -> float:

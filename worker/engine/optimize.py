@@ -9,6 +9,7 @@ own all of that.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,6 +47,16 @@ FINAL_SCALE_SHARE = 0.75
 CARRY_HISTORY = True
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """The optimizer's own settings, fixed by measurement rather than asked of a user;
+    bench/quality.py passes others to compare."""
+
+    final_scale_share: float = FINAL_SCALE_SHARE
+    lbfgs_history: int = LBFGS_HISTORY
+    carry_history: bool = CARRY_HISTORY
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto' (or None) picks the GPU when there is one; 'cuda' without one is an error."""
     if isinstance(device, torch.device):
@@ -81,12 +92,12 @@ def scale_sizes(content_size: tuple[int, int], size: int, scales: int, min_side:
     return sizes
 
 
-def split_iterations(iterations: int, scales: int) -> list[int]:
-    """The budget per scale: FINAL_SCALE_SHARE to the last, the rest spread evenly over the
+def split_iterations(iterations: int, scales: int, final_share: float = FINAL_SCALE_SHARE) -> list[int]:
+    """The budget per scale: `final_share` to the last, the rest spread evenly over the
     coarser ones (their remainder to the finer of them)."""
     if scales == 1:
         return [iterations]
-    coarse = int(iterations * (1 - FINAL_SCALE_SHARE))
+    coarse = int(iterations * (1 - final_share))
     base, extra = divmod(coarse, scales - 1)
     return [*(base + (1 if i >= scales - 1 - extra else 0) for i in range(scales - 1)), iterations - coarse]
 
@@ -101,7 +112,10 @@ def stylize(
     should_stop: Callable[[], bool] | None = None,
     resume: Resume | None = None,
     targets_cache: TargetCache | None = None,
+    tuning: Tuning = Tuning(),
     style_masks: Sequence[Image.Image | None] | None = None,
+    init: Image.Image | None = None,
+    extra_loss: Callable[[tuple[int, int], torch.device], Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> Iterator[Event]:
     """Paint `content` in the style of `styles` as `params` (a shared.params.StyleParams) say.
 
@@ -111,6 +125,9 @@ def stylize(
     style targets for the next run with the same style (a worker keeps one per process).
     `style_masks`, one per style (a single-channel image, or None for everywhere), confine
     each style to its region of the output (see masks.py).
+    `init` replaces params.init as the first scale's start (a video frame starts from the
+    previous output, warped); `extra_loss(dims, device)` gives a term added to the tv loss
+    at each scale (a video frame's temporal loss, worker/engine/temporal.py).
     """
     styles = list(styles)
     if not styles:
@@ -143,7 +160,7 @@ def stylize(
         styles = [to_pil(match_color(to_tensor(s, _shrunk(s.size, largest)), reference)) for s in styles]
     generator = torch.Generator().manual_seed(params.seed)
 
-    budgets = split_iterations(params.iterations, len(sizes))
+    budgets = split_iterations(params.iterations, len(sizes), tuning.final_scale_share)
     total_iterations = sum(budgets)
     iteration = 0
     if resume is not None:
@@ -194,6 +211,7 @@ def stylize(
             network=network,
             precision=precision,
             style_masks=None if masks is None else [mask_tensor(m, dims).to(dev) for m in masks],
+            extra=extra_loss(dims, dev) if extra_loss is not None else None,
         )
 
         if resumed_here:
@@ -202,13 +220,16 @@ def stylize(
             start = rgb_to_yiq(start)[:, :1] if luminance_only else start
         elif best is not None:
             start = F.interpolate(best, size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
+        elif init is not None:
+            start = to_tensor(init, dims).to(dev)
+            start = rgb_to_yiq(start)[:, :1] if luminance_only else start
         elif params.init == "content":
             start = content_t
         elif params.init == "style":
             start = F.interpolate(style_ts[0], size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
         else:
             start = torch.rand(content_t.shape, generator=generator).to(dev)
-        optimizer = _optimizer(Descent(objective, render), start, params, dims, optimizer)
+        optimizer = _optimizer(Descent(objective, render), start, params, dims, optimizer, tuning)
         initial_losses = initial_losses or optimizer.losses
         for _ in range(budget):
             if should_stop is not None and should_stop():
@@ -241,13 +262,16 @@ def _optimizer(
     params: Any,
     dims: tuple[int, int],
     previous: ProjectedLBFGS | ProjectedAdam | None,
+    tuning: Tuning,
 ) -> ProjectedLBFGS | ProjectedAdam:
     """The optimizer of one scale; an L-BFGS takes over the previous scale's curvature memory."""
     if params.optimizer == "adam":
         return ProjectedAdam(descent, start, params.learning_rate)
-    history = LBFGS_HISTORY if dims[0] * dims[1] <= LARGE_IMAGE_PIXELS else LBFGS_HISTORY_LARGE
+    history = tuning.lbfgs_history
+    if dims[0] * dims[1] > LARGE_IMAGE_PIXELS:
+        history = min(history, LBFGS_HISTORY_LARGE)
     optimizer = ProjectedLBFGS(descent, start, history, params.learning_rate)
-    if CARRY_HISTORY and isinstance(previous, ProjectedLBFGS):
+    if tuning.carry_history and isinstance(previous, ProjectedLBFGS):
         optimizer.take_memory(previous)
     return optimizer
 
