@@ -1,11 +1,12 @@
 """Helpers more than one test module uses: images as bytes, requests to the web app, a job
-put straight into a runner's database."""
+put straight into a runner's database, and the pictures of the style-mask tests."""
 
 from __future__ import annotations
 
 import io
 import re
 
+import numpy as np
 from PIL import Image
 
 from shared.jobs import create_job
@@ -69,3 +70,33 @@ def queue_job(runner, content: bytes | None = None, style: bytes | None = None, 
     settings = {"size": 48, "iterations": 8, "snapshot_every": 2, "weights": "random", **params}
     with runner.sessions() as session:
         return create_job(session, params=StyleParams(**settings).model_dump(mode="json"), inputs=inputs).id
+
+
+# The style masks' tests (test_masks.py, test_browser_masks.py): a plain grey photo, a red
+# style and a blue one, and masks for the left and right halves.
+
+
+def texture(first: tuple[float, ...], second: tuple[float, ...], seed: int) -> Image.Image:
+    """A 64 px busy texture swinging between two colours, with noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:64, 0:64] / 6.0
+    wave = (np.sin(x + 2 * np.sin(y)) * 0.5 + 0.5)[..., None]
+    rgb = np.array(first) * wave + np.array(second) * (1 - wave) + rng.normal(0, 0.04, (64, 64, 3))
+    return Image.fromarray((rgb.clip(0, 1) * 255).astype(np.uint8), "RGB")
+
+
+RED = texture((0.9, 0.2, 0.1), (0.7, 0.4, 0.1), 1)
+BLUE = texture((0.1, 0.3, 0.9), (0.1, 0.6, 0.7), 2)
+GREY = Image.new("RGB", (64, 48), (128, 128, 128))
+
+
+def half_masks(width: int = 64, height: int = 48) -> tuple[Image.Image, Image.Image]:
+    """(left half white, right half white) as L images."""
+    left = np.zeros((height, width), np.uint8)
+    left[:, : width // 2] = 255
+    return Image.fromarray(left, "L"), Image.fromarray(255 - left, "L")
+
+
+def mean_colour(image: Image.Image, columns: slice) -> np.ndarray:
+    """The mean RGB, in [0, 1], of `columns` of the image."""
+    return (np.asarray(image, dtype=float)[:, columns] / 255).reshape(-1, 3).mean(axis=0)

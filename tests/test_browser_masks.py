@@ -16,8 +16,8 @@ import requests
 from PIL import Image
 from playwright.sync_api import Page, expect
 
+from tests.helpers import BLUE, GREY, RED, encode, half_masks, mean_colour
 from tests.servers import wait_for_status
-from tests.test_masks import BLUE, GREY, RED, half_masks, mean_colour, png
 
 JOB = {"size": "64", "iterations": "30", "scales": "1", "weights": "random"}
 JOB_TIMEOUT_S = 150  # a cold worker imports torch and builds VGG-19 first
@@ -42,10 +42,10 @@ def fetch_image(url: str) -> Image.Image:
 def post_job(server: str, masks: list[Image.Image]) -> requests.Response:
     """A grey photo, a red style then a blue one, with `masks` as their style_mask files."""
     files = [
-        ("content", ("grey.png", png(GREY), "image/png")),
-        ("style", ("red.png", png(RED), "image/png")),
-        ("style", ("blue.png", png(BLUE), "image/png")),
-        *(("style_mask", (f"mask{i}.png", png(mask), "image/png")) for i, mask in enumerate(masks)),
+        ("content", ("grey.png", encode(GREY), "image/png")),
+        ("style", ("red.png", encode(RED), "image/png")),
+        ("style", ("blue.png", encode(BLUE), "image/png")),
+        *(("style_mask", (f"mask{i}.png", encode(mask), "image/png")) for i, mask in enumerate(masks)),
     ]
     return requests.post(f"{server}/api/v1/jobs", files=files, data=JOB, timeout=30)
 
@@ -58,7 +58,7 @@ def test_the_api_takes_one_mask_per_style_end_to_end(server):
     assert job["status"] == "succeeded", job
     assert_halves_follow(fetch_image(server + job["output_url"]), RED, BLUE)
     for url, sent in zip(job["style_masks"], (left, right)):
-        assert requests.get(server + url, timeout=10).content == png(sent)
+        assert requests.get(server + url, timeout=10).content == encode(sent)
 
 
 def test_the_api_refuses_a_colour_mask_naming_the_field(server):
@@ -132,7 +132,15 @@ def test_paint_two_regions_and_the_picture_follows_them(page: Page, problems: li
     page.locator("#brush-size").fill("14")
     page.locator("#brush-canvas").scroll_into_view_if_needed()
 
-    paint_with_the_mouse(page, rows(4, 26))  # style 1, red: the left half
+    page.click("#brush-fill")
+    expect(page.locator("#brush-status")).to_contain_text("Painted regions for 1 of 2 styles")
+    page.click("#brush-clear")
+    expect(page.locator("#brush-status")).to_contain_text("Nothing painted")
+
+    paint_with_the_mouse(page, [*rows(4, 26), (40, 20, 60, 28)])  # style 1, red: the left half, and a slip
+    page.check("#brush-eraser")
+    paint_with_the_mouse(page, rows(34, 64))  # the slip rubbed out
+    page.uncheck("#brush-eraser")
     page.check("#brush-style-1")
     paint_with_a_finger(page, rows(38, 60))  # style 2, blue: the right half
     expect(page.locator("#brush-status")).to_contain_text("Painted regions for 2 of 2 styles.")

@@ -13,38 +13,14 @@ from PIL import Image
 
 from shared.images import ImageError, decode_mask
 from shared.params import StyleParams
+from tests.helpers import BLUE, GREY, RED, encode, form_token, half_masks, mean_colour
 from worker.engine import EngineError, Progress, Result, Resume, StyleObjective, VGGFeatures, stylize
 from worker.engine.images import to_tensor
 from worker.engine.losses import gram_matrix
 from worker.engine.masks import guided_gram, mask_tensor
 from worker.engine.targets import NetworkKey, TargetCache
 
-WIDTH, HEIGHT = 64, 48
-
-
-def texture(first, second, seed):
-    """A 64 px busy texture swinging between two colours, with noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:64, 0:64] / 6.0
-    wave = (np.sin(x + 2 * np.sin(y)) * 0.5 + 0.5)[..., None]
-    rgb = np.array(first) * wave + np.array(second) * (1 - wave) + rng.normal(0, 0.04, (64, 64, 3))
-    return Image.fromarray((rgb.clip(0, 1) * 255).astype(np.uint8), "RGB")
-
-
-RED = texture((0.9, 0.2, 0.1), (0.7, 0.4, 0.1), 1)
-BLUE = texture((0.1, 0.3, 0.9), (0.1, 0.6, 0.7), 2)
-GREY = Image.new("RGB", (WIDTH, HEIGHT), (128, 128, 128))
-
-
-def half_masks(width=WIDTH, height=HEIGHT):
-    """(left half white, right half white) as L images."""
-    left = np.zeros((height, width), np.uint8)
-    left[:, : width // 2] = 255
-    return Image.fromarray(left, "L"), Image.fromarray(255 - left, "L")
-
-
-def mean_colour(image, columns):
-    return (np.asarray(image, dtype=float)[:, columns] / 255).reshape(-1, 3).mean(axis=0)
+WIDTH, HEIGHT = GREY.size
 
 
 def run(content, styles, weights, masks=None, resume=None, cache=None, **options):
@@ -249,12 +225,6 @@ def test_a_colour_mask_is_refused_by_the_engine(random_weights):
         run(GREY, [RED, BLUE], random_weights, [half_masks()[0], RED])
 
 
-def png(image):
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize(
     "image, value",
     [
@@ -270,16 +240,16 @@ def png(image):
     ids=lambda v: v.mode if isinstance(v, Image.Image) else str(v),
 )
 def test_grey_scale_convertible_masks_decode_to_one_channel(image, value):
-    mask = decode_mask(png(image), name="style_mask[1]")
+    mask = decode_mask(encode(image), name="style_mask[1]")
     assert mask.mode == "L" and mask.size == (4, 4) and mask.getpixel((0, 0)) == value
 
 
 @pytest.mark.parametrize(
     "data, message",
     [
-        (png(RED), "style_mask\\[1\\] is in colour; a mask is grey-scale"),
+        (encode(RED), "style_mask\\[1\\] is in colour; a mask is grey-scale"),
         (b"not an image", "style_mask\\[1\\] is not an image that can be read"),
-        (png(RED.convert("L"))[:2000], "style_mask\\[1\\] is truncated or corrupt"),
+        (encode(RED.convert("L"))[:2000], "style_mask\\[1\\] is truncated or corrupt"),
     ],
     ids=["colour", "not-an-image", "truncated"],
 )
@@ -352,22 +322,12 @@ def test_the_command_line_refuses_bad_masks_in_one_line(files, tmp_path, masks, 
 # --------------------------------------------------------------------------- the API (Flask's test client)
 
 
-@pytest.fixture
-def client(make_settings):
-    from shared.migrate import upgrade
-    from web.app import create_app
-
-    settings = make_settings(IMPASTO_MAX_STYLES=3)
-    upgrade(settings.database_url)
-    return create_app(settings).test_client()
-
-
 def submit_with_masks(client, masks, styles=(RED, BLUE), **fields):
     data = {
-        "content": (io.BytesIO(png(GREY)), "grey.png"),
-        "style": [(io.BytesIO(png(s)), f"style{i}.png") for i, s in enumerate(styles)],
+        "content": (io.BytesIO(encode(GREY)), "grey.png"),
+        "style": [(io.BytesIO(encode(s)), f"style{i}.png") for i, s in enumerate(styles)],
         "style_mask": [
-            (io.BytesIO(m if isinstance(m, bytes) else png(m)), f"mask{i}.png") for i, m in enumerate(masks)
+            (io.BytesIO(m if isinstance(m, bytes) else encode(m)), f"mask{i}.png") for i, m in enumerate(masks)
         ],
         "size": "64",
         "iterations": "4",
@@ -387,7 +347,7 @@ def test_the_api_stores_the_masks_with_the_inputs(client):
     assert len(job["inputs"]) == 3 and len(job["style_masks"]) == 2
     for url, sent in zip(job["style_masks"], (left, right)):
         stored = client.get(url)
-        assert stored.status_code == 200 and stored.data == png(sent)
+        assert stored.status_code == 200 and stored.data == encode(sent)
     assert client.get(job["url"]).status_code == 200
     page = client.get(job["url"]).get_data(as_text=True)
     for index, url in enumerate(job["style_masks"], start=1):
@@ -432,13 +392,11 @@ def test_the_openapi_document_describes_style_mask(client):
 
 
 def test_the_form_shows_a_bad_mask_beside_its_field(client):
-    import re
-
-    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").get_data(as_text=True)).group(1)
+    token = form_token(client)
     data = {
-        "content": (io.BytesIO(png(GREY)), "grey.png"),
+        "content": (io.BytesIO(encode(GREY)), "grey.png"),
         "style_preset": "starry_night",
-        "style_mask": (io.BytesIO(png(RED)), "red.png"),
+        "style_mask": (io.BytesIO(encode(RED)), "red.png"),
         "csrf_token": token,
     }
     answer = client.post("/jobs", data=data, content_type="multipart/form-data")
