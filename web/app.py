@@ -55,9 +55,9 @@ def create_app(
     services = services or Services.from_settings(settings)
     init_services(app, services)
 
-    from . import api, metrics, pages, sweeps
+    from . import api, images, metrics, pages, sweeps
 
-    csp = _content_security_policy(api.redirect_storage(services), services.settings.s3_public_endpoint_url)
+    csp = _content_security_policy(images.redirect_storage(services), services.settings.s3_public_endpoint_url)
 
     app.register_blueprint(api.bp)
     app.register_blueprint(sweeps.bp)
