@@ -30,9 +30,10 @@ from .access import (
     may_change,
     submission_limit,
 )
+from .forms import SubmissionError, check_form_read
 from .openapi import openapi_document
 from .services import services
-from .submit import SubmissionError, check_form_read, submit
+from .submit import submit
 from .views import job_json, load_job, position
 
 bp = Blueprint("api", __name__)

@@ -15,9 +15,9 @@ from shared.db import database_unreachable, describe_db_error
 from shared.settings import Settings, load_settings
 from shared.storage import S3Storage, StorageError
 
+from .forms import FormRequest
 from .presets import PRESETS
 from .services import Services, init_services
-from .submit import FormRequest
 
 log = logging.getLogger("impasto.web")
 

@@ -21,9 +21,10 @@ from .access import (
     remember_browser,
     submission_limit,
 )
+from .forms import FieldError, SubmissionError, check_form_read
 from .presets import PRESETS
 from .services import services
-from .submit import FieldError, SubmissionError, check_form_read, submit
+from .submit import submit
 from .sweeps import counted_jobs, load_sweep, submit_sweep, sweep_cells, sweep_json
 from .views import job_json, load_job, position
 
