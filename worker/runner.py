@@ -95,7 +95,7 @@ class JobRunner:
 
     def run(self, job_id: str, should_abort: Callable[[], bool] = lambda: False) -> str | None:
         """Run the job if it is still queued; returns its final status, or None if someone
-        else had it."""
+        else had it (or has it now)."""
         worker = worker_name()
         if should_abort():  # this worker is stopping: leave the job to another
             if self.requeue is not None:
@@ -105,68 +105,80 @@ class JobRunner:
         if job is None:
             log.info("job=%s event=skipped reason=not-queued", job_id)
             return None
-        log.info("job=%s event=started worker=%s attempt=%d", job_id, worker, job.attempts)
-        number = job.attempts
+        return self._attempt(job, worker, should_abort)
+
+    def _attempt(self, job: Job, worker: str, should_abort: Callable[[], bool]) -> str | None:
+        """One attempt at a claimed job, under its lease; its status, or None once the job is
+        another attempt's or the database cannot record the end."""
+        job_id, number = job.id, job.attempts
+        log.info("job=%s event=started worker=%s attempt=%d", job_id, worker, number)
         attempt = Attempt(job_id, job.queue or self.settings.gpu_queue, number)
         self._now_running(attempt)
-        started = attempt.started
         # The time limit counts from the claim, as Celery's backstop limits do from the task's start.
         deadline = time.monotonic() + self.settings.job_time_limit
         lease = Lease(self, job_id, worker, number)
         lease.start()
-        failed: JobError | None = None
-        status: str | None = None
+        failure: str | None = None  # the code of a failure already logged
         try:
-            if job.kind == SEGMENT:  # a run of a clip's frames (worker/clips.py)
-                status = run_segment(
-                    self, job_id, worker, number, params_of(job.params), job.inputs, job.parent_id or "",
-                    should_abort, lease, deadline, job.iteration,
-                )  # fmt: skip
-            else:
-                status = self._run(
-                    job_id, worker, number, params_of(job.params), job.inputs, should_abort, lease, deadline
-                )
-        except JobFailed as failure:
-            if self.finish(job_id, worker, number, FAILED, error=failure.error):
-                log.warning("job=%s event=failed code=%s message=%r", job_id, failure.error.code, str(failure))
-                failed = failure.error
+            status = self._work(job, worker, number, should_abort, lease, deadline)
+        except JobFailed as failed:
+            status = self._failed(job_id, worker, number, failed)
+            failure = failed.error.code
         except (SystemExit, KeyboardInterrupt):
             self.hand_back(job_id, worker, number)
             raise
         except BaseException as err:
-            if database_unreachable(err):  # for longer than settings.db_retry: nothing can be recorded
-                log.error(
-                    "job=%s event=abandoned reason=database-unreachable error=%r; the job goes on from its "
-                    "latest snapshot once its lease expires",
-                    job_id,
-                    describe_db_error(err),
-                )
-                return None
-            code, message = classify(err)
-            self.finish(job_id, worker, number, FAILED, error=JobError(code, message))
-            log.exception("job=%s event=failed code=%s", job_id, code)
-            if code in ("timeout", "out_of_memory"):
-                # Celery's backstop limit interrupted torch from a signal handler, or an allocation
-                # failed somewhere inside torch's native code: this process may be left unusable
-                # (a half-built oneDNN primitive, a fragmented heap), so it ends and the pool
-                # starts a fresh one for the next job.
-                log.warning("job=%s event=process-recycled reason=%s", job_id, code)
-                raise SystemExit(1) from err
-            if code == "internal_error" or not isinstance(err, Exception):
-                raise  # a bug: logged with its traceback, recorded, not swallowed
-            return FAILED
+            status, failure = self._crashed(job_id, worker, number, err), "crashed"
         finally:
             lease.stop()
             self._now_running(None)
             if job.parent_id is not None:  # the clip's status follows its segments'
                 self.db(lambda session: settle_clip(session, job.parent_id), job_id)
-        if failed is not None:
-            if failed.code == "out_of_memory":  # now that the failed job's frames are gone
-                release_gpu_memory()
-            return FAILED
-        if status is not None:
-            log.info("job=%s event=%s seconds=%.2f", job_id, status, time.perf_counter() - started)
+        if failure == "out_of_memory" and status == FAILED:  # now that the failed job's frames are gone
+            release_gpu_memory()
+        elif failure is None and status is not None:
+            log.info("job=%s event=%s seconds=%.2f", job_id, status, time.perf_counter() - attempt.started)
         return status
+
+    def _work(self, job: Job, worker: str, number: int, should_abort, lease: Lease, deadline: float) -> str | None:
+        if job.kind == SEGMENT:  # a run of a clip's frames (worker/clips.py)
+            return run_segment(
+                self, job.id, worker, number, params_of(job.params), job.inputs, job.parent_id or "",
+                should_abort, lease, deadline, job.iteration,
+            )  # fmt: skip
+        return self._run(job.id, worker, number, params_of(job.params), job.inputs, should_abort, lease, deadline)
+
+    def _failed(self, job_id: str, worker: str, number: int, failed: JobFailed) -> str | None:
+        """A failure the runner expected by name: recorded with its code; None if refused."""
+        if not self.finish(job_id, worker, number, FAILED, error=failed.error):
+            return None
+        log.warning("job=%s event=failed code=%s message=%r", job_id, failed.error.code, str(failed))
+        return FAILED
+
+    def _crashed(self, job_id: str, worker: str, number: int, err: BaseException) -> str | None:
+        """A failure nobody expected: recorded as classified; raised again when it is a bug or
+        has left this process unusable."""
+        if database_unreachable(err):  # for longer than settings.db_retry: nothing can be recorded
+            log.error(
+                "job=%s event=abandoned reason=database-unreachable error=%r; the job goes on from its "
+                "latest snapshot once its lease expires",
+                job_id,
+                describe_db_error(err),
+            )
+            return None
+        code, message = classify(err)
+        self.finish(job_id, worker, number, FAILED, error=JobError(code, message))
+        log.exception("job=%s event=failed code=%s", job_id, code)
+        if code in ("timeout", "out_of_memory"):
+            # Celery's backstop limit interrupted torch from a signal handler, or an allocation
+            # failed somewhere inside torch's native code: this process may be left unusable
+            # (a half-built oneDNN primitive, a fragmented heap), so it ends and the pool
+            # starts a fresh one for the next job.
+            log.warning("job=%s event=process-recycled reason=%s", job_id, code)
+            raise SystemExit(1) from err
+        if code == "internal_error" or not isinstance(err, Exception):
+            raise err  # a bug: logged with its traceback, recorded, not swallowed
+        return FAILED
 
     @staticmethod
     def _claim(session: Session, job_id: str, worker: str) -> Job | None:
