@@ -383,6 +383,23 @@ def test_bad_masks_are_a_422_naming_the_field(client, masks, message):
     assert error["field"] == "style_mask" and message in error["message"], error
 
 
+def test_masks_for_a_clip_are_refused(client):
+    frames = [Image.new("RGB", (64, 48), (40 * i, 90, 120)) for i in range(3)]
+    clip = io.BytesIO()
+    frames[0].save(clip, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    data = {
+        "content": (io.BytesIO(clip.getvalue()), "clip.gif"),
+        "style_preset": "starry_night",
+        "style_mask": (io.BytesIO(encode(half_masks()[0])), "left.png"),
+        "size": "64",
+        "weights": "random",
+    }
+    answer = client.post("/api/v1/jobs", data=data, content_type="multipart/form-data")
+    assert answer.status_code == 422, answer.get_json()
+    error = answer.get_json()["error"]
+    assert error["field"] == "style_mask" and "not to a clip" in error["message"]
+
+
 def test_the_openapi_document_describes_style_mask(client):
     document = client.get("/api/v1/openapi.json").get_json()
     form = document["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
