@@ -16,7 +16,9 @@ from shared.models import Job
 from shared.storage import LocalStorage
 from tests.conftest import PHOTO
 from tests.helpers import queue_job
-from worker.runner import EtaEstimate, JobRunner, _classify
+from worker.failures import classify
+from worker.lease import EtaEstimate
+from worker.runner import JobRunner
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def test_a_cancel_stops_the_job_between_iterations(runner, monkeypatch):
                 request_cancel(session, job_id)
         return False
 
-    monkeypatch.setattr("worker.runner.PROGRESS_INTERVAL_S", 0.0)  # read the flag at every iteration
+    monkeypatch.setattr("worker.lease.PROGRESS_INTERVAL_S", 0.0)  # read the flag at every iteration
     assert runner.run(job_id, should_abort=cancel_after_a_few) == "canceled"
     job = row(runner, job_id)
     assert job.status == "canceled" and 1 <= job.iteration < 10 and job.output_key
@@ -172,7 +174,7 @@ def test_a_missing_snapshot_means_starting_afresh_not_failing(runner, caplog):
 
 
 def test_the_lease_is_renewed_and_a_worker_that_lost_the_job_notices(runner):
-    from worker.runner import _Lease
+    from worker.lease import Lease
 
     job_id = queue_job(runner)
     with runner.sessions() as session:
@@ -180,14 +182,14 @@ def test_the_lease_is_renewed_and_a_worker_that_lost_the_job_notices(runner):
 
         assert claim_job(session, job_id, "me")
     before = row(runner, job_id).heartbeat_at
-    lease = _Lease(runner, job_id, "me", 1)
+    lease = Lease(runner, job_id, "me", 1)
     assert lease.renew() and row(runner, job_id).heartbeat_at > before
     with runner.sessions() as session:
         request_cancel(session, job_id)
     assert lease.renew()  # canceled but still running here: the worker finishes the cancel
-    lease_of_another = _Lease(runner, job_id, "someone-else", 1)
+    lease_of_another = Lease(runner, job_id, "someone-else", 1)
     assert not lease_of_another.renew() and lease_of_another.lost
-    stale_attempt = _Lease(runner, job_id, "me", 0)  # the same worker's earlier claim
+    stale_attempt = Lease(runner, job_id, "me", 0)  # the same worker's earlier claim
     assert not stale_attempt.renew() and stale_attempt.lost
 
 
@@ -217,7 +219,7 @@ def test_the_next_job_with_the_same_style_reuses_its_targets(runner):
     ],
 )
 def test_unexpected_failures_are_classified_by_what_they_say(error, code):
-    assert _classify(error)[0] == code
+    assert classify(error)[0] == code
 
 
 def progress(iteration, scale=1, scales=1, size=(48, 36), iterations=40):

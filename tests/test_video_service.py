@@ -202,3 +202,17 @@ def test_the_web_form_takes_a_clip_and_its_page_plays_it_with_a_frame_strip(two_
     page = browser.get(service.base + done["url"], timeout=30).text
     assert '<video id="output"' in page and done["output_url"] in page and "Download WEBM" in page
     assert probe_clip(service.get(done["output_url"]).content).audio == "opus"
+
+
+def test_canceling_a_clip_stops_its_segments_and_keeps_its_painted_frames(two_workers):
+    service = two_workers
+    response = service.submit(make_clip("mp4", panned(FRAMES)), iterations="30")
+    assert response.status_code == 202, response.text
+    job_id, token = response.json()["id"], response.json()["token"]
+    service.wait(job_id, lambda j: j["clip"]["frames_done"] >= 1, timeout=300)
+    canceled = requests.post(f"{service.base}/api/v1/jobs/{job_id}/cancel", headers={"X-Job-Token": token}, timeout=30)
+    assert canceled.status_code in (200, 202), canceled.text
+    done = service.wait(job_id, lambda j: j["status"] not in ("queued", "running"), timeout=120)
+    assert done["status"] == "canceled" and done["output_url"] is None, done
+    assert 1 <= done["clip"]["frames_done"] < FRAMES
+    assert service.get(done["clip"]["frame_urls"][0]).status_code == 200

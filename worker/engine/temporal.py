@@ -75,6 +75,7 @@ class TemporalPrior:
 
     warped: Image.Image  # RGB, the size of the output frame
     mask: np.ndarray  # (H, W) float32 in {0, 1}
+    start: Image.Image  # where the frame's optimization starts: `warped` where trusted, the content elsewhere
 
     @property
     def coverage(self) -> float:
@@ -91,7 +92,11 @@ def temporal_prior(previous_content: Image.Image, content: Image.Image, previous
     forward = optical_flow(before, now)
     backward = optical_flow(now, before)
     warped = warp(np.asarray(previous_output.convert("RGB")), backward)
-    return TemporalPrior(Image.fromarray(warped, "RGB"), consistency_mask(forward, backward))
+    mask = consistency_mask(forward, backward)
+    # Where the past is not seen (a strip that came into view, an occlusion) the warp only smears
+    # its border: start those pixels from the content, as a frame stylized alone would.
+    start = mask[..., None] * warped + (1 - mask[..., None]) * now
+    return TemporalPrior(Image.fromarray(warped, "RGB"), mask, Image.fromarray(start.round().astype(np.uint8), "RGB"))
 
 
 class TemporalLoss:

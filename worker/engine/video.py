@@ -83,7 +83,7 @@ def stylize_frames(
         if previous_output is not None and params.temporal_weight > 0:
             prior = temporal_prior(previous_content, content, previous_output)
             term = TemporalLoss(prior, params.temporal_weight, luminance=luminance)
-            init, loss, coverage, frame_params = prior.warped, term.at, prior.coverage, later
+            init, loss, coverage, frame_params = prior.start, term.at, prior.coverage, later
         result = None
         for event in stylize(
             content,
