@@ -1,6 +1,7 @@
 """Spatial control: a style for each region of the output, from the engine to the command line."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -381,6 +382,43 @@ def test_bad_masks_are_a_422_naming_the_field(client, masks, message):
     assert answer.status_code == 422
     error = answer.get_json()["error"]
     assert error["field"] == "style_mask" and message in error["message"], error
+
+
+def test_each_cell_of_a_sweep_keeps_the_masks(client):
+    left, right = half_masks()
+    data = {
+        "content": (io.BytesIO(encode(GREY)), "grey.png"),
+        "style": [(io.BytesIO(encode(s)), f"style{i}.png") for i, s in enumerate((RED, BLUE))],
+        "style_mask": [(io.BytesIO(encode(m)), f"mask{i}.png") for i, m in enumerate((left, right))],
+        "size": "64",
+        "iterations": "4",
+        "weights": "random",
+        "axes": json.dumps({"style_weight": [0.5, 2]}),
+    }
+    answer = client.post("/api/v1/sweeps", data=data, content_type="multipart/form-data")
+    assert answer.status_code == 202, answer.get_json()
+    cells = answer.get_json()["cells"]
+    assert len(cells) == 2
+    for cell in cells:
+        job = client.get(f"/api/v1/jobs/{cell['job_id']}").get_json()
+        assert [client.get(url).data for url in job["style_masks"]] == [encode(left), encode(right)]
+
+
+def test_masks_for_a_clip_are_refused(client):
+    frames = [Image.new("RGB", (64, 48), (40 * i, 90, 120)) for i in range(3)]
+    clip = io.BytesIO()
+    frames[0].save(clip, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    data = {
+        "content": (io.BytesIO(clip.getvalue()), "clip.gif"),
+        "style_preset": "starry_night",
+        "style_mask": (io.BytesIO(encode(half_masks()[0])), "left.png"),
+        "size": "64",
+        "weights": "random",
+    }
+    answer = client.post("/api/v1/jobs", data=data, content_type="multipart/form-data")
+    assert answer.status_code == 422, answer.get_json()
+    error = answer.get_json()["error"]
+    assert error["field"] == "style_mask" and "not to a clip" in error["message"]
 
 
 def test_the_openapi_document_describes_style_mask(client):

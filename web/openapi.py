@@ -71,8 +71,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "description": "optional: one grey-scale mask per style image (or one with `style_preset`), "
                 "in the same order, resized to the output: white where that style applies, grey where it "
                 "partly does, black where it does not; where no mask is white the photo is kept. A mask "
-                "in colour, or a number of masks other than the number of styles, is a 422 naming "
-                "`style_mask`",
+                "in colour, a number of masks other than the number of styles, or masks with a clip "
+                "(clips are painted without them), is a 422 naming `style_mask`",
             },
             **param_schemas(settings),
         },

@@ -173,6 +173,16 @@ def check_submission(
         problem = params.output_size_problem(decoded[0][1].size)
         if problem is not None:
             errors.append(FieldError("content", f"the content image is too thin: {problem}"))
+    if masks and decoded and decoded[0][0] == "content" and decoded[0][1].clip is not None:
+        # worker/clips.py paints frames without masks: refused rather than silently dropped.
+        errors.append(
+            FieldError(
+                "style_mask",
+                "style masks apply to a photo, not to a clip; send the clip without style_mask",
+                "invalid_image",
+            )
+        )
+        masks = []
     for index, mask in enumerate(masks, start=1):
         try:
             decoded.append(("style_mask", decode_mask_upload(mask, index, settings), mask.filename or "mask"))

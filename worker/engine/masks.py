@@ -12,6 +12,11 @@ Each region's relative error is weighted by the share of the layer the mask cove
 so a pixel is pulled towards its style as hard as in a run with that style alone, and a mask
 of uniform grey 0.5 is a style at half strength. The blend weights (normalised to mean 1 here)
 still scale the styles against each other.
+
+Cost: each guided Gram matrix is taken over the positions its mask covers only, and its
+backward pass is one matrix product, so masks that share the picture out cost about one plain
+Gram matrix in all (bench/engine.py --masks: 1.0x at 512 px on the CPU, against 1.24x when
+every position was weighted).
 """
 
 from __future__ import annotations
