@@ -144,11 +144,34 @@ def service_seconds(workers: int, clip: bytes, style: Image.Image, args: argpars
                 time.sleep(0.2)
             seconds = time.perf_counter() - started
             assert job["status"] == "succeeded", job
+            _print_segments(env, job["id"])
             return seconds
         finally:
             for process in running:
                 stop(process)
             stop_all(processes)
+
+
+def _print_segments(env: dict[str, str], clip_id: str) -> None:
+    """Which worker ran each segment, and when: whether they overlapped."""
+    from sqlalchemy import select
+
+    from shared.db import make_engine, session_factory
+    from shared.models import Job
+    from shared.settings import load_settings
+
+    engine = make_engine(load_settings(env).database_url)
+    try:
+        with session_factory(engine)() as session:
+            rows = session.execute(
+                select(Job.worker, Job.started_at, Job.finished_at, Job.iterations).where(Job.parent_id == clip_id)
+            ).all()
+    finally:
+        engine.dispose()
+    first = min(r.started_at for r in rows)
+    for worker, start, end, frames in rows:
+        begin, finish = (start - first).total_seconds(), (end - first).total_seconds()
+        print(f"  segment of {frames} frames on {worker}: {begin:.1f}-{finish:.1f} s")
 
 
 def main() -> int:
