@@ -120,7 +120,7 @@ def run_reference(weights, params: StyleParams, content: Image.Image, style: Ima
     return {"curve": curve, "seconds": curve[-1][0], "loss": best, "evaluations": evaluations}
 
 
-def run_engine(weights, params: StyleParams, content: Image.Image, style: Image.Image) -> dict:
+def run_engine(weights, params: StyleParams, content: Image.Image, style: Image.Image, tuning: optimize.Tuning) -> dict:
     """`stylize`; (seconds, best full-size loss so far, cost in full-size evaluations) per iteration.
 
     Every evaluation of the objective is counted (the engine reports them in its progress
@@ -133,7 +133,7 @@ def run_engine(weights, params: StyleParams, content: Image.Image, style: Image.
     best = float("inf")
     result = None
     start = time.perf_counter()
-    for event in stylize(content, [style], params, device="cpu", weights=weights):
+    for event in stylize(content, [style], params, device="cpu", weights=weights, tuning=tuning):
         if isinstance(event, Progress):
             cost += (event.evaluations - counted) * event.size[0] * event.size[1] / (final[0] * final[1])
             counted = event.evaluations
@@ -194,12 +194,12 @@ def main(argv: list[str] | None = None) -> None:
         f"(default {'yes' if optimize.CARRY_HISTORY else 'no'})",
     )
     args = parser.parse_args(argv)
-    if args.final_share is not None:
-        optimize.FINAL_SCALE_SHARE = args.final_share
-    if args.history is not None:
-        optimize.LBFGS_HISTORY = args.history
-    if args.carry_history is not None:
-        optimize.CARRY_HISTORY = args.carry_history == "yes"
+    default = optimize.Tuning()
+    tuning = optimize.Tuning(
+        final_scale_share=default.final_scale_share if args.final_share is None else args.final_share,
+        lbfgs_history=default.lbfgs_history if args.history is None else args.history,
+        carry_history=default.carry_history if args.carry_history is None else args.carry_history == "yes",
+    )
 
     torch.manual_seed(0)
     weights = load_weights("random")
@@ -213,11 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"engine: size {params.size}, {params.iterations} iterations over {params.scales} scales "
-        f"({optimize.FINAL_SCALE_SHARE:g} of them at the final size), {params.optimizer} "
-        f"(history {optimize.LBFGS_HISTORY}, carried across scales: {optimize.CARRY_HISTORY}), init {params.init}"
+        f"({tuning.final_scale_share:g} of them at the final size), {params.optimizer} "
+        f"(history {tuning.lbfgs_history}, carried across scales: {tuning.carry_history}), init {params.init}"
     )
 
-    engine = run_engine(weights, params, content, style)
+    engine = run_engine(weights, params, content, style, tuning)
     first = engine["curve"][0]
     print(
         f"engine: {engine['result'].iterations} iterations in {engine['seconds']:.1f} s; the last scale began "

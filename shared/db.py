@@ -61,7 +61,7 @@ def database_unreachable(err: BaseException) -> bool:
     )
 
 
-def describe_error(err: BaseException) -> str:
+def describe_db_error(err: BaseException) -> str:
     """The first line of the driver's message, for a one-line log or answer."""
     cause = getattr(err, "orig", None) or err
     return (str(cause).strip().splitlines() or [type(cause).__name__])[0]

@@ -44,10 +44,10 @@ def params_from_args(model: type[BaseModel], args: argparse.Namespace) -> Any:
     try:
         return model(**given)
     except ValidationError as err:
-        raise ParamsError(describe_error(err)) from None
+        raise ParamsError(describe_invalid(err)) from None
 
 
-def describe_error(err: ValidationError) -> str:
+def describe_invalid(err: ValidationError) -> str:
     """The first problem of a ValidationError as '--flag: what is wrong'."""
     first = err.errors()[0]
     message = first["msg"].removeprefix("Value error, ")

@@ -21,7 +21,7 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .db import describe_error
+from .db import describe_db_error
 from .models import ApiKey, utcnow
 from .settings import SettingsError, load_settings
 
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run(session, args)
     except sqlalchemy.exc.OperationalError as err:
         print(
-            f"impasto keys: error: cannot use the database (run `impasto db upgrade` first?): {describe_error(err)}",
+            f"impasto keys: error: cannot use the database (run `impasto db upgrade` first?): {describe_db_error(err)}",
             file=sys.stderr,
         )
         return 1

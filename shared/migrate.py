@@ -6,7 +6,7 @@ import argparse
 import sys
 from importlib.resources import files
 
-from .db import describe_error
+from .db import describe_db_error
 from .settings import SettingsError, load_settings
 
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
             command.revision(alembic_config(url), message=args.message, autogenerate=True)
     except sqlalchemy.exc.OperationalError as err:
-        print(f"impasto db: error: cannot reach the database: {describe_error(err)}", file=sys.stderr)
+        print(f"impasto db: error: cannot reach the database: {describe_db_error(err)}", file=sys.stderr)
         return 1
     except CommandError as err:
         print(f"impasto db: error: {err}", file=sys.stderr)

@@ -88,7 +88,7 @@ class Job(Base):
     # The queue its message is sent to (a device class's: shared.settings.Settings.queue_for).
     queue: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Set, and committed, when a delete begins: from then on the job is gone to every reader,
-    # while its files and then its rows are removed (shared/retention.py).
+    # while its files and then its rows are removed (shared/deletion.py).
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     # A cell of a sweep: which sweep, and its place in the sweep's grid (row-major).
     sweep_id: Mapped[str | None] = mapped_column(

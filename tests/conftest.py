@@ -13,6 +13,9 @@ from PIL import Image
 
 from shared.params import StyleParams
 
+# Fixtures more than one module uses live in plugin modules, named here.
+pytest_plugins = ["tests.fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
@@ -153,3 +156,69 @@ def make_settings(tmp_path, queue_name):
         return load_settings(env)
 
     return make
+
+
+# The browser tests (test_browser*.py): Debian's Chromium, driven by Playwright, against the
+# whole service (`impasto up`) on a free port, one per test module.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+MISSING_CHROMIUM = (
+    f"{CHROMIUM} is missing: the browser tests need Debian's Chromium (as root: apt-get install -y chromium)"
+)
+START_TIMEOUT_S = 90
+STOP_TIMEOUT_S = 30
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> str:
+    """The whole service on a free port, its data in a temporary folder; yields the base URL."""
+    import signal
+
+    from shared.launcher import free_port
+    from tests.servers import service_env, start, stop, wait_for_http
+
+    data_dir = tmp_path_factory.mktemp("impasto-up")
+    port = free_port()
+    log = data_dir / "up.log"
+    env = service_env({"TORCH_HOME": str(data_dir / "torch-home")})
+    process = start(["up", "--port", str(port), "--data-dir", str(data_dir)], env, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(base + "/healthz", process, log, timeout=START_TIMEOUT_S)
+        yield base
+    finally:
+        stop(process, signal.SIGINT, timeout=STOP_TIMEOUT_S)  # Ctrl-C, as a person would
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium, launched once per module."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(MISSING_CHROMIUM)
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def problems(page) -> list[str]:
+    """The console errors (a CSP violation is one) and uncaught exceptions of the module's `page`."""
+    found: list[str] = []
+    page.on("console", lambda msg: found.append(f"console.error: {msg.text}") if msg.type == "error" else None)
+    page.on("pageerror", lambda err: found.append(f"uncaught: {err}"))
+    return found

@@ -163,18 +163,25 @@ class Service:
 
 
 @contextlib.contextmanager
-def running_service(database: str, folder: Path, redis_url: str | None = None) -> Iterator[Service]:
+def running_service(
+    database: str,
+    folder: Path,
+    redis_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    postgres_admin_url: str = POSTGRES_ADMIN_URL,
+) -> Iterator[Service]:
     """`impasto web` and `impasto worker` as processes on a fresh database: "postgresql" (a
-    temporary database, this machine's Redis) or "sqlite" (in `folder`, with `redis_url`)."""
+    temporary database on `postgres_admin_url`'s server, this machine's Redis) or "sqlite" (in
+    `folder`, with `redis_url`); `extra_env` settings go on top (bench/service.py's, say)."""
     env = {"IMPASTO_DATA_DIR": str(folder / "data"), "IMPASTO_QUEUE": f"impasto-e2e-{uuid.uuid4().hex[:8]}"}
     with (
-        temporary_postgres_database(POSTGRES_ADMIN_URL) if database == "postgresql" else contextlib.nullcontext() as pg
+        temporary_postgres_database(postgres_admin_url) if database == "postgresql" else contextlib.nullcontext() as pg
     ):
         if database == "postgresql":
             env.update(IMPASTO_DATABASE_URL=pg, IMPASTO_BROKER_URL=SYSTEM_REDIS_URL)
         else:
             env.update(IMPASTO_BROKER_URL=redis_url)
-        env = service_env(env)
+        env = service_env(env | (extra_env or {}))
         settings = load_settings(env)
         service = None
         migrate = start(["db", "upgrade"], env, folder / "migrate.log")

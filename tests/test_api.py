@@ -5,74 +5,18 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import threading
 
 import pytest
 import redis
-from PIL import Image
 from werkzeug.test import EnvironBuilder
 
 from shared.keys import create_key
 from shared.migrate import upgrade
 from tests.conftest import PAINTING, PHOTO
+from tests.helpers import cancel, files, form_token, png, post
 from web.app import create_app
 from web.services import Services
-
-
-@pytest.fixture
-def settings(make_settings):
-    settings = make_settings(IMPASTO_MAX_UPLOAD_BYTES=2_000_000, IMPASTO_MAX_SIZE=1024, IMPASTO_MAX_STYLES=2)
-    upgrade(settings.database_url)
-    return settings
-
-
-@pytest.fixture
-def app(settings):
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def queued(settings):
-    """How many messages wait on this test's queue."""
-    connection = redis.Redis.from_url(settings.broker_url)
-    yield lambda: sum(connection.llen(queue) for queue in settings.queues)
-    connection.delete(*settings.queues)
-    connection.close()
-
-
-def files(content=PHOTO, styles=(PAINTING,)):
-    data = {"content": (io.BytesIO(content.read_bytes() if hasattr(content, "read_bytes") else content), "photo.jpg")}
-    data["style"] = [
-        (io.BytesIO(s.read_bytes() if hasattr(s, "read_bytes") else s), f"style{i}.jpg") for i, s in enumerate(styles)
-    ]
-    return data
-
-
-def post(client, fields=None, **kw):
-    return client.post("/api/v1/jobs", data={**files(**kw), **(fields or {})}, content_type="multipart/form-data")
-
-
-def cancel(client, job):
-    """Cancel with the token the submission returned."""
-    return client.post(f"/api/v1/jobs/{job['id']}/cancel", headers={"X-Job-Token": job["token"]})
-
-
-def form_token(client) -> str:
-    """The CSRF token of the form page (whose visit also gives the client its cookie)."""
-    page = client.get("/").get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-
-
-def png(width=40, height=30, mode="RGB") -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, (width, height), "white" if mode != "P" else 0).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_submit_answers_202_with_the_job_and_enqueues_it(client, queued):

@@ -27,8 +27,7 @@ CHECKS = {
             "shared.images",
             "shared.cli",
             "shared.flags",
-            "shared.reconcile",
-            "shared.retention",
+            "shared.deletion",
             "shared.keys",
             "shared.sweeps",
             "shared.sheet",
@@ -42,7 +41,18 @@ CHECKS = {
         ["worker.engine", "worker.engine.video", "worker.engine.temporal"],
         ["flask", "sqlalchemy", "celery", "shared", "web"],
     ),
-    "worker": (["worker.runner", "worker.service", "worker.cli", "worker.sweep_cli", "worker.clips"], ["flask", "web"]),
+    "worker": (
+        [
+            "worker.runner",
+            "worker.service",
+            "worker.cli",
+            "worker.sweep_cli",
+            "worker.reconcile",
+            "worker.retention",
+            "worker.clips",
+        ],
+        ["flask", "web"],
+    ),
 }
 
 

@@ -9,73 +9,23 @@ would show up as a console error.
 from __future__ import annotations
 
 import re
-import signal
-from pathlib import Path
 
 import pytest
 import redis
 import requests
 from PIL import Image
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from shared.launcher import free_port
 from shared.migrate import upgrade
 from shared.settings import load_settings
-from tests.conftest import PAINTING, PHOTO, SYSTEM_REDIS_URL
+from tests.conftest import CHROMIUM, MISSING_CHROMIUM, PAINTING, PHOTO, START_TIMEOUT_S, SYSTEM_REDIS_URL
 from tests.servers import service_env, start, stop, wait_for_http
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-START_TIMEOUT_S = 90
-STOP_TIMEOUT_S = 30
 JOB_TIMEOUT_MS = 90_000  # a tiny job on a cold worker: importing torch, building VGG-19, 20 iterations
 
 # What one test leaves for another: the job that test_submit_upload_and_download made.
 STATE: dict[str, str] = {}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> str:
-    """The whole service on a free port, its data in a temporary folder; yields the base URL."""
-    data_dir = tmp_path_factory.mktemp("impasto-up")
-    port = free_port()
-    log = data_dir / "up.log"
-    env = service_env({"TORCH_HOME": str(data_dir / "torch-home")})
-    process = start(["up", "--port", str(port), "--data-dir", str(data_dir)], env, log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(base + "/healthz", process, log, timeout=START_TIMEOUT_S)
-        yield base
-    finally:
-        stop(process, signal.SIGINT, timeout=STOP_TIMEOUT_S)  # Ctrl-C, as a person would
-
-
-MISSING_CHROMIUM = (
-    f"{CHROMIUM} is missing: the browser tests need Debian's Chromium (as root: apt-get install -y chromium)"
-)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(MISSING_CHROMIUM)
-    playwright = sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-    finally:
-        playwright.stop()
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +43,6 @@ def page(person):
     tab.set_default_timeout(15_000)
     yield tab
     tab.close()
-
-
-@pytest.fixture
-def problems(page) -> list[str]:
-    """The console errors (a CSP violation is one) and uncaught exceptions of the tab."""
-    found: list[str] = []
-    page.on("console", lambda msg: found.append(f"console.error: {msg.text}") if msg.type == "error" else None)
-    page.on("pageerror", lambda err: found.append(f"uncaught: {err}"))
-    return found
 
 
 def fill_small_job(page: Page, *, size: str = "64", iterations: str = "20") -> None:

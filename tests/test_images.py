@@ -1,6 +1,5 @@
 """Safe decoding: every input becomes an upright RGB image or a clear ImageError."""
 
-import io
 import struct
 import zlib
 
@@ -9,12 +8,7 @@ import pytest
 from PIL import Image
 
 from shared.images import ImageError, decode_image
-
-
-def encode(image: Image.Image, format: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format, **options)
-    return buffer.getvalue()
+from tests.helpers import encode
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Spatial control: a style for each region of the output, from the engine to the command line."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -13,38 +14,14 @@ from PIL import Image
 
 from shared.images import ImageError, decode_mask
 from shared.params import StyleParams
+from tests.helpers import BLUE, GREY, RED, encode, form_token, half_masks, mean_colour
 from worker.engine import EngineError, Progress, Result, Resume, StyleObjective, VGGFeatures, stylize
 from worker.engine.images import to_tensor
 from worker.engine.losses import gram_matrix
 from worker.engine.masks import guided_gram, mask_tensor
 from worker.engine.targets import NetworkKey, TargetCache
 
-WIDTH, HEIGHT = 64, 48
-
-
-def texture(first, second, seed):
-    """A 64 px busy texture swinging between two colours, with noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:64, 0:64] / 6.0
-    wave = (np.sin(x + 2 * np.sin(y)) * 0.5 + 0.5)[..., None]
-    rgb = np.array(first) * wave + np.array(second) * (1 - wave) + rng.normal(0, 0.04, (64, 64, 3))
-    return Image.fromarray((rgb.clip(0, 1) * 255).astype(np.uint8), "RGB")
-
-
-RED = texture((0.9, 0.2, 0.1), (0.7, 0.4, 0.1), 1)
-BLUE = texture((0.1, 0.3, 0.9), (0.1, 0.6, 0.7), 2)
-GREY = Image.new("RGB", (WIDTH, HEIGHT), (128, 128, 128))
-
-
-def half_masks(width=WIDTH, height=HEIGHT):
-    """(left half white, right half white) as L images."""
-    left = np.zeros((height, width), np.uint8)
-    left[:, : width // 2] = 255
-    return Image.fromarray(left, "L"), Image.fromarray(255 - left, "L")
-
-
-def mean_colour(image, columns):
-    return (np.asarray(image, dtype=float)[:, columns] / 255).reshape(-1, 3).mean(axis=0)
+WIDTH, HEIGHT = GREY.size
 
 
 def run(content, styles, weights, masks=None, resume=None, cache=None, **options):
@@ -120,6 +97,20 @@ def test_a_guided_gram_is_the_gram_of_its_region_alone():
     assert torch.allclose(guided, gram_matrix(region), atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_a_gathered_guided_gram_is_the_same_as_a_weighted_one(layout):
+    features = torch.rand(1, 8, 6, 6).contiguous(memory_format=layout).requires_grad_(True)
+    weights = torch.zeros(36)
+    weights[5:20] = torch.rand(15)
+    index = weights.nonzero().reshape(-1)
+    full = guided_gram(features, weights, weights.sum())
+    gathered = guided_gram(features, weights[index], weights.sum(), index)
+    assert torch.allclose(full, gathered, atol=1e-6)
+    (full_grad,) = torch.autograd.grad(full.pow(2).sum(), features)
+    (gathered_grad,) = torch.autograd.grad(gathered.pow(2).sum(), features)
+    assert torch.allclose(full_grad, gathered_grad, atol=1e-6)
+
+
 def test_an_all_white_mask_is_the_same_objective_as_none(random_weights, content_image, style_image):
     params = StyleParams(size=48, weights="random")
     net = VGGFeatures(random_weights, (*params.content_layers, *params.style_layers))
@@ -130,6 +121,20 @@ def test_an_all_white_mask_is_the_same_objective_as_none(random_weights, content
     image = torch.rand(content.shape)
     for a, b in zip(plain(image), masked(image)):
         assert torch.allclose(a, b, rtol=1e-5)
+
+
+def test_a_grey_mask_is_the_style_at_part_strength(random_weights, content_image, style_image):
+    params = StyleParams(size=48, weights="random")
+    net = VGGFeatures(random_weights, (*params.content_layers, *params.style_layers))
+    content, style = to_tensor(content_image), to_tensor(style_image, (40, 40))
+
+    def style_term(grey):
+        mask = mask_tensor(Image.new("L", content_image.size, grey), content_image.size)
+        return StyleObjective(net, params, content, [style], [1.0], style_masks=[mask])(image)[1]
+
+    image = torch.rand(content.shape)
+    assert torch.allclose(style_term(51), 0.2 * style_term(255), rtol=1e-4)
+    assert style_term(0) == 0
 
 
 def test_masks_that_are_all_none_are_no_masks(random_weights):
@@ -221,12 +226,6 @@ def test_a_colour_mask_is_refused_by_the_engine(random_weights):
         run(GREY, [RED, BLUE], random_weights, [half_masks()[0], RED])
 
 
-def png(image):
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize(
     "image, value",
     [
@@ -242,16 +241,16 @@ def png(image):
     ids=lambda v: v.mode if isinstance(v, Image.Image) else str(v),
 )
 def test_grey_scale_convertible_masks_decode_to_one_channel(image, value):
-    mask = decode_mask(png(image), name="style_mask[1]")
+    mask = decode_mask(encode(image), name="style_mask[1]")
     assert mask.mode == "L" and mask.size == (4, 4) and mask.getpixel((0, 0)) == value
 
 
 @pytest.mark.parametrize(
     "data, message",
     [
-        (png(RED), "style_mask\\[1\\] is in colour; a mask is grey-scale"),
+        (encode(RED), "style_mask\\[1\\] is in colour; a mask is grey-scale"),
         (b"not an image", "style_mask\\[1\\] is not an image that can be read"),
-        (png(RED.convert("L"))[:2000], "style_mask\\[1\\] is truncated or corrupt"),
+        (encode(RED.convert("L"))[:2000], "style_mask\\[1\\] is truncated or corrupt"),
     ],
     ids=["colour", "not-an-image", "truncated"],
 )
@@ -324,22 +323,12 @@ def test_the_command_line_refuses_bad_masks_in_one_line(files, tmp_path, masks, 
 # --------------------------------------------------------------------------- the API (Flask's test client)
 
 
-@pytest.fixture
-def client(make_settings):
-    from shared.migrate import upgrade
-    from web.app import create_app
-
-    settings = make_settings(IMPASTO_MAX_STYLES=3)
-    upgrade(settings.database_url)
-    return create_app(settings).test_client()
-
-
 def submit_with_masks(client, masks, styles=(RED, BLUE), **fields):
     data = {
-        "content": (io.BytesIO(png(GREY)), "grey.png"),
-        "style": [(io.BytesIO(png(s)), f"style{i}.png") for i, s in enumerate(styles)],
+        "content": (io.BytesIO(encode(GREY)), "grey.png"),
+        "style": [(io.BytesIO(encode(s)), f"style{i}.png") for i, s in enumerate(styles)],
         "style_mask": [
-            (io.BytesIO(m if isinstance(m, bytes) else png(m)), f"mask{i}.png") for i, m in enumerate(masks)
+            (io.BytesIO(m if isinstance(m, bytes) else encode(m)), f"mask{i}.png") for i, m in enumerate(masks)
         ],
         "size": "64",
         "iterations": "4",
@@ -359,7 +348,7 @@ def test_the_api_stores_the_masks_with_the_inputs(client):
     assert len(job["inputs"]) == 3 and len(job["style_masks"]) == 2
     for url, sent in zip(job["style_masks"], (left, right)):
         stored = client.get(url)
-        assert stored.status_code == 200 and stored.data == png(sent)
+        assert stored.status_code == 200 and stored.data == encode(sent)
     assert client.get(job["url"]).status_code == 200
     page = client.get(job["url"]).get_data(as_text=True)
     for index, url in enumerate(job["style_masks"], start=1):
@@ -395,9 +384,61 @@ def test_bad_masks_are_a_422_naming_the_field(client, masks, message):
     assert error["field"] == "style_mask" and message in error["message"], error
 
 
+def test_each_cell_of_a_sweep_keeps_the_masks(client):
+    left, right = half_masks()
+    data = {
+        "content": (io.BytesIO(encode(GREY)), "grey.png"),
+        "style": [(io.BytesIO(encode(s)), f"style{i}.png") for i, s in enumerate((RED, BLUE))],
+        "style_mask": [(io.BytesIO(encode(m)), f"mask{i}.png") for i, m in enumerate((left, right))],
+        "size": "64",
+        "iterations": "4",
+        "weights": "random",
+        "axes": json.dumps({"style_weight": [0.5, 2]}),
+    }
+    answer = client.post("/api/v1/sweeps", data=data, content_type="multipart/form-data")
+    assert answer.status_code == 202, answer.get_json()
+    cells = answer.get_json()["cells"]
+    assert len(cells) == 2
+    for cell in cells:
+        job = client.get(f"/api/v1/jobs/{cell['job_id']}").get_json()
+        assert [client.get(url).data for url in job["style_masks"]] == [encode(left), encode(right)]
+
+
+def test_masks_for_a_clip_are_refused(client):
+    frames = [Image.new("RGB", (64, 48), (40 * i, 90, 120)) for i in range(3)]
+    clip = io.BytesIO()
+    frames[0].save(clip, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    data = {
+        "content": (io.BytesIO(clip.getvalue()), "clip.gif"),
+        "style_preset": "starry_night",
+        "style_mask": (io.BytesIO(encode(half_masks()[0])), "left.png"),
+        "size": "64",
+        "weights": "random",
+    }
+    answer = client.post("/api/v1/jobs", data=data, content_type="multipart/form-data")
+    assert answer.status_code == 422, answer.get_json()
+    error = answer.get_json()["error"]
+    assert error["field"] == "style_mask" and "not to a clip" in error["message"]
+
+
 def test_the_openapi_document_describes_style_mask(client):
     document = client.get("/api/v1/openapi.json").get_json()
     form = document["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert "one grey-scale mask per style image" in form["schema"]["properties"]["style_mask"]["description"]
     assert "style_mask" in form["encoding"]
     assert "style_masks" in document["components"]["schemas"]["Job"]["properties"]
+
+
+def test_the_form_shows_a_bad_mask_beside_its_field(client):
+    token = form_token(client)
+    data = {
+        "content": (io.BytesIO(encode(GREY)), "grey.png"),
+        "style_preset": "starry_night",
+        "style_mask": (io.BytesIO(encode(RED)), "red.png"),
+        "csrf_token": token,
+    }
+    answer = client.post("/jobs", data=data, content_type="multipart/form-data")
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 422
+    assert 'data-error-for="style_mask">style_mask 1 is in colour' in page
+    assert 'id="field-style_mask"' in page and 'aria-invalid="true"' in page

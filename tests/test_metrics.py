@@ -30,6 +30,7 @@ from shared.settings import Settings, load_settings
 from shared.storage import LocalStorage
 from shared.tasks import STYLIZE, make_celery, queue_keys
 from tests.conftest import PAINTING, PHOTO, POSTGRES_ADMIN_URL, SYSTEM_REDIS_URL
+from tests.helpers import queue_job
 from tests.servers import (
     service_env,
     start,
@@ -39,7 +40,6 @@ from tests.servers import (
     wait_for_log,
     wait_for_status,
 )
-from tests.test_runner import queue as queue_job
 from web.app import create_app
 from worker.runner import JobRunner
 

@@ -28,13 +28,13 @@ from shared.db import make_engine, session_factory
 from shared.launcher import free_port
 from shared.migrate import upgrade
 from shared.models import Job, utcnow
-from shared.retention import purge_orphans
 from shared.storage import LocalStorage
 from tests.conftest import PAINTING, PHOTO, POSTGRES_ADMIN_URL, SYSTEM_REDIS_URL
 from tests.faults import tcp_proxy
 from tests.servers import service_env, start, stop, temporary_postgres_database, wait_for_http
 from web.app import create_app
 from web.services import Services
+from worker.retention import purge_orphans
 
 # Each answer during the cut must come at least this fast: the proxy refuses connections, so
 # anything slower is a request waiting on something it should not.

@@ -15,9 +15,9 @@ from shared.db import make_engine, session_factory
 from shared.jobs import claim_job, create_job
 from shared.migrate import upgrade
 from shared.models import Job, utcnow
-from shared.reconcile import reconcile, redis_job_ids
 from shared.tasks import enqueue_stylize, make_celery
 from tests.conftest import SYSTEM_REDIS_URL
+from worker.reconcile import reconcile, redis_job_ids
 
 PARAMS = {"iterations": 10, "size": 48}
 INPUTS = {"content": {"key": "jobs/x/inputs/0-content.png"}, "styles": [], "style_preset": None}
@@ -179,8 +179,8 @@ def test_each_reconciler_pass_also_deletes_expired_jobs(sessions, tmp_path):
     from dataclasses import replace
 
     from shared.models import SUCCEEDED
-    from shared.reconcile import Reconciler
     from shared.storage import LocalStorage
+    from worker.reconcile import Reconciler
 
     storage = LocalStorage(tmp_path / "storage")
     old, running = new_job(sessions), new_job(sessions, running_for=1)

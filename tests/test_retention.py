@@ -16,12 +16,12 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import make_engine, session_factory
+from shared.deletion import delete_job
 from shared.jobs import create_job, recent_jobs
 from shared.migrate import upgrade
 from shared.models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, Snapshot, Sweep, utcnow
-from shared.retention import ABANDONED_DELETE_AGE, delete_job, main, purge_expired, purge_orphans
 from shared.storage import LocalStorage, Storage, StorageError, job_key, open_storage
-from tests.test_storage import s3, s3_server  # noqa: F401  (fixtures: moto's S3 server and a bucket)
+from worker.retention import ABANDONED_DELETE_AGE, main, purge_expired, purge_orphans
 
 DAY = 24 * 3600
 WEEK = 7 * DAY

@@ -10,13 +10,15 @@ import pytest
 from PIL import Image
 
 from shared.db import make_engine, session_factory
-from shared.jobs import create_job, request_cancel
+from shared.jobs import request_cancel
 from shared.migrate import upgrade
 from shared.models import Job
-from shared.params import StyleParams
 from shared.storage import LocalStorage
-from tests.conftest import PAINTING, PHOTO
-from worker.runner import EtaEstimate, JobRunner, _classify
+from tests.conftest import PHOTO
+from tests.helpers import queue_job
+from worker.failures import classify
+from worker.lease import EtaEstimate
+from worker.runner import JobRunner
 
 
 @pytest.fixture
@@ -28,22 +30,6 @@ def runner(make_settings):
     engine.dispose()
 
 
-def queue(runner, content: bytes | None = None, style: bytes | None = None, **params):
-    content = PHOTO.read_bytes() if content is None else content
-    style = PAINTING.read_bytes() if style is None else style
-    storage = runner.storage
-    storage.put("jobs/t/inputs/0-content.jpg", content, "image/jpeg")
-    storage.put("jobs/t/inputs/1-style.jpg", style, "image/jpeg")
-    inputs = {
-        "content": {"key": "jobs/t/inputs/0-content.jpg", "name": "photo.jpg"},
-        "styles": [{"key": "jobs/t/inputs/1-style.jpg", "name": "painting.jpg"}],
-        "style_preset": None,
-    }
-    settings = {"size": 48, "iterations": 8, "snapshot_every": 2, "weights": "random", **params}
-    with runner.sessions() as session:
-        return create_job(session, params=StyleParams(**settings).model_dump(mode="json"), inputs=inputs).id
-
-
 def row(runner, job_id) -> Job:
     with runner.sessions() as session:
         job = session.get(Job, job_id)
@@ -52,7 +38,7 @@ def row(runner, job_id) -> Job:
 
 
 def test_a_job_runs_to_success_with_snapshots_and_an_output(runner):
-    job_id = queue(runner)
+    job_id = queue_job(runner)
     assert runner.run(job_id) == "succeeded"
     job = row(runner, job_id)
     assert (job.status, job.iteration, job.attempts, job.weights) == ("succeeded", 8, 1, "random")
@@ -65,14 +51,14 @@ def test_a_job_runs_to_success_with_snapshots_and_an_output(runner):
 
 
 def test_a_second_delivery_does_nothing(runner):
-    job_id = queue(runner)
+    job_id = queue_job(runner)
     assert runner.run(job_id) == "succeeded"
     assert runner.run(job_id) is None
     assert row(runner, job_id).attempts == 1
 
 
 def test_a_cancel_stops_the_job_between_iterations(runner, monkeypatch):
-    job_id = queue(runner, iterations=500, snapshot_every=0)
+    job_id = queue_job(runner, iterations=500, snapshot_every=0)
     calls = []
 
     def cancel_after_a_few() -> bool:  # the web tier's cancel, arriving while the job runs
@@ -82,7 +68,7 @@ def test_a_cancel_stops_the_job_between_iterations(runner, monkeypatch):
                 request_cancel(session, job_id)
         return False
 
-    monkeypatch.setattr("worker.runner.PROGRESS_INTERVAL_S", 0.0)  # read the flag at every iteration
+    monkeypatch.setattr("worker.lease.PROGRESS_INTERVAL_S", 0.0)  # read the flag at every iteration
     assert runner.run(job_id, should_abort=cancel_after_a_few) == "canceled"
     job = row(runner, job_id)
     assert job.status == "canceled" and 1 <= job.iteration < 10 and job.output_key
@@ -96,7 +82,7 @@ def test_a_cancel_stops_the_job_between_iterations(runner, monkeypatch):
     ],
 )
 def test_bad_inputs_fail_with_a_code(runner, change, code, says):
-    job_id = queue(runner, content=b"<svg></svg>" if change == "not an image" else PHOTO.read_bytes())
+    job_id = queue_job(runner, content=b"<svg></svg>" if change == "not an image" else PHOTO.read_bytes())
     if change == "missing":
         runner.storage.delete("jobs/t/inputs/0-content.jpg")
     assert runner.run(job_id) == "failed"
@@ -109,7 +95,7 @@ def test_strict_weights_refuse_the_random_fallback(make_settings):
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     strict = JobRunner(settings, session_factory(engine), LocalStorage(settings.data_dir / "storage"), device="cpu")
-    job_id = queue(strict, weights="auto")
+    job_id = queue_job(strict, weights="auto")
     assert strict.run(job_id) == "failed"
     job = row(strict, job_id)
     engine.dispose()
@@ -117,7 +103,7 @@ def test_strict_weights_refuse_the_random_fallback(make_settings):
 
 
 def test_a_weights_path_in_a_stored_job_is_refused(runner):
-    job_id = queue(runner)
+    job_id = queue_job(runner)
     with runner.sessions() as session:  # a row written by something other than the web tier
         job = session.get(Job, job_id)
         job.params = {**job.params, "weights": "/etc/passwd"}
@@ -127,7 +113,7 @@ def test_a_weights_path_in_a_stored_job_is_refused(runner):
 
 
 def test_stored_params_that_no_longer_validate_fail_with_a_code(runner):
-    job_id = queue(runner)
+    job_id = queue_job(runner)
     with runner.sessions() as session:
         job = session.get(Job, job_id)
         job.params = {**job.params, "style_layers": ["conv9_9"]}
@@ -138,7 +124,7 @@ def test_stored_params_that_no_longer_validate_fail_with_a_code(runner):
 
 
 def test_a_stopping_worker_hands_its_job_back(runner):
-    job_id = queue(runner, iterations=500)
+    job_id = queue_job(runner, iterations=12)  # stopped at its third poll, long before the end
     requeued = []
     runner.requeue = requeued.append
     calls = []
@@ -158,7 +144,7 @@ def test_a_stopping_worker_hands_its_job_back(runner):
 
 
 def test_a_job_interrupted_goes_on_from_its_latest_snapshot(runner, caplog):
-    job_id = queue(runner, iterations=12, snapshot_every=2)
+    job_id = queue_job(runner, iterations=12, snapshot_every=2)
     polls = []
 
     def stop_after_five_iterations() -> bool:  # a worker shutting down, polled once per iteration
@@ -177,7 +163,7 @@ def test_a_job_interrupted_goes_on_from_its_latest_snapshot(runner, caplog):
 
 
 def test_a_missing_snapshot_means_starting_afresh_not_failing(runner, caplog):
-    job_id = queue(runner, iterations=8, snapshot_every=2)
+    job_id = queue_job(runner, iterations=8, snapshot_every=2)
     polls = []
     runner.run(job_id, should_abort=lambda: polls.append(1) or len(polls) > 4)
     for snapshot in row(runner, job_id).snapshots:
@@ -188,30 +174,30 @@ def test_a_missing_snapshot_means_starting_afresh_not_failing(runner, caplog):
 
 
 def test_the_lease_is_renewed_and_a_worker_that_lost_the_job_notices(runner):
-    from worker.runner import _Lease
+    from worker.lease import Lease
 
-    job_id = queue(runner)
+    job_id = queue_job(runner)
     with runner.sessions() as session:
         from shared.jobs import claim_job
 
         assert claim_job(session, job_id, "me")
     before = row(runner, job_id).heartbeat_at
-    lease = _Lease(runner, job_id, "me", 1)
+    lease = Lease(runner, job_id, "me", 1)
     assert lease.renew() and row(runner, job_id).heartbeat_at > before
     with runner.sessions() as session:
         request_cancel(session, job_id)
     assert lease.renew()  # canceled but still running here: the worker finishes the cancel
-    lease_of_another = _Lease(runner, job_id, "someone-else", 1)
+    lease_of_another = Lease(runner, job_id, "someone-else", 1)
     assert not lease_of_another.renew() and lease_of_another.lost
-    stale_attempt = _Lease(runner, job_id, "me", 0)  # the same worker's earlier claim
+    stale_attempt = Lease(runner, job_id, "me", 0)  # the same worker's earlier claim
     assert not stale_attempt.renew() and stale_attempt.lost
 
 
 def test_the_next_job_with_the_same_style_reuses_its_targets(runner):
-    assert runner.run(queue(runner)) == "succeeded"
+    assert runner.run(queue_job(runner)) == "succeeded"
     cache = runner.targets_cache()
     assert cache.hits == 0 and len(cache) > 0
-    assert runner.run(queue(runner, iterations=4)) == "succeeded"
+    assert runner.run(queue_job(runner, iterations=4)) == "succeeded"
     assert cache.hits == len(cache)
 
 
@@ -233,7 +219,7 @@ def test_the_next_job_with_the_same_style_reuses_its_targets(runner):
     ],
 )
 def test_unexpected_failures_are_classified_by_what_they_say(error, code):
-    assert _classify(error)[0] == code
+    assert classify(error)[0] == code
 
 
 def progress(iteration, scale=1, scales=1, size=(48, 36), iterations=40):
@@ -258,7 +244,7 @@ def test_the_eta_survives_a_resume_and_is_absent_until_it_is_known(runner):
     from web.app import create_app
 
     client = create_app(runner.settings).test_client()
-    job_id = queue(runner, iterations=30, snapshot_every=2, scales=1)
+    job_id = queue_job(runner, iterations=30, snapshot_every=2, scales=1)
     polls = []
     runner.run(job_id, should_abort=lambda: polls.append(1) or len(polls) > 13)  # stopped at iteration 12
     seen: list[tuple[float, int, float | None]] = []

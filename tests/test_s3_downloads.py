@@ -34,10 +34,7 @@ from shared.params import StyleParams
 from shared.settings import load_settings
 from shared.storage import S3Storage, job_key, open_storage
 from tests.conftest import PAINTING, PHOTO, SYSTEM_REDIS_URL
-from tests.test_api import form_token, png
-from tests.test_browser import browser  # noqa: F401  (fixture: Debian's Chromium, driven by Playwright)
-from tests.test_security import form_submit
-from tests.test_storage import s3, s3_server  # noqa: F401  (fixtures: moto's S3 server and a bucket)
+from tests.helpers import form_submit, form_token, png
 from web.app import CONTENT_SECURITY_POLICY, create_app
 from worker.runner import JobRunner
 

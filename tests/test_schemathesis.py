@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from shared.keys import create_key
 from shared.migrate import upgrade
 from tests.conftest import make_content, make_style
-from tests.test_images import encode
+from tests.helpers import encode
 from web.app import create_app
 
 # The document lists the image types a file part may hold; schemathesis cannot draw an image,

@@ -37,8 +37,8 @@ from shared.models import ApiKey, Job, Snapshot, new_job_id
 from shared.settings import load_settings
 from shared.storage import job_key
 from tests.conftest import PHOTO, SYSTEM_REDIS_URL
+from tests.helpers import form_submit, form_token, png
 from tests.servers import service_env, start, stop, wait_for_http
-from tests.test_api import form_token, png
 from web.access import BROWSER_COOKIE, client_address
 from web.app import create_app
 
@@ -86,13 +86,6 @@ def api_submit(client, headers=None, address="127.0.0.1", **fields):
         environ_base={"REMOTE_ADDR": address},
         content_type="multipart/form-data",
     )
-
-
-def form_submit(client, csrf_token, address="127.0.0.1"):
-    data = {"content": (io.BytesIO(png()), "photo.png"), "style_preset": "starry_night"}
-    if csrf_token is not None:
-        data["csrf_token"] = csrf_token
-    return client.post("/jobs", data=data, environ_base={"REMOTE_ADDR": address}, content_type="multipart/form-data")
 
 
 def bearer(key: str) -> dict[str, str]:

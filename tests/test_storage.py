@@ -2,52 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
-import requests
 
-from shared.launcher import free_port
 from shared.storage import LocalStorage, MissingObject, S3Storage, job_key, open_storage
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """moto's standalone S3 server, a separate process on a free port."""
-    port = free_port()
-    # The script beside this interpreter: the venv's bin need not be on PATH.
-    binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    process = subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(url, timeout=15)  # its first answer loads moto's backends: seconds
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise AssertionError("moto_server did not start") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-@pytest.fixture
-def s3(s3_server, monkeypatch):
-    import boto3
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="impasto")
-    return open_storage("s3://impasto/some/prefix", s3_endpoint_url=s3_server)
 
 
 @pytest.fixture(params=["local", "s3"])

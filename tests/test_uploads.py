@@ -28,9 +28,8 @@ from shared.migrate import upgrade
 from shared.models import Job
 from shared.settings import load_settings
 from tests.conftest import PHOTO, SYSTEM_REDIS_URL, make_style
+from tests.helpers import encode
 from tests.servers import child_pids, peak_memory_kib, service_env, start, stop, wait_for_http
-from tests.test_api import app, client, queued, settings  # noqa: F401  (the API's fixtures)
-from tests.test_images import encode
 
 RED, BLUE, WHITE, BLACK = (255, 0, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 

@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, abort, jsonify, redirect, request, stream_with_context, url_for
+from flask import Blueprint, Response, abort, jsonify, request, stream_with_context, url_for
 from sqlalchemy import text
-from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException
 
 from shared.clips import CLIP, cancel_segments
-from shared.db import database_unreachable, describe_error
-from shared.jobs import queue_position, recent_jobs, request_cancel
+from shared.db import database_unreachable, describe_db_error
+from shared.deletion import delete_job
+from shared.jobs import recent_jobs, request_cancel
 from shared.keys import LimiterUnavailable, LimitExceeded, hash_secret, new_job_token
-from shared.models import Job, utcnow
-from shared.retention import delete_job
-from shared.storage import MissingObject, S3Storage
-from shared.video import ClipInfo
+from shared.models import Job
 
 from .access import (
     JOB_TOKEN_HEADER,
@@ -35,9 +30,11 @@ from .access import (
     may_change,
     submission_limit,
 )
+from .forms import SubmissionError, check_form_read
 from .openapi import openapi_document
-from .services import Services, services
-from .submit import SubmissionError, check_form_read, submit
+from .services import services
+from .submit import submit
+from .views import job_json, load_job, position
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger("impasto.web")
@@ -49,7 +46,6 @@ EVENT_POLL_S = 0.3
 # instead (503), so that streams never take every thread and leave none for requests.
 EVENT_STREAMS_PER_PROCESS = 8
 
-JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _streams = threading.BoundedSemaphore(EVENT_STREAMS_PER_PROCESS)
 
 
@@ -220,7 +216,8 @@ def _event_stream(job_id: str) -> Iterator[str]:
             if not database_unreachable(err):
                 raise
             # The page falls back to polling, which answers 503 until the database is back.
-            log.warning("event=stream-ended reason=database-unavailable job=%s error=%r", job_id, describe_error(err))
+            reason = describe_db_error(err)
+            log.warning("event=stream-ended reason=database-unavailable job=%s error=%r", job_id, reason)
             return
         seen = {
             "status": body["status"],
@@ -248,57 +245,6 @@ def _event_stream(job_id: str) -> Iterator[str]:
         yield ": keep-alive\n\n"
 
 
-@bp.get("/api/v1/jobs/<job_id>/output.png")
-def output(job_id: str):
-    with services().sessions() as session:
-        job = load_job(session, job_id)
-    if not job.output_key:
-        abort(404, f"job {job_id} has no output yet (status {job.status})")
-    return _image(job.output_key, f"impasto-{job_id}.png")
-
-
-@bp.get("/api/v1/jobs/<job_id>/output.<any(mp4, webm, gif):extension>")
-def clip_output(job_id: str, extension: str):
-    with services().sessions() as session:
-        job = load_job(session, job_id)
-    clip = job.inputs.get("clip")
-    if job.kind != CLIP or not job.output_key or clip is None or clip["container"] != extension:
-        abort(404, f"job {job_id} has no {extension} clip (status {job.status})")
-    info = ClipInfo.from_dict(clip)
-    return _image(job.output_key, f"impasto-{job_id}{info.extension}", info.content_type)
-
-
-@bp.get("/api/v1/jobs/<job_id>/frames/<int:frame>.png")
-def frame(job_id: str, frame: int):
-    """A clip's stylized frame (0-based), as soon as it is painted."""
-    with services().sessions() as session:
-        job = load_job(session, job_id)
-        found = next((s for s in job.snapshots if s.iteration == frame), None) if job.kind == CLIP else None
-    if found is None:
-        abort(404, f"job {job_id} has no stylized frame {frame} (yet)")
-    return _image(found.key, f"impasto-{job_id}-frame-{frame}.png")
-
-
-@bp.get("/api/v1/jobs/<job_id>/snapshots/<int:iteration>.png")
-def snapshot(job_id: str, iteration: int):
-    with services().sessions() as session:
-        job = load_job(session, job_id)
-        found = next((s for s in job.snapshots if s.iteration == iteration), None)
-    if found is None:
-        abort(404, f"job {job_id} has no snapshot at iteration {iteration}")
-    return _image(found.key, f"impasto-{job_id}-{iteration}.png")
-
-
-@bp.get("/api/v1/jobs/<job_id>/inputs/<int:index>")
-def input_image(job_id: str, index: int):
-    with services().sessions() as session:
-        job = load_job(session, job_id)
-    items = [job.inputs["content"], *job.inputs["styles"], *job.inputs.get("style_masks", ())]
-    if index >= len(items):
-        abort(404, f"job {job_id} has no input {index}")
-    return _image(items[index]["key"], None, items[index].get("content_type", "application/octet-stream"))
-
-
 @bp.get("/api/v1/openapi.json")
 def openapi():
     return jsonify(openapi_document(services().settings))
@@ -313,7 +259,7 @@ def healthz():
     except Exception as err:
         if not database_unreachable(err):
             raise
-        checks["database"] = f"unreachable: {describe_error(err)}"
+        checks["database"] = f"unreachable: {describe_db_error(err)}"
     try:
         import redis
 
@@ -330,20 +276,6 @@ def healthz():
     return response
 
 
-def load_job(session, job_id: str) -> Job:
-    if not JOB_ID.match(job_id):
-        abort(404, f"no job {job_id[:40]!r}")
-    job = session.get(Job, job_id, options=[selectinload(Job.snapshots)], populate_existing=True)
-    if job is None or job.deleted_at is not None:  # a delete under way: gone already
-        abort(404, f"no job {job_id}")
-    return job
-
-
-def position(session, job: Job) -> int | None:
-    """The job's place in its own queue, in the order workers take them."""
-    return queue_position(session, job, default_queue=services().settings.gpu_queue)
-
-
 def _refuse_unless_allowed(job: Job, action: str) -> None:
     if not may_change(job):
         abort(
@@ -355,126 +287,6 @@ def _refuse_unless_allowed(job: Job, action: str) -> None:
                 f"submitted it, or use the page of the browser that submitted it",
             )
         )
-
-
-def job_json(job: Job, position: int | None, *, snapshots: bool = True) -> dict[str, Any]:
-    """The API's view of a job (the `Job` schema of the OpenAPI document)."""
-    fraction = job.iteration / job.iterations if job.iterations else 0.0
-    body: dict[str, Any] = {
-        "id": job.id,
-        "status": job.status,
-        "progress": {
-            "iteration": job.iteration,
-            "iterations": job.iterations,
-            "fraction": round(fraction, 4),
-            "eta_seconds": _eta(job),
-        },
-        "losses": job.losses,
-        "queue_position": position,
-        "params": job.params,
-        "style_preset": job.inputs.get("style_preset"),
-        "inputs": [url_for("api.input_image", job_id=job.id, index=i) for i in range(1 + len(job.inputs["styles"]))],
-        "style_masks": [
-            url_for("api.input_image", job_id=job.id, index=1 + len(job.inputs["styles"]) + i)
-            for i in range(len(job.inputs.get("style_masks", ())))
-        ],
-        "snapshots": [
-            {"iteration": s.iteration, "url": url_for("api.snapshot", job_id=job.id, iteration=s.iteration)}
-            for s in job.snapshots
-        ]
-        if snapshots
-        else [],
-        "output_url": url_for("api.output", job_id=job.id) if job.output_key else None,
-        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
-        "cancel_requested": job.cancel_requested,
-        "weights": job.weights,
-        "weights_warning": job.weights_warning,
-        "attempts": job.attempts,
-        "created_at": _time(job.created_at),
-        "started_at": _time(job.started_at),
-        "finished_at": _time(job.finished_at),
-        "url": url_for("pages.job", job_id=job.id),
-        "kind": job.kind,
-        "clip": _clip_json(job, snapshots),
-    }
-    if job.kind == CLIP:
-        info = job.inputs["clip"]
-        body["output_url"] = (
-            url_for("api.clip_output", job_id=job.id, extension=info["container"]) if job.output_key else None
-        )
-    return body
-
-
-def _clip_json(job: Job, frames: bool) -> dict[str, Any] | None:
-    """A clip's frames: how many, how many are painted, each painted one's URL, the latest's."""
-    if job.kind != CLIP:
-        return None
-    info = job.inputs["clip"]
-    latest = max(job.snapshots, key=lambda s: s.created_at, default=None) if frames else None
-    return {
-        "frames": info["frames"],
-        "frames_done": job.iteration,
-        "fps": info["fps"][0] / info["fps"][1],
-        "container": info["container"],
-        "size": info["size"],
-        "audio": info["audio"] is not None,
-        "frame_urls": [url_for("api.frame", job_id=job.id, frame=s.iteration) for s in job.snapshots] if frames else [],
-        "latest_frame_url": url_for("api.frame", job_id=job.id, frame=latest.iteration) if latest else None,
-    }
-
-
-def _eta(job: Job) -> float | None:
-    """Seconds until the running job ends, as its worker last estimated from the rate of its
-    current scale; None while no estimate exists (the attempt has not timed enough iterations)."""
-    if job.status != "running" or job.eta_at is None:
-        return None
-    return round(max((job.eta_at - utcnow()).total_seconds(), 0.0), 1)
-
-
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def redirect_storage(found: Services) -> S3Storage | None:
-    """The S3 storage whose presigned URLs images are redirected to, or None: this process
-    streams them (a local folder, or IMPASTO_S3_DOWNLOADS=stream)."""
-    if found.settings.s3_downloads == "redirect" and isinstance(found.storage, S3Storage):
-        return found.storage
-    return None
-
-
-def _image(key: str, download_name: str | None, content_type: str = "image/png") -> Response:
-    """The image's bytes, or a redirect to them on the S3 server; only after the caller's checks."""
-    download_name = download_name if request.args.get("download") else None
-    storage = redirect_storage(services())
-    if storage is not None:
-        return _image_redirect(storage, key, download_name, content_type)
-    try:
-        data = services().storage.get(key)
-    except MissingObject:
-        abort(404, "the image is no longer stored")
-    response = Response(data, mimetype=content_type)
-    response.headers["Cache-Control"] = "private, max-age=3600"
-    if download_name:
-        response.headers["Content-Disposition"] = f'attachment; filename="{download_name}"'
-    return response
-
-
-def _image_redirect(storage: S3Storage, key: str, download_name: str | None, content_type: str) -> Response:
-    # A HEAD first, so that a deleted image is this API's 404 and not the S3 server's error.
-    if not storage.exists(key):
-        abort(404, "the image is no longer stored")
-    settings = services().settings
-    url = storage.presigned_url(
-        key,
-        settings.s3_url_expiry,
-        endpoint_url=settings.s3_public_endpoint_url,
-        content_type=content_type,
-        download_name=download_name,
-    )
-    response = redirect(url, 302)
-    response.headers["Cache-Control"] = "private, no-store"  # the URL expires: never reuse this answer
-    return response
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

@@ -11,13 +11,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge, ServiceUnavailable
 
-from shared.db import database_unreachable, describe_error
+from shared.db import database_unreachable, describe_db_error
 from shared.settings import Settings, load_settings
 from shared.storage import S3Storage, StorageError
 
+from .forms import FormRequest
 from .presets import PRESETS
 from .services import Services, init_services
-from .submit import FormRequest
 
 log = logging.getLogger("impasto.web")
 
@@ -55,9 +55,9 @@ def create_app(
     services = services or Services.from_settings(settings)
     init_services(app, services)
 
-    from . import api, metrics, pages, sweeps
+    from . import api, images, metrics, pages, sweeps
 
-    csp = _content_security_policy(api.redirect_storage(services), services.settings.s3_public_endpoint_url)
+    csp = _content_security_policy(images.redirect_storage(services), services.settings.s3_public_endpoint_url)
 
     app.register_blueprint(api.bp)
     app.register_blueprint(sweeps.bp)
@@ -102,7 +102,7 @@ def create_app(
     def database_error(err: Exception):
         if not database_unreachable(err):
             return unexpected(err)
-        return unavailable("database", describe_error(err), "a few seconds")
+        return unavailable("database", describe_db_error(err), "a few seconds")
 
     @app.errorhandler(StorageError)
     def storage_error(err: StorageError):  # the image store (S3) is down or refuses us

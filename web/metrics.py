@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from shared.db import database_unreachable, describe_error
+from shared.db import database_unreachable, describe_db_error
 from shared.metrics import CONTENT_TYPE, MetricsUnavailable, render
 
 from .services import services
@@ -33,7 +33,7 @@ def metrics():
     except (DBAPIError, PoolTimeout) as err:
         if not database_unreachable(err):
             raise
-        return _unavailable(f"the database cannot be reached: {describe_error(err)}")
+        return _unavailable(f"the database cannot be reached: {describe_db_error(err)}")
     return Response(body, content_type=CONTENT_TYPE)
 
 

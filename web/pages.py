@@ -21,11 +21,12 @@ from .access import (
     remember_browser,
     submission_limit,
 )
-from .api import job_json, load_job, position
+from .forms import FieldError, SubmissionError, check_form_read
 from .presets import PRESETS
 from .services import services
-from .submit import FieldError, SubmissionError, check_form_read, submit
+from .submit import submit
 from .sweeps import counted_jobs, load_sweep, submit_sweep, sweep_cells, sweep_json
+from .views import job_json, load_job, position
 
 bp = Blueprint("pages", __name__)
 bp.after_request(remember_browser)  # the first page a browser sees gives it its cookie

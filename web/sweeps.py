@@ -38,9 +38,11 @@ from shared.sweeps import (
 )
 
 from .access import Unauthorized, api_key, counted, key_owner, may_change, submission_limit
-from .api import JOB_ID, error_response, limiter_unavailable, over_limit, submission_error, unauthorized
+from .api import error_response, limiter_unavailable, over_limit, submission_error, unauthorized
+from .forms import FieldError, SubmissionError, parse_params
 from .services import Services, services
-from .submit import Checked, FieldError, SubmissionError, check_submission, parse_params, send, store_inputs
+from .submit import Checked, check_submission, send, store_inputs
+from .views import JOB_ID
 
 bp = Blueprint("sweeps", __name__)
 bp.register_error_handler(Unauthorized, unauthorized)  # the same answers as the jobs API's

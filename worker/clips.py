@@ -76,13 +76,14 @@ def run_segment(
 ) -> str | None:
     """Paint the segment's frames from frame `done` of its run on; its final status, or None
     when the lease was lost."""
-    from worker.runner import JobFailed, _png
+    from worker.failures import JobFailed
+    from worker.results import png
 
     segment = Segment.from_dict(inputs["segment"])
     info = ClipInfo.from_dict(inputs["clip"])
-    runner._db(lambda session: start_clip(session, clip_id), job_id)
+    runner.db(lambda session: start_clip(session, clip_id), job_id)
     clip = _clip_bytes(runner, inputs)
-    styles = [runner._image(style) for style in inputs["styles"]]
+    styles = [runner.image(style) for style in inputs["styles"]]
     previous = _previous(runner, clip, clip_id, segment, done) if done else None
     if done:
         log.info("job=%s event=resumed frame=%d", job_id, segment.start + done)
@@ -114,8 +115,8 @@ def run_segment(
                     continue
                 own = event.frame >= segment.first
                 key = (frame_key if own else lead_key)(clip_id, event.frame)
-                runner.storage.put(key, _png(event.image), "image/png")
-                flag = runner._db(
+                runner.storage.put(key, png(event.image), "image/png")
+                flag = runner.db(
                     lambda session, event=event, key=key, own=own: record_frame(
                         session, job_id, worker, number, event.frame - segment.start,
                         clip_id=clip_id, frame=event.frame, key=key if own else None,
@@ -132,15 +133,15 @@ def run_segment(
         except ClipError as err:
             raise JobFailed("bad_input", str(err)) from None
         if lease.lost:
-            return runner._lease_lost(job_id, worker, number, "run")
+            return runner.lease_lost(job_id, worker, number, "run")
         if done < segment.count:  # stopped before the segment's last frame
             if canceled.requested:
                 return _end(runner, job_id, worker, number, CANCELED, clip_id)
             if should_abort():
-                runner._hand_back(job_id, worker, number)
+                runner.hand_back(job_id, worker, number)
                 return QUEUED
             return _end(runner, job_id, worker, number, FAILED, clip_id, timeout=runner.settings.job_time_limit)
-    if runner._db(lambda session: clip_complete(session, clip_id), job_id):
+    if runner.db(lambda session: clip_complete(session, clip_id), job_id):
         _assemble(runner, clip_id, clip, info, job_id)
     return _end(runner, job_id, worker, number, SUCCEEDED, clip_id)
 
@@ -155,13 +156,13 @@ def _end(
         error = JobError(
             "timeout", f"the segment ran past this service's time limit of {timeout} s; its frames so far are kept"
         )
-    if not runner._finish(job_id, worker, number, status, error=error):
+    if not runner.finish(job_id, worker, number, status, error=error):
         return None
     return status
 
 
 def _clip_bytes(runner: JobRunner, inputs: dict[str, Any]) -> bytes:
-    from worker.runner import JobFailed
+    from worker.failures import JobFailed
 
     try:
         return runner.storage.get(inputs["content"]["key"])
@@ -189,11 +190,10 @@ def _previous(runner: JobRunner, clip: bytes, clip_id: str, segment: Segment, do
 def _assemble(runner: JobRunner, clip_id: str, clip: bytes, info: ClipInfo, job_id: str) -> None:
     """Fade each lead-in into the frames it overlaps, encode the clip, store it, and end the clip
     succeeded (a second segment that also found the clip complete changes nothing)."""
-    from worker.runner import _png
+    from worker.results import png
 
     segments = [
-        Segment.from_dict(s.inputs["segment"])
-        for s in runner._db(lambda session: segments_of(session, clip_id), job_id)
+        Segment.from_dict(s.inputs["segment"]) for s in runner.db(lambda session: segments_of(session, clip_id), job_id)
     ]
     blended: dict[int, str] = {}
     for segment in segments:
@@ -203,9 +203,9 @@ def _assemble(runner: JobRunner, clip_id: str, clip: bytes, info: ClipInfo, job_
                 _stored(runner, frame_key(clip_id, frame)), _stored(runner, lead_key(clip_id, frame)), weight
             )
             blended[frame] = blend_key(clip_id, frame)
-            runner.storage.put(blended[frame], _png(mixed), "image/png")
+            runner.storage.put(blended[frame], png(mixed), "image/png")
     frames = (_stored(runner, blended.get(n) or frame_key(clip_id, n)) for n in range(info.frames))
     key = output_key(clip_id, info.extension)
     runner.storage.put(key, encode_clip(frames, info, audio_from=clip), info.content_type)
-    if runner._db(lambda session: finish_clip(session, clip_id, key, blended), job_id):
+    if runner.db(lambda session: finish_clip(session, clip_id, key, blended), job_id):
         log.info("job=%s event=clip-assembled frames=%d segment=%s", clip_id, info.frames, job_id)

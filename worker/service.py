@@ -5,146 +5,33 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import resource
-import signal
 import subprocess
 import sys
-import threading
-from pathlib import Path
 
 from celery import Celery
-from celery.signals import (
-    worker_process_init,
-    worker_process_shutdown,
-    worker_ready,
-    worker_shutdown,
-    worker_shutting_down,
-)
 
-from shared.db import make_engine, session_factory
-from shared.jobs import job_queue
 from shared.logs import configure_logging
-from shared.metrics import MetricsUnavailable, Recorder
-from shared.reconcile import reconciler_for
 from shared.settings import Settings, SettingsError, load_settings
-from shared.storage import open_storage
-from shared.tasks import STYLIZE, enqueue_stylize, make_celery
+from shared.tasks import make_celery
 
 from .gpus import GpuError, children, gpu_count, parse_gpus, supervise
-from .runner import JobRunner
+from .process import WorkerProcess, configure
 
 log = logging.getLogger("impasto.worker")
-
-# The runner of this process, built after the pool forks it: a database engine, storage
-# client and CUDA context must not cross a fork.
-_runner: JobRunner | None = None
-# A worker's transactions last milliseconds; one left open longer is a frozen process's, whose
-# lock on the job row would stop the reconciler from handing the job to another worker.
-IDLE_IN_TRANSACTION_S = 10
-# Set in a pool process by SIGTERM: its job stops at the next iteration and goes back to the queue.
-_stopping = threading.Event()
-
-
-def runner(app: Celery, settings: Settings, device: str | None) -> JobRunner:
-    global _runner
-    if _runner is None:
-        sessions = session_factory(make_engine(settings.database_url, idle_in_transaction_s=IDLE_IN_TRANSACTION_S))
-
-        def requeue(job_id: str) -> None:  # to the queue it came from
-            with sessions() as session:
-                queue = job_queue(session, job_id) or settings.gpu_queue
-            enqueue_stylize(app, job_id, queue)
-
-        _runner = JobRunner(
-            settings,
-            sessions,
-            open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url),
-            device=device,
-            requeue=requeue,
-            metrics=Recorder.from_settings(settings),
-        )
-    return _runner
 
 
 def create_worker_app(
     settings: Settings, device: str | None = None, preload: str | None = "auto", max_memory: int | None = None
 ) -> Celery:
-    """The Celery app with the stylize task bound to this process's runner. `max_memory`
-    caps each pool process's host memory: a job too large for it fails with `out_of_memory`
-    and the process takes the next job, instead of the kernel killing the worker."""
+    """The Celery app with the stylize task (worker/tasks.py) and the signal handlers
+    (worker/signals.py), for this process's settings. `max_memory` caps each pool process's
+    host memory: a job too large for it fails with `out_of_memory` and the process takes the
+    next job, instead of the kernel killing the worker."""
     app = make_celery(settings)
-
-    @app.task(name=STYLIZE, bind=True)
-    def stylize(task, job_id: str) -> str | None:
-        # While a job runs, a stop is cooperative, like a cancel: SIGTERM sets a flag, the job
-        # stops at its next iteration and goes back to the queue, and a second SIGTERM changes
-        # nothing. Between jobs, billiard's own handler ends the idle process. A stop asked for
-        # during an earlier job that did not end the process is forgotten: it was for that job.
-        _stopping.clear()
-        previous = signal.signal(signal.SIGTERM, _request_stop)
-        try:
-            return runner(app, settings, device).run(job_id, should_abort=_stopping.is_set)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-
-    @worker_process_init.connect(weak=False)
-    def prepare_pool_process(sender: str | None = None, **_: object) -> None:
-        # The memory cap and the heartbeat first: whatever happens to the weights, they are in place.
-        if max_memory:
-            resource.setrlimit(resource.RLIMIT_DATA, (max_memory, max_memory))
-        job_runner = runner(app, settings, device)
-        job_runner.start_heartbeat(node=sender)  # for /metrics; sender: the Celery worker's name
-        if preload:  # VGG-19 from this machine's disk, after the fork; never a download here
-            job_runner.preload(preload)
-
-    @worker_process_shutdown.connect(weak=False)
-    def leave_metrics(**_: object) -> None:  # a pool process that ends on purpose is not a lost worker
-        if _runner is not None:
-            _runner.stop_heartbeat()
-
-    @worker_ready.connect(weak=False)
-    def start_reconciler(**_: object) -> None:
-        # Every worker's main process reconciles now and then: jobs whose worker died or whose
-        # message the broker lost are sent again, on whichever machines are still up.
-        reconciler_for(settings, app).start()
-
-    @worker_shutdown.connect(weak=False)
-    def forget_pool_processes(sender: object = None, **_: object) -> None:
-        # Idle pool processes end at SIGTERM without a word: their heartbeats go here, once all are gone.
-        try:
-            Recorder.from_settings(settings).forget_workers(node=getattr(sender, "hostname", None))
-        except MetricsUnavailable as err:
-            log.warning("event=metrics-forget-failed error=%r", str(err))
-
-    @worker_shutting_down.connect(weak=False)
-    def stop_pool_processes(**_: object) -> None:
-        # Celery's warm shutdown would wait for the running job to end; instead each pool
-        # process running one hands its job back (docker and `impasto up` signal only the main
-        # process). Idle ones are left to the warm shutdown, which closes them: one killed by
-        # the signal now would be logged as an error and replaced while the worker stops.
-        for pid in _busy_pool_pids():
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+    configure(WorkerProcess(settings, app, device=device, preload=preload, max_memory=max_memory))
+    from . import signals, tasks  # noqa: F401  (registering them is their import)
 
     return app
-
-
-def _request_stop(signum: int, frame: object) -> None:
-    _stopping.set()
-
-
-def _busy_pool_pids() -> list[int]:
-    """The pool processes running a job now: those Celery's worker state says took a request,
-    among this process's children (Linux: /proc)."""
-    from celery.worker import state
-
-    children: set[int] = set()
-    for listing in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
-        children.update(int(pid) for pid in listing.read_text().split())
-    busy = {request.worker_pid for request in list(state.active_requests)}
-    return sorted(children & busy)
 
 
 def device_problem(device: str) -> str | None:

@@ -63,6 +63,7 @@
       var radio = document.createElement("input");
       radio.type = "radio";
       radio.name = "brush-style";
+      radio.setAttribute("form", "brush-no-form"); // no such form: a choice of the page, never submitted
       radio.id = "brush-style-" + index;
       radio.checked = index === 0;
       radio.addEventListener("change", function () { if (radio.checked) { current = index; draw(); } });
@@ -211,7 +212,7 @@
       });
       maskFiles.files = files.files;
       sent = true;
-      form.submit();
+      HTMLFormElement.prototype.submit.call(form); // form.submit is the button named "submit"
     });
   });
 

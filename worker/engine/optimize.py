@@ -9,6 +9,7 @@ own all of that.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,6 +47,16 @@ FINAL_SCALE_SHARE = 0.75
 CARRY_HISTORY = True
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """The optimizer's own settings, fixed by measurement rather than asked of a user;
+    bench/quality.py passes others to compare."""
+
+    final_scale_share: float = FINAL_SCALE_SHARE
+    lbfgs_history: int = LBFGS_HISTORY
+    carry_history: bool = CARRY_HISTORY
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto' (or None) picks the GPU when there is one; 'cuda' without one is an error."""
     if isinstance(device, torch.device):
@@ -81,12 +92,12 @@ def scale_sizes(content_size: tuple[int, int], size: int, scales: int, min_side:
     return sizes
 
 
-def split_iterations(iterations: int, scales: int) -> list[int]:
-    """The budget per scale: FINAL_SCALE_SHARE to the last, the rest spread evenly over the
+def split_iterations(iterations: int, scales: int, final_share: float = FINAL_SCALE_SHARE) -> list[int]:
+    """The budget per scale: `final_share` to the last, the rest spread evenly over the
     coarser ones (their remainder to the finer of them)."""
     if scales == 1:
         return [iterations]
-    coarse = int(iterations * (1 - FINAL_SCALE_SHARE))
+    coarse = int(iterations * (1 - final_share))
     base, extra = divmod(coarse, scales - 1)
     return [*(base + (1 if i >= scales - 1 - extra else 0) for i in range(scales - 1)), iterations - coarse]
 
@@ -101,6 +112,7 @@ def stylize(
     should_stop: Callable[[], bool] | None = None,
     resume: Resume | None = None,
     targets_cache: TargetCache | None = None,
+    tuning: Tuning = Tuning(),
     style_masks: Sequence[Image.Image | None] | None = None,
     init: Image.Image | None = None,
     extra_loss: Callable[[tuple[int, int], torch.device], Callable[[torch.Tensor], torch.Tensor]] | None = None,
@@ -117,6 +129,78 @@ def stylize(
     previous output, warped); `extra_loss(dims, device)` gives a term added to the tv loss
     at each scale (a video frame's temporal loss, worker/engine/temporal.py).
     """
+    run = _prepare(content, styles, params, device, weights, style_masks, tuning)
+    run.stop, run.resume, run.targets_cache = should_stop, resume, targets_cache
+    run.init, run.extra_loss = init, extra_loss
+    if resume is not None and not 0 <= resume.iteration <= run.total_iterations:
+        raise EngineError(f"cannot resume at iteration {resume.iteration} of {run.total_iterations}")
+    state = _State(iteration=resume.iteration if resume is not None else 0)
+    scale_end = 0  # iterations done by the end of this scale
+    for scale_index, (dims, budget) in enumerate(zip(run.sizes, run.budgets), start=1):
+        scale_end += budget
+        resumed_here = False
+        if resume is not None and state.best is None:  # the first scale run in a resumed job
+            if resume.iteration >= scale_end and scale_index < len(run.sizes):
+                continue  # finished before the interruption
+            resumed_here, budget = True, scale_end - resume.iteration
+        if budget == 0 and not resumed_here:
+            continue
+        yield from _scale(run, state, scale_index, dims, budget, resumed_here)
+        if state.canceled:
+            break
+    yield from _finish(run, state)
+
+
+@dataclass
+class _Run:
+    """What every scale of one run shares."""
+
+    content: Image.Image
+    styles: list[Image.Image]
+    params: Any
+    masks: Any
+    blend: Sequence[float]
+    dev: torch.device
+    weights: LoadedWeights
+    net: VGGFeatures
+    precision: str
+    network: NetworkKey
+    sizes: list[tuple[int, int]]
+    budgets: list[int]
+    min_side: int
+    generator: torch.Generator
+    stop: Callable[[], bool] | None = None
+    resume: Resume | None = None
+    targets_cache: TargetCache | None = None
+    tuning: Tuning = Tuning()
+    init: Image.Image | None = None
+    extra_loss: Any = None
+
+    @property
+    def luminance_only(self) -> bool:
+        return self.params.preserve_colors == "luminance"
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(self.budgets)
+
+
+@dataclass
+class _State:
+    """What one scale hands the next, and the run's end reads."""
+
+    iteration: int = 0
+    best: torch.Tensor | None = None  # the lowest-loss image of the scale last run
+    best_losses: Losses | None = None
+    initial_losses: Losses | None = None
+    optimizer: ProjectedLBFGS | ProjectedAdam | None = None
+    evaluations: int = 0  # objective evaluations in this run, every scale's start and trial included
+    chroma: torch.Tensor | None = None  # the content's I and Q channels at the current scale, in luminance mode
+    canceled: bool = False
+
+
+def _prepare(content, styles, params, device, weights, style_masks, tuning: Tuning) -> _Run:
+    """Check the inputs and build what every scale shares: the network, the sizes, the styles."""
     styles = list(styles)
     if not styles:
         raise EngineError("give at least one style image")
@@ -133,114 +217,113 @@ def stylize(
         raise EngineError(problem)
     min_side = params.min_short_side()
     sizes = scale_sizes(content.size, params.size, params.scales, min_side)
-    final_size = sizes[-1]
     weights = weights if weights is not None else load_weights(params.weights)
     net = VGGFeatures(weights, layers, params.pooling).to(dev)
     precision = resolve_precision(getattr(params, "precision", "auto"), dev)
     network = NetworkKey(weights.state, params.pooling, str(dev), precision)
-    luminance_only = params.preserve_colors == "luminance"
     if params.preserve_colors == "histogram":
         # Gatys et al. 2017, section 3.1: recolour the style images to the content's
         # colour statistics (measured at the output size) before anything else.
         # Styles are first shrunk to the largest size they will be used at.
-        reference = to_tensor(content, final_size)
+        reference = to_tensor(content, sizes[-1])
         largest = max(round(params.style_scale * params.size), min_side)
         styles = [to_pil(match_color(to_tensor(s, _shrunk(s.size, largest)), reference)) for s in styles]
-    generator = torch.Generator().manual_seed(params.seed)
+    budgets = split_iterations(params.iterations, len(sizes), tuning.final_scale_share)
+    return _Run(
+        content, styles, params, masks, blend, dev, weights, net, precision, network, sizes, budgets, min_side,
+        torch.Generator().manual_seed(params.seed), tuning=tuning,
+    )  # fmt: skip
 
-    budgets = split_iterations(params.iterations, len(sizes))
-    total_iterations = sum(budgets)
-    iteration = 0
-    if resume is not None:
-        if not 0 <= resume.iteration <= total_iterations:
-            raise EngineError(f"cannot resume at iteration {resume.iteration} of {total_iterations}")
-        iteration = resume.iteration
-    initial_losses: Losses | None = None
-    best: torch.Tensor | None = None  # the lowest-loss image of the scale last run
-    best_losses: Losses | None = None
-    canceled = False
-    optimizer: ProjectedLBFGS | ProjectedAdam | None = None
-    evaluations = 0  # objective evaluations in this run, every scale's start and trial included
-    chroma = None  # the content's I and Q channels at the current scale, in luminance mode
 
-    scale_end = 0  # iterations done by the end of this scale
-    for scale_index, (dims, budget) in enumerate(zip(sizes, budgets), start=1):
-        scale_end += budget
-        resumed_here = False
-        if resume is not None and best is None:  # the first scale run in a resumed job
-            if resume.iteration >= scale_end and scale_index < len(sizes):
-                continue  # finished before the interruption
-            resumed_here, budget = True, scale_end - resume.iteration
-        if budget == 0 and not resumed_here:
-            continue
-        style_long = max(round(params.style_scale * max(dims)), min_side)
-        content_t = to_tensor(content, dims).to(dev)
-        style_ts = [to_tensor(s, fit_long_side(s.size, style_long)).to(dev) for s in styles]
-        if min(min(s.shape[-2:]) for s in style_ts) < min_side:
-            raise EngineError(
-                f"a style image is too narrow for layer {max(layers, key=LAYER_NAMES.index)} at "
-                f"this size; raise the style scale or use a less elongated style image"
-            )
-        if luminance_only:
-            # Gatys et al. 2017, section 3.2: optimise the luminance alone, on luminance
-            # targets whose statistics match the content's; colour comes back from the content.
-            content_yiq = rgb_to_yiq(content_t)
-            chroma = content_yiq[:, 1:]
-            content_t = content_yiq[:, :1]
-            style_ts = [match_luminance(rgb_to_yiq(s)[:, :1], content_t) for s in style_ts]
-        render = (lambda y: y.expand(-1, 3, -1, -1)) if luminance_only else (lambda x: x)
-        objective = StyleObjective(
-            net,
-            params,
-            render(content_t),
-            [render(s) for s in style_ts],
-            blend,
-            targets_cache=targets_cache,
-            network=network,
-            precision=precision,
-            style_masks=None if masks is None else [mask_tensor(m, dims).to(dev) for m in masks],
-            extra=extra_loss(dims, dev) if extra_loss is not None else None,
+def _scale(run: _Run, state: _State, scale_index: int, dims: tuple[int, int], budget: int, resumed_here: bool):
+    """One scale: its targets and objective, where it starts, and its iterations' events."""
+    params, dev = run.params, run.dev
+    style_long = max(round(params.style_scale * max(dims)), run.min_side)
+    content_t = to_tensor(run.content, dims).to(dev)
+    style_ts = [to_tensor(s, fit_long_side(s.size, style_long)).to(dev) for s in run.styles]
+    if min(min(s.shape[-2:]) for s in style_ts) < run.min_side:
+        layers = (*params.content_layers, *params.style_layers)
+        raise EngineError(
+            f"a style image is too narrow for layer {max(layers, key=LAYER_NAMES.index)} at "
+            f"this size; raise the style scale or use a less elongated style image"
         )
-
-        if resumed_here:
-            assert resume is not None
-            start = to_tensor(resume.image, dims).to(dev)
-            start = rgb_to_yiq(start)[:, :1] if luminance_only else start
-        elif best is not None:
-            start = F.interpolate(best, size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
-        elif init is not None:
-            start = to_tensor(init, dims).to(dev)
-            start = rgb_to_yiq(start)[:, :1] if luminance_only else start
-        elif params.init == "content":
-            start = content_t
-        elif params.init == "style":
-            start = F.interpolate(style_ts[0], size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
-        else:
-            start = torch.rand(content_t.shape, generator=generator).to(dev)
-        optimizer = _optimizer(Descent(objective, render), start, params, dims, optimizer)
-        initial_losses = initial_losses or optimizer.losses
-        for _ in range(budget):
-            if should_stop is not None and should_stop():
-                canceled = True
-                break
-            losses = optimizer.step()
-            iteration += 1
-            done = evaluations + optimizer.descent.evaluations
-            yield Progress(iteration, total_iterations, scale_index, len(sizes), dims, losses, done)
-            if params.snapshot_every and iteration % params.snapshot_every == 0 and iteration < total_iterations:
-                yield Snapshot(iteration, to_pil(_to_rgb(optimizer.best, chroma)), optimizer.best_losses)
-        evaluations += optimizer.descent.evaluations
-        best, best_losses = optimizer.best, optimizer.best_losses
-        if canceled:
+    if run.luminance_only:
+        # Gatys et al. 2017, section 3.2: optimise the luminance alone, on luminance
+        # targets whose statistics match the content's; colour comes back from the content.
+        content_yiq = rgb_to_yiq(content_t)
+        state.chroma = content_yiq[:, 1:]
+        content_t = content_yiq[:, :1]
+        style_ts = [match_luminance(rgb_to_yiq(s)[:, :1], content_t) for s in style_ts]
+    render = (lambda y: y.expand(-1, 3, -1, -1)) if run.luminance_only else (lambda x: x)
+    objective = StyleObjective(
+        run.net,
+        params,
+        render(content_t),
+        [render(s) for s in style_ts],
+        run.blend,
+        targets_cache=run.targets_cache,
+        network=run.network,
+        precision=run.precision,
+        style_masks=None if run.masks is None else [mask_tensor(m, dims).to(dev) for m in run.masks],
+        extra=run.extra_loss(dims, dev) if run.extra_loss is not None else None,
+    )
+    start = _start(run, state, dims, content_t, style_ts, resumed_here)
+    optimizer = _optimizer(Descent(objective, render), start, params, dims, state.optimizer, run.tuning)
+    state.optimizer = optimizer
+    state.initial_losses = state.initial_losses or optimizer.losses
+    total = run.total_iterations
+    for _ in range(budget):
+        if run.stop is not None and run.stop():
+            state.canceled = True
             break
+        losses = optimizer.step()
+        state.iteration += 1
+        done = state.evaluations + optimizer.descent.evaluations
+        yield Progress(state.iteration, total, scale_index, len(run.sizes), dims, losses, done)
+        if params.snapshot_every and state.iteration % params.snapshot_every == 0 and state.iteration < total:
+            yield Snapshot(state.iteration, to_pil(_to_rgb(optimizer.best, state.chroma)), optimizer.best_losses)
+    state.evaluations += optimizer.descent.evaluations
+    state.best, state.best_losses = optimizer.best, optimizer.best_losses
 
-    output = _to_rgb(best, chroma)
+
+def _start(run: _Run, state: _State, dims, content_t, style_ts, resumed_here: bool) -> torch.Tensor:
+    """Where a scale's optimization starts: the resumed snapshot, the previous scale's best
+    upsampled, the given initial image, or params.init."""
+    if resumed_here:
+        assert run.resume is not None
+        start = to_tensor(run.resume.image, dims).to(run.dev)
+        return rgb_to_yiq(start)[:, :1] if run.luminance_only else start
+    if state.best is not None:
+        return F.interpolate(state.best, size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
+    if run.init is not None:
+        start = to_tensor(run.init, dims).to(run.dev)
+        return rgb_to_yiq(start)[:, :1] if run.luminance_only else start
+    if run.params.init == "content":
+        return content_t
+    if run.params.init == "style":
+        return F.interpolate(style_ts[0], size=(dims[1], dims[0]), mode="bicubic", align_corners=False)
+    return torch.rand(content_t.shape, generator=run.generator).to(run.dev)
+
+
+def _finish(run: _Run, state: _State) -> Iterator[Event]:
+    """The final snapshot (the output, at the final size) and the Result."""
+    final_size = run.sizes[-1]
+    output = _to_rgb(state.best, state.chroma)
     if output.shape[-2:] != (final_size[1], final_size[0]):  # canceled at a coarse scale
         output = F.interpolate(output, size=(final_size[1], final_size[0]), mode="bicubic", align_corners=False)
     picture = to_pil(output)
-    yield Snapshot(iteration, picture, best_losses, final=True)
+    yield Snapshot(state.iteration, picture, state.best_losses, final=True)
+    weights = run.weights
     yield Result(
-        picture, iteration, best_losses, initial_losses, canceled, weights.source, weights.warning, str(dev), precision
+        picture,
+        state.iteration,
+        state.best_losses,
+        state.initial_losses,
+        state.canceled,
+        weights.source,
+        weights.warning,
+        str(run.dev),
+        run.precision,
     )
 
 
@@ -250,13 +333,16 @@ def _optimizer(
     params: Any,
     dims: tuple[int, int],
     previous: ProjectedLBFGS | ProjectedAdam | None,
+    tuning: Tuning,
 ) -> ProjectedLBFGS | ProjectedAdam:
     """The optimizer of one scale; an L-BFGS takes over the previous scale's curvature memory."""
     if params.optimizer == "adam":
         return ProjectedAdam(descent, start, params.learning_rate)
-    history = LBFGS_HISTORY if dims[0] * dims[1] <= LARGE_IMAGE_PIXELS else LBFGS_HISTORY_LARGE
+    history = tuning.lbfgs_history
+    if dims[0] * dims[1] > LARGE_IMAGE_PIXELS:
+        history = min(history, LBFGS_HISTORY_LARGE)
     optimizer = ProjectedLBFGS(descent, start, history, params.learning_rate)
-    if CARRY_HISTORY and isinstance(previous, ProjectedLBFGS):
+    if tuning.carry_history and isinstance(previous, ProjectedLBFGS):
         optimizer.take_memory(previous)
     return optimizer
 

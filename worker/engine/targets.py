@@ -5,7 +5,9 @@ Gram matrices of one style image at one scale, keyed by a digest of the exact pi
 the network (so the size, style_scale and colour handling, which all change those pixels,
 are part of the key), the style layers, and the network: its weights (by identity), pooling,
 device and precision. (A feature's values do not depend on where the network is cut.) Blend weights
-are applied after the lookup, so they need no key of their own.
+are applied after the lookup, so they need no key of their own; nor do style masks, which
+weight the output's features (masks.py), never the style's: a target is always the Gram
+matrix of the whole style image.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
-"""Retention: a finished job's images and rows are deleted once it is older than the retention
-period; a job that is queued or running is never touched, however old.
+"""Retention, one pass of which every worker runs from its reconciler: finished jobs older
+than the retention period are deleted (shared/deletion.py says how a delete goes), deletes
+abandoned half way are finished once ABANDONED_DELETE_AGE old, sweeps whose every cell is
+gone are dropped, and stored files that no row leads to are swept once they are old. A job
+that is queued or running is never touched, however old.
 
-A delete is three short steps, and no transaction or row lock is held while storage objects
-are removed: (1) one guarded UPDATE marks the finished job deleted (`deleted_at`) and commits,
-from which moment every reader treats it as gone; (2) its files are deleted; (3) its rows are.
-The guard (final, not yet marked) lets exactly one of any number of cleaners, one per worker
-machine and the API's DELETE, take each job; a second that meets it skips it or finds it gone.
-
-A cleaner that stops between the steps (a crash, a storage or database outage) leaves a row
-marked deleted, which no reader shows and the next retention pass finishes once it is
-ABANDONED_DELETE_AGE old: never a visible row whose images are gone. Images that no row leads
-to come only from a submission whose row was never committed (the database was down) or a
-lost worker writing after its job was deleted; `purge_orphans` sweeps them once they are old.
+Files that no row leads to come only from a submission whose row was never committed (the
+database was down) or a lost worker writing after its job was deleted.
 """
 
 from __future__ import annotations
@@ -20,15 +14,16 @@ import argparse
 import logging
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import FINAL_STATUSES, Job, Snapshot, Sweep, utcnow
-from .storage import Storage, StoredObject
+from shared.deletion import mark_deleted, remove_deleted
+from shared.models import FINAL_STATUSES, Job, Sweep, utcnow
+from shared.storage import Storage, StoredObject
 
 log = logging.getLogger("impasto.retention")
 
@@ -40,16 +35,6 @@ ORPHAN_AGE = timedelta(days=1)
 # A job marked deleted whose row is still there after this long: its deleter stopped half
 # way; the retention pass finishes it (a delete in progress takes seconds, not minutes).
 ABANDONED_DELETE_AGE = timedelta(minutes=10)
-
-
-def delete_job(session: Session, storage: Storage, job_id: str) -> bool:
-    """Mark a finished job deleted and commit, then delete its images, then its rows; False,
-    with nothing touched, when there is no such job, it is still queued or running, or another
-    cleaner marked it first. A storage or database error on the way leaves the job marked
-    deleted (hidden from every reader) for the retention pass to finish, and is raised."""
-    if not _mark_deleted(session, [Job.id == job_id, Job.status.in_(FINAL_STATUSES), Job.deleted_at.is_(None)]):
-        return False
-    return _remove(session, storage, job_id)
 
 
 def purge_expired(
@@ -69,14 +54,14 @@ def purge_expired(
         for job_id in _pages(sessions, and_(_expired(before), Job.deleted_at.is_(None)), batch):
             with sessions() as session:
                 guard = [Job.id == job_id, _expired(before), Job.deleted_at.is_(None)]
-                if _mark_deleted(session, guard):
-                    deleted += _remove(session, storage, job_id)
+                if mark_deleted(session, guard):
+                    deleted += remove_deleted(session, storage, job_id)
         if deleted:
             log.info("event=retention-purged jobs=%d finished_before=%s", deleted, before.isoformat())
     abandoned = 0
     for job_id in _pages(sessions, Job.deleted_at < now - ABANDONED_DELETE_AGE, batch):
         with sessions() as session:
-            abandoned += _remove(session, storage, job_id)
+            abandoned += remove_deleted(session, storage, job_id)
     if abandoned:
         log.info("event=abandoned-deletes-finished jobs=%d", abandoned)
     _purge_empty_sweeps(sessions, now - ABANDONED_DELETE_AGE)
@@ -154,55 +139,6 @@ def _expired(before: datetime) -> Any:
     )
 
 
-def _mark_deleted(session: Session, guard: list[Any]) -> bool:
-    """One guarded UPDATE, committed at once: whether this cleaner took the job."""
-    try:
-        taken = session.execute(update(Job).where(*guard).values(deleted_at=utcnow())).rowcount == 1
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return taken
-
-
-def _remove(session: Session, storage: Storage, job_id: str) -> bool:
-    """The files, then the rows, of a job marked deleted; True when this call deleted its row."""
-    try:
-        row = session.execute(
-            select(Job.inputs, Job.output_key).where(Job.id == job_id, Job.deleted_at.is_not(None))
-        ).first()
-        snapshots = session.scalars(select(Snapshot.key).where(Snapshot.job_id == job_id)).all()
-    finally:
-        session.rollback()  # a read only: end its transaction before the storage calls
-    if row is None:
-        return False
-    keys = set(_keys(row.inputs, row.output_key, snapshots))
-    keys.update(item.key for item in storage.list_objects(f"jobs/{job_id}"))
-    for key in sorted(keys):
-        storage.delete(key)
-    try:
-        # Snapshots first, whether or not the database cascades (SQLite without its pragma).
-        session.execute(delete(Snapshot).where(Snapshot.job_id == job_id))
-        deleted = session.execute(delete(Job).where(Job.id == job_id, Job.deleted_at.is_not(None))).rowcount == 1
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    if deleted:
-        log.info("event=job-deleted job=%s objects=%d", job_id, len(keys))
-    return deleted
-
-
-def _keys(inputs: dict[str, Any] | None, output_key: str | None, snapshots: Iterable[str]) -> Iterable[str]:
-    inputs = inputs or {}
-    for item in [inputs.get("content"), *inputs.get("styles", [])]:
-        if item and item.get("key"):
-            yield item["key"]
-    yield from snapshots
-    if output_key:
-        yield output_key
-
-
 def main(argv: list[str] | None = None) -> int:
     """Delete finished jobs past the retention period, and stored files no job owns (one pass)."""
     parser = argparse.ArgumentParser(prog="impasto cleanup", description=main.__doc__)
@@ -213,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import sqlalchemy.exc
 
-    from .db import describe_error, make_engine, session_factory
-    from .settings import SettingsError, load_settings
-    from .storage import StorageError, open_storage
+    from shared.db import describe_db_error, make_engine, session_factory
+    from shared.settings import SettingsError, load_settings
+    from shared.storage import StorageError, open_storage
 
     try:
         settings = load_settings()
@@ -230,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = purge_expired(sessions, storage, settings.retention)
         orphans = 0 if args.no_orphans else purge_orphans(sessions, storage)
     except sqlalchemy.exc.SQLAlchemyError as err:
-        print(f"impasto cleanup: error: the database: {describe_error(err)}", file=sys.stderr)
+        print(f"impasto cleanup: error: the database: {describe_db_error(err)}", file=sys.stderr)
         return 1
     except StorageError as err:
         print(f"impasto cleanup: error: the storage: {err}", file=sys.stderr)

@@ -32,11 +32,11 @@ from typing import Any
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .clips import CLIP, settle_clip
-from .db import database_unreachable, describe_error
-from .models import CANCELED, FAILED, QUEUED, RUNNING, Job, utcnow
-from .settings import Settings
-from .tasks import STYLIZE, queue_keys
+from shared.clips import CLIP, settle_clip
+from shared.db import database_unreachable, describe_db_error
+from shared.models import CANCELED, FAILED, QUEUED, RUNNING, Job, utcnow
+from shared.settings import Settings
+from shared.tasks import STYLIZE, queue_keys
 
 log = logging.getLogger("impasto.reconcile")
 
@@ -224,7 +224,7 @@ class Reconciler:
     def _clean_up(self, now: float) -> None:
         """Retention's passes; a failure here (storage refusing a delete, say) is logged and
         never stops the reconciling above."""
-        from .retention import purge_expired, purge_orphans
+        from worker.retention import purge_expired, purge_orphans
 
         try:
             purge_expired(self.sessions, self.storage, self.settings.retention)
@@ -232,7 +232,7 @@ class Reconciler:
                 self._orphans_swept = now
                 purge_orphans(self.sessions, self.storage)
         except Exception as err:
-            log.warning("event=cleanup-failed error=%r", describe_error(err), exc_info=not database_unreachable(err))
+            log.warning("event=cleanup-failed error=%r", describe_db_error(err), exc_info=not database_unreachable(err))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="impasto-reconciler", daemon=True)
@@ -255,7 +255,7 @@ class Reconciler:
             except Exception as err:  # the database or the broker is away: try again next time
                 if database_unreachable(err):
                     self._watching_since = None  # and give workers a whole lease to renew once it is back
-                log.warning("event=reconcile-failed error=%r", describe_error(err))
+                log.warning("event=reconcile-failed error=%r", describe_db_error(err))
 
 
 def reconciler_for(settings: Settings, celery_app: Any) -> Reconciler:
@@ -265,9 +265,9 @@ def reconciler_for(settings: Settings, celery_app: Any) -> Reconciler:
 
     import redis
 
-    from .db import make_engine, session_factory
-    from .storage import open_storage
-    from .tasks import enqueue_stylize
+    from shared.db import make_engine, session_factory
+    from shared.storage import open_storage
+    from shared.tasks import enqueue_stylize
 
     client = redis.Redis.from_url(settings.require_broker())
     # A reconciler frozen mid-pass (its machine paused) must not hold rows locked for ever.
@@ -293,9 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from .logs import configure_logging
-    from .settings import SettingsError, load_settings
-    from .tasks import make_celery
+    from shared.logs import configure_logging
+    from shared.settings import SettingsError, load_settings
+    from shared.tasks import make_celery
 
     parser = argparse.ArgumentParser(prog="impasto reconcile", description=main.__doc__)
     parser.add_argument("--forever", action="store_true", help="keep going until Ctrl-C")
