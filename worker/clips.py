@@ -192,9 +192,9 @@ def _assemble(runner: JobRunner, clip_id: str, clip: bytes, info: ClipInfo, job_
     succeeded (a second segment that also found the clip complete changes nothing)."""
     from worker.results import png
 
-    segments = [
-        Segment.from_dict(s.inputs["segment"]) for s in runner.db(lambda session: segments_of(session, clip_id), job_id)
-    ]
+    segments = runner.db(
+        lambda session: [Segment.from_dict(s.inputs["segment"]) for s in segments_of(session, clip_id)], job_id
+    )  # read inside the session: the rows' attributes are not loaded after it closes
     blended: dict[int, str] = {}
     for segment in segments:
         for step, frame in enumerate(range(segment.start, segment.first), start=1):
