@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import io
 import re
+from fractions import Fraction
 
+import av
 import numpy as np
 from PIL import Image
 
 from shared.jobs import create_job
 from shared.params import StyleParams
-from tests.conftest import PAINTING, PHOTO
+from tests.conftest import PAINTING, PHOTO, load
 
 
 def encode(image: Image.Image, format: str = "PNG", **options) -> bytes:
@@ -100,3 +102,49 @@ def half_masks(width: int = 64, height: int = 48) -> tuple[Image.Image, Image.Im
 def mean_colour(image: Image.Image, columns: slice) -> np.ndarray:
     """The mean RGB, in [0, 1], of `columns` of the image."""
     return (np.asarray(image, dtype=float)[:, columns] / 255).reshape(-1, 3).mean(axis=0)
+
+
+# --- clips ----------------------------------------------------------------------------------
+
+SIZE = (64, 48)
+ENCODERS = {"mp4": "libx264", "webm": "libvpx-vp9", "gif": "gif"}
+AUDIO = {"mp4": "aac", "webm": "libopus"}
+
+
+def panned(frames: int, shift: int = 2, size: tuple[int, int] = SIZE) -> list[Image.Image]:
+    """A still photo panned `shift` px a frame: the scene moves left by `shift` each frame."""
+    photo = load(PHOTO)
+    width, height = size
+    photo = photo.resize((round(photo.width * height / photo.height), height), Image.Resampling.LANCZOS)
+    return [photo.crop((shift * t, 0, shift * t + width, height)) for t in range(frames)]
+
+
+def make_clip(
+    container: str = "mp4",
+    frames: list[Image.Image] | None = None,
+    *,
+    encoder: str | None = None,
+    audio: bool = False,
+    fps: int = 12,
+) -> bytes:
+    """A clip of `frames` (default: four panned frames) written with PyAV, with a tone if `audio`."""
+    frames = frames if frames is not None else panned(4)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        video = out.add_stream(encoder or ENCODERS[container], rate=Fraction(fps))
+        video.width, video.height = frames[0].size
+        video.pix_fmt = "rgb8" if container == "gif" else "yuv420p"
+        sound = out.add_stream(AUDIO[container], rate=48000) if audio else None
+        for image in frames:
+            for packet in video.encode(av.VideoFrame.from_image(image)):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+        if sound is not None:
+            samples = 48000 * len(frames) // fps
+            tone = (0.1 * np.sin(np.arange(samples) / 8.0))[None, :].astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+            frame.sample_rate = 48000
+            for packet in [*sound.encode(frame), *sound.encode(None)]:
+                out.mux(packet)
+    return buffer.getvalue()

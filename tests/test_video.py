@@ -10,57 +10,14 @@ import subprocess
 import sys
 from fractions import Fraction
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
 from shared.params import StyleParams
 from shared.video import ClipError, encode_clip, is_clip, probe_clip, read_frames, sniff_container
-from tests.conftest import PHOTO, load, make_style
-
-SIZE = (64, 48)
-ENCODERS = {"mp4": "libx264", "webm": "libvpx-vp9", "gif": "gif"}
-AUDIO = {"mp4": "aac", "webm": "libopus"}
-
-
-def panned(frames: int, shift: int = 2, size: tuple[int, int] = SIZE) -> list[Image.Image]:
-    """A still photo panned `shift` px a frame: the scene moves left by `shift` each frame."""
-    photo = load(PHOTO)
-    width, height = size
-    photo = photo.resize((round(photo.width * height / photo.height), height), Image.Resampling.LANCZOS)
-    return [photo.crop((shift * t, 0, shift * t + width, height)) for t in range(frames)]
-
-
-def make_clip(
-    container: str = "mp4",
-    frames: list[Image.Image] | None = None,
-    *,
-    encoder: str | None = None,
-    audio: bool = False,
-    fps: int = 12,
-) -> bytes:
-    """A clip of `frames` (default: four panned frames) written with PyAV, with a tone if `audio`."""
-    frames = frames if frames is not None else panned(4)
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format=container) as out:
-        video = out.add_stream(encoder or ENCODERS[container], rate=Fraction(fps))
-        video.width, video.height = frames[0].size
-        video.pix_fmt = "rgb8" if container == "gif" else "yuv420p"
-        sound = out.add_stream(AUDIO[container], rate=48000) if audio else None
-        for image in frames:
-            for packet in video.encode(av.VideoFrame.from_image(image)):
-                out.mux(packet)
-        for packet in video.encode(None):
-            out.mux(packet)
-        if sound is not None:
-            samples = 48000 * len(frames) // fps
-            tone = (0.1 * np.sin(np.arange(samples) / 8.0))[None, :].astype(np.float32)
-            frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
-            frame.sample_rate = 48000
-            for packet in [*sound.encode(frame), *sound.encode(None)]:
-                out.mux(packet)
-    return buffer.getvalue()
+from tests.conftest import make_style
+from tests.helpers import SIZE, make_clip, panned
 
 
 def mean_difference(a: Image.Image, b: Image.Image) -> float:

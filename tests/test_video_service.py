@@ -20,8 +20,8 @@ from PIL import Image
 from shared.launcher import free_port
 from shared.video import probe_clip
 from tests.conftest import make_style
+from tests.helpers import make_clip, panned
 from tests.servers import service_env, start, stop, wait_for_http, wait_for_log
-from tests.test_video import make_clip, panned
 
 FRAMES = 6
 
