@@ -18,7 +18,7 @@ from shared.db import database_unreachable, describe_db_error
 from shared.deletion import delete_job
 from shared.jobs import recent_jobs, request_cancel
 from shared.keys import LimiterUnavailable, LimitExceeded, hash_secret, new_job_token
-from shared.models import Job
+from shared.models import Job, Sweep
 
 from .access import (
     JOB_TOKEN_HEADER,
@@ -143,7 +143,7 @@ def show(job_id: str):
 @bp.post("/api/v1/jobs/<job_id>/cancel")
 def cancel(job_id: str):
     with services().sessions() as session:
-        _refuse_unless_allowed(load_job(session, job_id), "cancel")
+        refuse_unless_allowed(load_job(session, job_id), "cancel")
         job = request_cancel(session, job_id)
         if job is None:
             abort(404, f"no job {job_id}")
@@ -163,7 +163,7 @@ def delete(job_id: str):
     """A finished job's images and rows, gone for good; a queued or running one is canceled first."""
     with services().sessions() as session:
         job = load_job(session, job_id)
-        _refuse_unless_allowed(job, "delete")
+        refuse_unless_allowed(job, "delete")
         if not job.is_final:
             return error_response(
                 409,
@@ -276,13 +276,14 @@ def healthz():
     return response
 
 
-def _refuse_unless_allowed(job: Job, action: str) -> None:
-    if not may_change(job):
+def refuse_unless_allowed(thing: Job | Sweep, action: str, kind: str = "job") -> None:
+    """A 403 unless this request may change the job (or the sweep's cells)."""
+    if not may_change(thing):
         abort(
             error_response(
                 403,
                 "forbidden",
-                f"to {action} a job, send its token (header {JOB_TOKEN_HEADER}, "
+                f"to {action} a {kind}, send its token (header {JOB_TOKEN_HEADER}, "
                 f"from the answer to its submission) or the API key that "
                 f"submitted it, or use the page of the browser that submitted it",
             )

@@ -37,8 +37,8 @@ from shared.sweeps import (
     sweep_status,
 )
 
-from .access import Unauthorized, api_key, counted, key_owner, may_change, submission_limit
-from .api import error_response, limiter_unavailable, over_limit, submission_error, unauthorized
+from .access import Unauthorized, api_key, counted, key_owner, submission_limit
+from .api import limiter_unavailable, over_limit, refuse_unless_allowed, submission_error, unauthorized
 from .forms import FieldError, SubmissionError, parse_params
 from .services import Services, services
 from .submit import Checked, check_submission, send, store_inputs
@@ -182,13 +182,7 @@ def show(sweep_id: str):
 def cancel(sweep_id: str):
     with services().sessions() as session:
         sweep = load_sweep(session, sweep_id)
-        if not may_change(sweep):
-            return error_response(
-                403,
-                "forbidden",
-                "to cancel a sweep, send its token (header X-Job-Token), the API key that "
-                "submitted it, or use the page of the browser that submitted it",
-            )
+        refuse_unless_allowed(sweep, "cancel", "sweep")
         for job in sweep_cells(session, sweep_id).values():
             if not job.is_final:
                 request_cancel(session, job.id)
