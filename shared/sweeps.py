@@ -28,8 +28,7 @@ from .models import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, Sweep, ut
 from .params import StyleParams, is_list_field
 
 MAX_AXES = 2
-# Fields that are not parameters of the picture: a sweep over them would make identical cells
-# (snapshot_every) or is refused for what it reads (weights files are the service's).
+# Fields that do not change the picture: a sweep over them would make identical cells.
 NOT_SWEEPABLE = ("snapshot_every",)
 # Names that look like fields but are the job's inputs: one sweep paints one photo with one set of styles.
 INPUT_NAMES = ("content", "style", "style_preset", "style_mask")

@@ -80,7 +80,7 @@ def create():
         if request.form.get("compare"):
             axes = _form_axes(request.form)
             with counted(submission_limit(None), jobs=counted_jobs(axes)):
-                sweep, _ = submit_sweep(
+                sweep = submit_sweep(
                     services(), request.form, request.files, axes, ignore=COMPARE_FIELDS, owner=browser_owner()
                 )
             return redirect(url_for("pages.sweep", sweep_id=sweep.id), code=303)

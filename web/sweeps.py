@@ -64,7 +64,7 @@ def submit_sweep(
     ignore: tuple[str, ...],
     owner: str | None = None,
     token_hash: str | None = None,
-) -> tuple[Sweep, list[Job]]:
+) -> Sweep:
     """Check the photo, styles and parameters once and every cell's parameters as a job's,
     store each cell's inputs, commit the sweep with its cells, then send each cell."""
     checked = check_submission(services, form, files, ignore=ignore)
@@ -100,7 +100,7 @@ def submit_sweep(
     log.info("sweep=%s event=created cells=%d axes=%s", sweep_id, len(jobs), ",".join(a.name for a in axes))
     for job in jobs:
         send(services, job.id, job.queue)
-    return sweep, jobs
+    return sweep
 
 
 def _cell_params(
@@ -133,7 +133,7 @@ def create():
     try:
         axes = _api_axes()
         with counted(submission_limit(key), jobs=counted_jobs(axes)):
-            sweep, _ = submit_sweep(
+            sweep = submit_sweep(
                 services(),
                 request.form,
                 request.files,
