@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request, stream_with_context, url_for
@@ -180,15 +180,21 @@ def delete(job_id: str):
 def events(job_id: str):
     with services().sessions() as session:
         load_job(session, job_id)  # 404 before the stream starts
+    return event_stream_response(lambda: _event_stream(job_id), f"/api/v1/jobs/{job_id}")
+
+
+def event_stream_response(stream: Callable[[], Iterator[str]], poll_path: str) -> Response:
+    """A server-sent event stream, one of at most EVENT_STREAMS_PER_PROCESS in this process
+    (job and sweep pages alike); past that a 503 tells the page to poll `poll_path`."""
     if not _streams.acquire(blocking=False):
         return error_response(
             503,
             "unavailable",
-            f"too many live pages on this server; poll GET /api/v1/jobs/{job_id} instead",
+            f"too many live pages on this server; poll GET {poll_path} instead",
             headers={"Retry-After": "5"},
         )
     response = Response(
-        stream_with_context(_event_stream(job_id)),
+        stream_with_context(stream()),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from flask import Blueprint, Response, abort, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Response, abort, jsonify, request, url_for
 from PIL import Image
 from werkzeug.datastructures import FileStorage, MultiDict
 
@@ -38,7 +38,14 @@ from shared.sweeps import (
 )
 
 from .access import Unauthorized, api_key, counted, key_owner, submission_limit
-from .api import limiter_unavailable, over_limit, refuse_unless_allowed, submission_error, unauthorized
+from .api import (
+    event_stream_response,
+    limiter_unavailable,
+    over_limit,
+    refuse_unless_allowed,
+    submission_error,
+    unauthorized,
+)
 from .forms import FieldError, SubmissionError, parse_params
 from .services import Services, services
 from .submit import Checked, check_submission, send, store_inputs
@@ -225,11 +232,7 @@ def events(sweep_id: str):
     changes; the stream ends once every cell has ended, or after the stream limit (`reconnect`)."""
     with services().sessions() as session:
         load_sweep(session, sweep_id)
-    return Response(
-        stream_with_context(_event_stream(sweep_id)),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return event_stream_response(lambda: _event_stream(sweep_id), f"/api/v1/sweeps/{sweep_id}")
 
 
 def _event_stream(sweep_id: str) -> Iterator[str]:
